@@ -1,0 +1,549 @@
+"""HTTP clients for Model Studio: :class:`ModelStudioClient` and :class:`AsyncModelStudioClient`.
+
+Both share :class:`_BaseClient` for building requests, parsing responses and deciding on
+retries; they differ only where they do I/O (send, sleep). Every ``import httpx`` of the
+project is in this module.
+
+Retry policy, in this one place:
+
+* GET retries 408/409/429/5xx, connection errors and timeouts, with exponential back-off
+  and jitter, honouring ``Retry-After`` (seconds or HTTP date) up to a cap.
+* POST /generate retries only when no job can have been created: a connection that was
+  never made, 429 and 503. A read timeout, a connection dropped after sending, 500, 502 or
+  504 raise :class:`AmbiguousSubmissionError`: the job may exist, and paying twice is worse
+  than asking the caller to decide.
+
+Example:
+    >>> with ModelStudioClient(token="t", organization_id="org") as client:  # doctest: +SKIP
+    ...     job = client.create_job(request)
+    ...     status = client.wait_for_job(job.job_id)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel, SecretStr, ValidationError
+
+from model_studio.errors import (
+    AmbiguousSubmissionError,
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    JobDeadlineExceededError,
+    JobFailedError,
+    NotFoundError,
+    UnexpectedResponseError,
+    error_for_status,
+)
+from model_studio.models import GenerateRequest, JobCreated, JobStatus
+from model_studio.polling import DurationHistory, PollPlan
+from model_studio.settings import Settings
+
+logger = logging.getLogger("model_studio.client")
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+RETRYABLE_GET_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+RETRYABLE_POST_STATUSES = frozenset({429, 503})  # the service refused: no job was made
+AMBIGUOUS_POST_STATUSES = frozenset({500, 502, 504})  # the job may have been made
+MAX_RETRY_AFTER_S = 60.0
+
+
+@dataclass
+class RetryPolicy:
+    """How often and how long to back off between attempts of one request."""
+
+    max_retries: int = 5
+    backoff_base_s: float = 0.25
+    backoff_max_s: float = 8.0
+    max_retry_after_s: float = MAX_RETRY_AFTER_S
+
+    def delay(self, attempt: int, retry_after: float | None) -> float:
+        """Seconds to wait before retry number ``attempt`` (1-based)."""
+        if retry_after is not None and 0 <= retry_after <= self.max_retry_after_s:
+            return retry_after
+        ceiling = min(self.backoff_max_s, self.backoff_base_s * 2.0 ** (attempt - 1))
+        jitter: float = random.uniform(0, ceiling / 2)  # spreads clients that failed together
+        return ceiling / 2 + jitter
+
+
+@dataclass
+class ClientStats:
+    """What a client saw: requests sent and retries by cause (thread-safe counters)."""
+
+    requests: int = 0
+    retries: Counter[str] = field(default_factory=Counter)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def count_request(self) -> None:
+        with self._lock:
+            self.requests += 1
+
+    def count_retry(self, cause: str) -> None:
+        with self._lock:
+            self.retries[cause] += 1
+
+    @property
+    def rate_limited(self) -> int:
+        """429 answers absorbed by waiting."""
+        return self.retries["HTTP 429"]
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """``Retry-After`` in seconds, from a number of seconds or an HTTP date; None if absent.
+
+    Example:
+        >>> parse_retry_after("3")
+        3.0
+    """
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    current = time.time() if now is None else now
+    return max(when.timestamp() - current, 0.0)
+
+
+class _Retry(Exception):
+    """Internal signal: wait ``delay`` seconds and send the request again."""
+
+    def __init__(self, delay: float, cause: str) -> None:
+        self.delay = delay
+        self.cause = cause
+
+
+class _BaseClient:
+    """Request building, response parsing and retry decisions shared by both clients."""
+
+    def __init__(
+        self,
+        *,
+        token: SecretStr | str,
+        organization_id: str,
+        base_url: str = "https://studio.ionos.de/api/v1",
+        timeout_s: float = 30.0,
+        retry: RetryPolicy | None = None,
+        poll_interval_s: float = 0.5,
+        poll_max_interval_s: float = 10.0,
+        not_found_grace_s: float = 10.0,
+        history: DurationHistory | None = None,
+    ) -> None:
+        self._token = token if isinstance(token, SecretStr) else SecretStr(token)
+        self.organization_id = organization_id
+        self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
+        self.retry = retry or RetryPolicy()
+        self.poll_interval_s = poll_interval_s
+        self.poll_max_interval_s = poll_max_interval_s
+        self.not_found_grace_s = not_found_grace_s
+        self.history = history or DurationHistory()
+        self.stats = ClientStats()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_url={self.base_url!r}, organization_id=***)"
+
+    @classmethod
+    def _settings_kwargs(cls, settings: Settings) -> dict[str, Any]:
+        token, organization_id = settings.require_credentials()
+        return {
+            "token": token,
+            "organization_id": organization_id,
+            "base_url": settings.base_url,
+            "timeout_s": settings.request_timeout_s,
+            "retry": RetryPolicy(max_retries=settings.max_retries),
+            "poll_interval_s": settings.poll_interval_s,
+            "poll_max_interval_s": settings.poll_max_interval_s,
+        }
+
+    def _headers(self) -> dict[str, str]:
+        return {
+            "Authorization": f"Bearer {self._token.get_secret_value()}",
+            "Accept": "application/json",
+            "User-Agent": "studio-flows",
+        }
+
+    def _generate_path(self, job_id: str | None = None) -> str:
+        path = f"/organizations/{self.organization_id}/generate"
+        return path if job_id is None else f"{path}/{job_id}"
+
+    def _poll_plan(self) -> PollPlan:
+        return PollPlan(
+            start=self.poll_interval_s, maximum=self.poll_max_interval_s, history=self.history
+        )
+
+    @staticmethod
+    def _parse(response: httpx.Response, model: type[ModelT]) -> ModelT:
+        try:
+            return model.model_validate(response.json())
+        except (ValueError, ValidationError) as err:
+            raise UnexpectedResponseError(
+                f"{response.request.method} {response.request.url.path} returned "
+                f"HTTP {response.status_code} with a body that is not a valid {model.__name__}"
+            ) from err
+
+    @staticmethod
+    def _status_error(response: httpx.Response) -> APIStatusError:
+        detail = _error_detail(response)
+        request = response.request
+        message = f"{request.method} {request.url.path} failed with HTTP {response.status_code}"
+        if detail:
+            message += f": {detail}"
+        return error_for_status(response.status_code)(
+            message, status_code=response.status_code, response=response
+        )
+
+    def _decide_response(self, response: httpx.Response, *, is_post: bool, attempt: int) -> None:
+        """Return if ``response`` is a success; raise :class:`_Retry` or the typed error."""
+        if response.is_success:
+            return
+        code = response.status_code
+        error = self._status_error(response)
+        retryable = RETRYABLE_POST_STATUSES if is_post else RETRYABLE_GET_STATUSES
+        if code in retryable and attempt <= self.retry.max_retries:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            raise _Retry(self.retry.delay(attempt, retry_after), f"HTTP {code}")
+        if is_post and code in AMBIGUOUS_POST_STATUSES:
+            raise AmbiguousSubmissionError(str(error), cause=f"HTTP {code}") from error
+        raise error
+
+    def _decide_exception(self, exc: httpx.HTTPError, *, is_post: bool, attempt: int) -> None:
+        """Raise :class:`_Retry` or the library error for a transport failure."""
+        never_sent = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
+        cause = _describe_transport_error(exc)
+        if (never_sent or not is_post) and attempt <= self.retry.max_retries:
+            raise _Retry(self.retry.delay(attempt, None), cause)
+        if is_post and not never_sent:
+            raise AmbiguousSubmissionError(
+                f"POST {self._generate_path()} sent but no answer came back ({cause}); "
+                "a job may have been created",
+                cause=cause,
+            ) from exc
+        error_type = (
+            APITimeoutError if isinstance(exc, httpx.TimeoutException) else APIConnectionError
+        )
+        raise error_type(f"Could not reach {self.base_url}: {cause}") from exc
+
+    def _check_job(self, status: JobStatus) -> JobStatus:
+        if status.is_failed:
+            raise JobFailedError(
+                f"Job {status.job_id} ended {status.job_status}",
+                job_id=status.job_id,
+                job_status=status.job_status,
+            )
+        return status
+
+    def _log_progress(self, status: JobStatus, last: tuple[str, int] | None) -> tuple[str, int]:
+        """Log only when the status or the progress changed since the last poll."""
+        current = (status.job_status, status.completed_tasks)
+        if current != last:
+            logger.info(
+                "job %s %s: %d/%d tasks",
+                status.job_id,
+                status.job_status,
+                status.completed_tasks,
+                status.total_tasks,
+            )
+        return current
+
+    def _in_not_found_grace(self, started: float, now: float) -> bool:
+        return now - started < self.not_found_grace_s
+
+    @staticmethod
+    def _deadline_error(job_id: str, deadline_s: float) -> JobDeadlineExceededError:
+        return JobDeadlineExceededError(
+            f"Job {job_id} still running after {deadline_s:.0f} s", job_id=job_id
+        )
+
+
+def _error_detail(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:200].strip()
+    if isinstance(body, dict):
+        for key in ("detail", "message", "error"):
+            if key in body:
+                return str(body[key])[:300]
+    return str(body)[:200]
+
+
+def _describe_transport_error(exc: httpx.HTTPError) -> str:
+    kind: dict[type[httpx.HTTPError], str] = {
+        httpx.ConnectError: "connection refused or unreachable",
+        httpx.ConnectTimeout: "connect timeout",
+        httpx.ReadTimeout: "read timeout",
+        httpx.WriteTimeout: "write timeout",
+        httpx.PoolTimeout: "connection pool timeout",
+        httpx.RemoteProtocolError: "connection closed without a response",
+        httpx.ReadError: "connection dropped while reading",
+        httpx.WriteError: "connection dropped while sending",
+    }
+    return kind.get(type(exc), type(exc).__name__)
+
+
+class ModelStudioClient(_BaseClient):
+    """Synchronous client. Use as a context manager so the connection pool is closed.
+
+    Example:
+        >>> client = ModelStudioClient.from_settings(settings)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self._sleep = sleep
+        self._clock = clock
+        self._http = httpx.Client(
+            base_url=self.base_url, timeout=self.timeout_s, transport=transport
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **kwargs: Any) -> ModelStudioClient:
+        """Build a client from :class:`Settings` (raises ConfigurationError without credentials)."""
+        return cls(**{**cls._settings_kwargs(settings), **kwargs})
+
+    def __enter__(self) -> ModelStudioClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def _send(self, method: str, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
+        is_post = method == "POST"
+        attempt = 0
+        while True:
+            attempt += 1
+            self.stats.count_request()
+            try:
+                response = self._http.request(method, path, json=body, headers=self._headers())
+                self._decide_response(response, is_post=is_post, attempt=attempt)
+                return response
+            except httpx.HTTPError as exc:
+                try:
+                    self._decide_exception(exc, is_post=is_post, attempt=attempt)
+                except _Retry as retry:
+                    self._wait_retry(method, path, retry)
+            except _Retry as retry:
+                self._wait_retry(method, path, retry)
+
+    def _wait_retry(self, method: str, path: str, retry: _Retry) -> None:
+        self.stats.count_retry(retry.cause)
+        logger.debug("%s %s: %s, retrying in %.2f s", method, path, retry.cause, retry.delay)
+        self._sleep(retry.delay)
+
+    def create_job(self, request: GenerateRequest) -> JobCreated:
+        """Submit one generation job (one shard of conversations).
+
+        Example:
+            >>> job = client.create_job(shard.request())  # doctest: +SKIP
+            >>> job.job_id  # doctest: +SKIP
+            'a1b2...'
+        """
+        response = self._send("POST", self._generate_path(), request.model_dump(mode="json"))
+        return self._parse(response, JobCreated)
+
+    def get_job(self, job_id: str) -> JobStatus:
+        """Read a job's status and the results it has so far.
+
+        Example:
+            >>> client.get_job("a1b2").job_status  # doctest: +SKIP
+            'FINISHED'
+        """
+        return self._parse(self._send("GET", self._generate_path(job_id)), JobStatus)
+
+    def wait_for_job(
+        self,
+        job_id: str,
+        *,
+        deadline_s: float = 3600.0,
+        total_tasks: int = 0,
+        submitted_at: float | None = None,
+    ) -> JobStatus:
+        """Poll until the job is terminal; return it if FINISHED.
+
+        Raises :class:`JobFailedError` for FAILED/ERROR/CANCELLED and
+        :class:`JobDeadlineExceededError` at the deadline. A 404 shortly after creation is
+        retried. ``submitted_at`` (this client's clock) dates the POST when known.
+
+        Example:
+            >>> client.wait_for_job(job.job_id, deadline_s=600).results  # doctest: +SKIP
+        """
+        started = self._clock() if submitted_at is None else submitted_at
+        plan = self._poll_plan()
+        delay = plan.first_delay(tasks=total_tasks)
+        last: tuple[str, int] | None = None
+        while True:
+            elapsed = self._clock() - started
+            if elapsed + delay > deadline_s:
+                self._sleep(max(deadline_s - elapsed, 0.0))
+                status = self._get_during_wait(job_id, started)
+                if status is None or not status.is_terminal:
+                    raise self._deadline_error(job_id, deadline_s)
+            else:
+                self._sleep(delay)
+                status = self._get_during_wait(job_id, started)
+            if status is None:
+                delay = plan.next_delay(elapsed=self._clock() - started, completed=0, total=0)
+                continue
+            last = self._log_progress(status, last)
+            if status.is_terminal:
+                self.history.record(seconds=self._clock() - started, tasks=status.total_tasks)
+                return self._check_job(status)
+            delay = plan.next_delay(
+                elapsed=self._clock() - started,
+                completed=status.completed_tasks,
+                total=status.total_tasks,
+            )
+
+    def _get_during_wait(self, job_id: str, started: float) -> JobStatus | None:
+        try:
+            return self.get_job(job_id)
+        except NotFoundError:
+            if self._in_not_found_grace(started, self._clock()):
+                return None
+            raise
+
+
+class AsyncModelStudioClient(_BaseClient):
+    """Asynchronous twin of :class:`ModelStudioClient`.
+
+    Example:
+        >>> async with AsyncModelStudioClient.from_settings(settings) as client:  # doctest: +SKIP
+        ...     status = await client.wait_for_job((await client.create_job(req)).job_id)
+    """
+
+    def __init__(
+        self,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self._clock = clock
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url, timeout=self.timeout_s, transport=transport
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **kwargs: Any) -> AsyncModelStudioClient:
+        """Build a client from :class:`Settings` (raises ConfigurationError without credentials)."""
+        return cls(**{**cls._settings_kwargs(settings), **kwargs})
+
+    async def __aenter__(self) -> AsyncModelStudioClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._http.aclose()
+
+    async def _send(
+        self, method: str, path: str, body: dict[str, Any] | None = None
+    ) -> httpx.Response:
+        is_post = method == "POST"
+        attempt = 0
+        while True:
+            attempt += 1
+            self.stats.count_request()
+            try:
+                response = await self._http.request(
+                    method, path, json=body, headers=self._headers()
+                )
+                self._decide_response(response, is_post=is_post, attempt=attempt)
+                return response
+            except httpx.HTTPError as exc:
+                try:
+                    self._decide_exception(exc, is_post=is_post, attempt=attempt)
+                except _Retry as retry:
+                    await self._wait_retry(method, path, retry)
+            except _Retry as retry:
+                await self._wait_retry(method, path, retry)
+
+    async def _wait_retry(self, method: str, path: str, retry: _Retry) -> None:
+        self.stats.count_retry(retry.cause)
+        logger.debug("%s %s: %s, retrying in %.2f s", method, path, retry.cause, retry.delay)
+        await asyncio.sleep(retry.delay)
+
+    async def create_job(self, request: GenerateRequest) -> JobCreated:
+        """Submit one generation job; see :meth:`ModelStudioClient.create_job`."""
+        response = await self._send("POST", self._generate_path(), request.model_dump(mode="json"))
+        return self._parse(response, JobCreated)
+
+    async def get_job(self, job_id: str) -> JobStatus:
+        """Read a job's status; see :meth:`ModelStudioClient.get_job`."""
+        return self._parse(await self._send("GET", self._generate_path(job_id)), JobStatus)
+
+    async def wait_for_job(
+        self,
+        job_id: str,
+        *,
+        deadline_s: float = 3600.0,
+        total_tasks: int = 0,
+        submitted_at: float | None = None,
+    ) -> JobStatus:
+        """Poll until the job is terminal; see :meth:`ModelStudioClient.wait_for_job`."""
+        started = self._clock() if submitted_at is None else submitted_at
+        plan = self._poll_plan()
+        delay = plan.first_delay(tasks=total_tasks)
+        last: tuple[str, int] | None = None
+        while True:
+            elapsed = self._clock() - started
+            if elapsed + delay > deadline_s:
+                await asyncio.sleep(max(deadline_s - elapsed, 0.0))
+                status = await self._get_during_wait(job_id, started)
+                if status is None or not status.is_terminal:
+                    raise self._deadline_error(job_id, deadline_s)
+            else:
+                await asyncio.sleep(delay)
+                status = await self._get_during_wait(job_id, started)
+            if status is None:
+                delay = plan.next_delay(elapsed=self._clock() - started, completed=0, total=0)
+                continue
+            last = self._log_progress(status, last)
+            if status.is_terminal:
+                self.history.record(seconds=self._clock() - started, tasks=status.total_tasks)
+                return self._check_job(status)
+            delay = plan.next_delay(
+                elapsed=self._clock() - started,
+                completed=status.completed_tasks,
+                total=status.total_tasks,
+            )
+
+    async def _get_during_wait(self, job_id: str, started: float) -> JobStatus | None:
+        try:
+            return await self.get_job(job_id)
+        except NotFoundError:
+            if self._in_not_found_grace(started, self._clock()):
+                return None
+            raise

@@ -1,0 +1,144 @@
+"""The exceptions studio-flows raises. No message ever contains the API token.
+
+The whole tree::
+
+    StudioFlowsError
+    ├── ConfigurationError            a setting is missing or invalid (CLI exit code 2)
+    ├── DatasetError                  the input file has bad rows (CLI exit code 2)
+    └── ModelStudioError              anything that went wrong talking to Model Studio
+        ├── APIConnectionError        no HTTP response at all
+        │   └── APITimeoutError       the request timed out
+        ├── AmbiguousSubmissionError  a POST may have created a job; its outcome is unknown
+        ├── APIStatusError            the API answered with an error status
+        │   ├── BadRequestError           400
+        │   ├── AuthenticationError       401
+        │   ├── PermissionDeniedError     403
+        │   ├── NotFoundError             404
+        │   ├── ConflictError             409
+        │   ├── UnprocessableEntityError  422
+        │   ├── RateLimitError            429 (fair use: too many parallel queries)
+        │   └── ServerError               5xx
+        ├── UnexpectedResponseError   a 2xx whose body is not what the reference documents
+        ├── JobFailedError            the job ended FAILED / ERROR / CANCELLED
+        └── JobDeadlineExceededError  the job was still running at the deadline
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class StudioFlowsError(Exception):
+    """Base class of every error studio-flows raises on purpose."""
+
+
+class ConfigurationError(StudioFlowsError):
+    """A setting is missing or invalid; the message says which variable to set."""
+
+
+class DatasetError(StudioFlowsError):
+    """The dataset cannot be used as it is; the message names file, line and reason."""
+
+
+class ModelStudioError(StudioFlowsError):
+    """Something went wrong talking to Model Studio."""
+
+
+class APIConnectionError(ModelStudioError):
+    """No HTTP response was received (refused, reset, DNS, TLS...)."""
+
+
+class APITimeoutError(APIConnectionError):
+    """The request timed out."""
+
+
+class AmbiguousSubmissionError(ModelStudioError):
+    """A POST /generate was sent but its outcome is unknown: a job may exist.
+
+    Never retried blindly (that could pay twice); the caller records it and follows its
+    policy. ``cause`` says what happened, e.g. ``"read timeout"`` or ``"HTTP 502"``.
+    """
+
+    def __init__(self, message: str, *, cause: str) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+class APIStatusError(ModelStudioError):
+    """The API answered with an error status. Carries ``status_code`` and ``response``."""
+
+    def __init__(self, message: str, *, status_code: int, response: Any = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.response = response
+
+
+class BadRequestError(APIStatusError):
+    """400: the request was malformed."""
+
+
+class AuthenticationError(APIStatusError):
+    """401: the token is missing, wrong or expired."""
+
+
+class PermissionDeniedError(APIStatusError):
+    """403: the token may not use this organisation or model."""
+
+
+class NotFoundError(APIStatusError):
+    """404: no such organisation or job."""
+
+
+class ConflictError(APIStatusError):
+    """409: the request conflicts with the resource's state."""
+
+
+class UnprocessableEntityError(APIStatusError):
+    """422: the body was well-formed JSON but not a valid generation request."""
+
+
+class RateLimitError(APIStatusError):
+    """429: too many parallel queries for this account (fair use)."""
+
+
+class ServerError(APIStatusError):
+    """5xx: the service failed."""
+
+
+class UnexpectedResponseError(ModelStudioError):
+    """A successful response whose body does not match the documented shape."""
+
+
+class JobFailedError(ModelStudioError):
+    """The job reached a failed terminal status (FAILED, ERROR, CANCELLED, ...)."""
+
+    def __init__(self, message: str, *, job_id: str, job_status: str) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+        self.job_status = job_status
+
+
+class JobDeadlineExceededError(ModelStudioError):
+    """The job was still running when the deadline passed."""
+
+    def __init__(self, message: str, *, job_id: str) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+
+
+STATUS_ERRORS: dict[int, type[APIStatusError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    409: ConflictError,
+    422: UnprocessableEntityError,
+    429: RateLimitError,
+}
+
+
+def error_for_status(status_code: int) -> type[APIStatusError]:
+    """The error class for an HTTP status (5xx share :class:`ServerError`)."""
+    if status_code >= 500:
+        return ServerError
+    return STATUS_ERRORS.get(status_code, APIStatusError)

@@ -1,0 +1,90 @@
+"""When to look at a running job next.
+
+Polling fast wastes requests (and counts against the account); polling slowly leaves a
+finished job's slot idle. A job's tasks finish steadily, so the progress already seen
+(``completed_tasks`` of ``total_tasks`` after ``elapsed`` seconds) predicts when it ends;
+before any progress is seen, the jobs already finished in this run (seconds per task)
+predict it. Without either, the interval backs off from ``start`` to ``maximum``.
+
+Example:
+    >>> history = DurationHistory()
+    >>> history.record(seconds=5.0, tasks=50)
+    >>> plan = PollPlan(start=0.5, maximum=10.0, history=history)
+    >>> round(plan.first_delay(tasks=50), 2)
+    5.02
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+# Poll a little after the predicted end, not at it: arriving early costs one more request.
+_LATE_BY_S = 0.02
+# Once a prediction has passed, re-poll quickly and back off from there.
+_OVERDUE_START_S = 0.05
+
+
+@dataclass
+class DurationHistory:
+    """Seconds per task of the jobs finished so far (thread-safe; one per run or client)."""
+
+    _seconds_per_task: float | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def record(self, *, seconds: float, tasks: int) -> None:
+        """Remember how long a finished job of ``tasks`` conversations took."""
+        if tasks <= 0 or seconds <= 0:
+            return
+        sample = seconds / tasks
+        with self._lock:
+            previous = self._seconds_per_task
+            # An exponential average follows a service that slows down or speeds up.
+            self._seconds_per_task = sample if previous is None else 0.5 * previous + 0.5 * sample
+
+    def predict(self, tasks: int) -> float | None:
+        """Expected duration of a job of ``tasks`` conversations, or None before any sample."""
+        with self._lock:
+            per_task = self._seconds_per_task
+        return None if per_task is None else per_task * max(tasks, 1)
+
+
+@dataclass
+class PollPlan:
+    """Chooses the delay before each poll of one job."""
+
+    start: float
+    maximum: float
+    history: DurationHistory = field(default_factory=DurationHistory)
+    _backoff: float = 0.0
+    _overdue: float = 0.0
+
+    def first_delay(self, *, tasks: int) -> float:
+        """Delay between the POST and the first GET."""
+        predicted = self.history.predict(tasks)
+        if predicted is not None:
+            return self._clamp(predicted + _LATE_BY_S)
+        self._backoff = self.start
+        return self.start
+
+    def next_delay(self, *, elapsed: float, completed: int, total: int) -> float:
+        """Delay before the next GET, given the job's progress ``elapsed`` s after the POST."""
+        predicted_end = self._predict_end(elapsed=elapsed, completed=completed, total=total)
+        if predicted_end is None:
+            self._backoff = min(max(self._backoff * 2, self.start), self.maximum)
+            return self._backoff
+        remaining = predicted_end - elapsed
+        if remaining > 0:
+            self._overdue = 0.0
+            return self._clamp(remaining + _LATE_BY_S)
+        # The prediction has passed and the job is still running: look again soon.
+        self._overdue = min(max(self._overdue * 2, _OVERDUE_START_S), self.maximum)
+        return self._overdue
+
+    def _predict_end(self, *, elapsed: float, completed: int, total: int) -> float | None:
+        if total > 0 and 0 < completed < total and elapsed > 0:
+            return elapsed / completed * total
+        return self.history.predict(total) if total > 0 else None
+
+    def _clamp(self, delay: float) -> float:
+        return min(max(delay, 0.0), self.maximum)

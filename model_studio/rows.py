@@ -1,0 +1,155 @@
+"""The values that flow between datasets, the client and storage: rows, identities, shards.
+
+A row's identity is ``(row_key, prompt_hash, model_id, params_hash)`` (DESIGN, rule 2):
+the same conversation sent to the same model with the same parameters is the same paid
+work, whichever run, process or machine sends it. Hashes are sha256 of canonical JSON
+(sorted keys, no whitespace, UTF-8), so they are stable across runs and machines.
+
+Example:
+    >>> params = GenerationParams(model_id="m", temperature=0.7, max_tokens=64)
+    >>> row = Row.from_messages([Message(role="user", content="Hi")], line=1)
+    >>> row.identity(params).model_id
+    'm'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from model_studio.models import GenerateRequest, Message
+
+Messages = tuple[Message, ...]
+
+
+def canonical_json(value: Any) -> str:
+    """JSON with sorted keys and no whitespace: one spelling per value."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def sha256_hex(text: str) -> str:
+    """Hex sha256 of ``text`` encoded as UTF-8."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def messages_payload(messages: Sequence[Message]) -> list[dict[str, str]]:
+    """The JSON form of a conversation, as sent and as stored."""
+    return [{"role": m.role, "content": m.content} for m in messages]
+
+
+def prompt_hash(messages: Sequence[Message]) -> str:
+    """Stable hash of a conversation's content."""
+    return sha256_hex(canonical_json(messages_payload(messages)))
+
+
+class RowIdentity(NamedTuple):
+    """What makes two rows the same paid work."""
+
+    row_key: str
+    prompt_hash: str
+    model_id: str
+    params_hash: str
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Everything sent with a conversation besides the conversation itself."""
+
+    model_id: str
+    temperature: float = 0.7
+    max_tokens: int = 512
+
+    @property
+    def params_hash(self) -> str:
+        """Hash of every sent parameter except the model (which has its own column)."""
+        return sha256_hex(
+            canonical_json({"temperature": float(self.temperature), "max_tokens": self.max_tokens})
+        )
+
+
+@dataclass(frozen=True)
+class Row:
+    """One conversation read from a dataset.
+
+    ``row_key`` is the user's id column when given, else the conversation's hash.
+    ``line`` is the 1-based line (JSONL, CSV record start) or row number (Parquet).
+    """
+
+    row_key: str
+    messages: Messages
+    line: int
+    prompt_hash: str
+
+    @classmethod
+    def from_messages(
+        cls, messages: Sequence[Message], *, line: int, row_key: str | None = None
+    ) -> Row:
+        """Build a row, defaulting its key to the conversation's hash."""
+        digest = prompt_hash(messages)
+        return cls(
+            row_key=row_key or digest, messages=tuple(messages), line=line, prompt_hash=digest
+        )
+
+    def identity(self, params: GenerationParams) -> RowIdentity:
+        """This row's identity when sent with ``params``."""
+        return RowIdentity(self.row_key, self.prompt_hash, params.model_id, params.params_hash)
+
+
+@dataclass(frozen=True)
+class BadRow:
+    """A row that cannot be sent, with where it is and why."""
+
+    file: str
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.reason}"
+
+
+def shard_key_for(identities: Sequence[RowIdentity]) -> str:
+    """Deterministic key of a shard: a hash of its rows' identities, in order."""
+    return sha256_hex(canonical_json([list(identity) for identity in identities]))[:32]
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Consecutive rows sent as one job; ``rows[i]`` is answered by ``task_index`` i."""
+
+    dataset: str
+    params: GenerationParams
+    rows: tuple[Row, ...]
+
+    @property
+    def identities(self) -> list[RowIdentity]:
+        """Row identities in task-index order."""
+        return [row.identity(self.params) for row in self.rows]
+
+    @property
+    def shard_key(self) -> str:
+        """Deterministic: the same rows with the same parameters give the same key."""
+        return shard_key_for(self.identities)
+
+    def request(self) -> GenerateRequest:
+        """The POST body of this shard's job."""
+        return GenerateRequest(
+            model_id=self.params.model_id,
+            messages=[list(row.messages) for row in self.rows],
+            temperature=self.params.temperature,
+            max_tokens=self.params.max_tokens,
+        )
+
+
+@dataclass(frozen=True)
+class ResultRecord:
+    """One answered (or failed) row, ready to be written."""
+
+    identity: RowIdentity
+    task_index: int
+    messages: Messages
+    status: str  # "completed" or "failed"
+    result: str | None
+    error: str | None

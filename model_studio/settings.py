@@ -1,0 +1,91 @@
+"""Settings read from ``MODEL_STUDIO_*`` environment variables (or a ``.env`` file).
+
+Example:
+    >>> settings = Settings(token="t", organization_id="org", _env_file=None)
+    >>> settings.shard_size
+    50
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from model_studio.errors import ConfigurationError
+
+DEFAULT_BASE_URL = "https://studio.ionos.de/api/v1"
+DEFAULT_DATABASE_URL = "sqlite:///studio_flows.db"
+
+
+class Settings(BaseSettings):
+    """Everything studio-flows needs to reach Model Studio and the results database.
+
+    ``token`` and ``organization_id`` may be left empty here: only code that talks to the
+    API asks for them, through :meth:`require_credentials`, which names the variable to set.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="MODEL_STUDIO_", env_file=".env", extra="ignore", validate_default=True
+    )
+
+    token: SecretStr | None = Field(default=None, description="Bearer token made in Model Studio")
+    organization_id: str | None = Field(default=None, description="Model Studio organisation id")
+    base_url: str = Field(default=DEFAULT_BASE_URL, description="API base, up to /api/v1")
+    database_url: str = Field(default=DEFAULT_DATABASE_URL, description="SQLAlchemy URL")
+    concurrency_limit: int = Field(default=3, ge=1, description="Jobs in flight per account")
+    shard_size: int = Field(default=50, ge=1, le=100, description="Conversations per job")
+    request_timeout_s: float = Field(default=30.0, gt=0)
+    poll_interval_s: float = Field(default=0.5, gt=0, description="First poll interval")
+    poll_max_interval_s: float = Field(default=10.0, gt=0, description="Longest poll interval")
+    job_deadline_s: float = Field(default=3600.0, gt=0, description="Give up on a job after")
+    max_retries: int = Field(default=5, ge=0, description="Transport retries per request")
+    slot_turn_s: float = Field(
+        default=60.0, gt=0, description="Re-acquire a slot at least this often"
+    )
+    slot_wait_s: float = Field(default=30.0, gt=0, description="Longest back-off for a free slot")
+
+    @model_validator(mode="after")
+    def _poll_bounds(self) -> Settings:
+        if self.poll_max_interval_s < self.poll_interval_s:
+            raise ValueError("poll_max_interval_s must be >= poll_interval_s")
+        return self
+
+    def require_credentials(self) -> tuple[SecretStr, str]:
+        """Return ``(token, organization_id)`` or raise one clear :class:`ConfigurationError`."""
+        missing = [
+            name
+            for name, value in (
+                ("MODEL_STUDIO_TOKEN", self.token and self.token.get_secret_value()),
+                ("MODEL_STUDIO_ORGANIZATION_ID", self.organization_id),
+            )
+            if not value
+        ]
+        if missing:
+            raise ConfigurationError(
+                f"Set {' and '.join(missing)} (or name a ModelStudioCredentials block) "
+                "to reach Model Studio."
+            )
+        assert self.token is not None and self.organization_id is not None
+        return self.token, self.organization_id
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build :class:`Settings`, turning a validation failure into one readable sentence.
+
+    Example:
+        >>> load_settings(shard_size=10, _env_file=None).shard_size
+        10
+    """
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as err:
+        raise ConfigurationError(describe_validation_error(err, prefix="MODEL_STUDIO_")) from None
+
+
+def describe_validation_error(err: ValidationError, prefix: str = "") -> str:
+    """One line per bad field: ``NAME: reason`` (input values are left out: they may be secret)."""
+    parts = []
+    for item in err.errors(include_input=False, include_url=False):
+        field = ".".join(str(p) for p in item["loc"]) or "settings"
+        parts.append(f"{prefix}{field.upper() if prefix else field}: {item['msg']}")
+    return "Invalid settings: " + "; ".join(parts)
