@@ -28,7 +28,7 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -65,6 +65,8 @@ class RetryPolicy:
     """How often and how long to back off between attempts of one request."""
 
     max_retries: int = 5
+    # A 429 is the account's fair-use limit (the web UI shares it), not a failure: wait longer.
+    max_rate_limit_retries: int = 30
     backoff_base_s: float = 0.25
     backoff_max_s: float = 8.0
     max_retry_after_s: float = MAX_RETRY_AFTER_S
@@ -207,7 +209,7 @@ class _BaseClient:
         if detail:
             message += f": {detail}"
         return error_for_status(response.status_code)(
-            message, status_code=response.status_code, response=response
+            message, status_code=response.status_code, response=_detached(response)
         )
 
     def _decide_response(self, response: httpx.Response, *, is_post: bool, attempt: int) -> None:
@@ -217,7 +219,8 @@ class _BaseClient:
         code = response.status_code
         error = self._status_error(response)
         retryable = RETRYABLE_POST_STATUSES if is_post else RETRYABLE_GET_STATUSES
-        if code in retryable and attempt <= self.retry.max_retries:
+        budget = self.retry.max_rate_limit_retries if code == 429 else self.retry.max_retries
+        if code in retryable and attempt <= budget:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
             raise _Retry(self.retry.delay(attempt, retry_after), f"HTTP {code}")
         if is_post and code in AMBIGUOUS_POST_STATUSES:
@@ -271,6 +274,14 @@ class _BaseClient:
         return JobDeadlineExceededError(
             f"Job {job_id} still running after {deadline_s:.0f} s", job_id=job_id
         )
+
+
+def _detached(response: httpx.Response) -> httpx.Response:
+    """A copy of ``response`` without its request, whose headers carry the bearer token.
+
+    Errors may be pickled and stored (Prefect persists failed states); the token must not be.
+    """
+    return httpx.Response(response.status_code, headers=response.headers, content=response.content)
 
 
 def _error_detail(response: httpx.Response) -> str:
@@ -444,10 +455,12 @@ class AsyncModelStudioClient(_BaseClient):
         self,
         *,
         transport: httpx.AsyncBaseTransport | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self._sleep = sleep
         self._clock = clock
         self._http = httpx.AsyncClient(
             base_url=self.base_url, timeout=self.timeout_s, transport=transport
@@ -493,7 +506,7 @@ class AsyncModelStudioClient(_BaseClient):
     async def _wait_retry(self, method: str, path: str, retry: _Retry) -> None:
         self.stats.count_retry(retry.cause)
         logger.debug("%s %s: %s, retrying in %.2f s", method, path, retry.cause, retry.delay)
-        await asyncio.sleep(retry.delay)
+        await self._sleep(retry.delay)
 
     async def create_job(self, request: GenerateRequest) -> JobCreated:
         """Submit one generation job; see :meth:`ModelStudioClient.create_job`."""
@@ -520,12 +533,12 @@ class AsyncModelStudioClient(_BaseClient):
         while True:
             elapsed = self._clock() - started
             if elapsed + delay > deadline_s:
-                await asyncio.sleep(max(deadline_s - elapsed, 0.0))
+                await self._sleep(max(deadline_s - elapsed, 0.0))
                 status = await self._get_during_wait(job_id, started)
                 if status is None or not status.is_terminal:
                     raise self._deadline_error(job_id, deadline_s)
             else:
-                await asyncio.sleep(delay)
+                await self._sleep(delay)
                 status = await self._get_during_wait(job_id, started)
             if status is None:
                 delay = plan.next_delay(elapsed=self._clock() - started, completed=0, total=0)

@@ -10,7 +10,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -30,7 +30,7 @@ class Message(BaseModel):
     content: str = Field(min_length=1)
 
 
-Conversation = list[Message]
+Conversation = Annotated[list[Message], Field(min_length=1)]
 
 
 class GenerateRequest(BaseModel):

@@ -47,7 +47,9 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _poll_bounds(self) -> Settings:
         if self.poll_max_interval_s < self.poll_interval_s:
-            raise ValueError("poll_max_interval_s must be >= poll_interval_s")
+            raise ValueError(
+                "MODEL_STUDIO_POLL_MAX_INTERVAL_S must be >= MODEL_STUDIO_POLL_INTERVAL_S"
+            )
         return self
 
     def require_credentials(self) -> tuple[SecretStr, str]:
@@ -86,6 +88,9 @@ def describe_validation_error(err: ValidationError, prefix: str = "") -> str:
     """One line per bad field: ``NAME: reason`` (input values are left out: they may be secret)."""
     parts = []
     for item in err.errors(include_input=False, include_url=False):
-        field = ".".join(str(p) for p in item["loc"]) or "settings"
+        if not item["loc"]:  # a model validator: its message names the variables itself
+            parts.append(item["msg"].removeprefix("Value error, "))
+            continue
+        field = ".".join(str(p) for p in item["loc"])
         parts.append(f"{prefix}{field.upper() if prefix else field}: {item['msg']}")
     return "Invalid settings: " + "; ".join(parts)
