@@ -3,4 +3,6 @@
 pytest_plugins = [
     "tests.fixtures.emulator",
     "tests.fixtures.databases",
+    "tests.fixtures.harness",
+    "tests.fixtures.prefect_server",
 ]

@@ -1,0 +1,258 @@
+"""The ``studio-flows`` command line: demo, generate, results, emulator, serve.
+
+Exit codes: 0 every row completed, 1 some rows failed (listed), 2 bad input or
+configuration (one paragraph, no traceback).
+"""
+
+from __future__ import annotations
+
+from deployments.quiet import quiet_environment
+
+quiet_environment()
+
+import os  # noqa: E402 - the environment must be quiet before Prefect is imported
+import sys  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Annotated, Literal  # noqa: E402
+
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from model_studio.errors import ConfigurationError, DatasetError, StudioFlowsError  # noqa: E402
+
+app = typer.Typer(
+    name="studio-flows",
+    help="Batch text generation with IONOS AI Model Studio, every answer kept in SQL.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+DEMO_TOKEN = "studio-flows-demo-token"
+
+
+@contextmanager
+def _clear_errors() -> Iterator[None]:
+    """Turn the errors a user can fix into one paragraph and exit code 2."""
+    try:
+        yield
+    except (ConfigurationError, DatasetError) as err:
+        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    except StudioFlowsError as err:
+        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def _print_summary(summary: object) -> None:
+    from model_studio.summary import RunSummary
+
+    assert isinstance(summary, RunSummary)
+    table = Table(title=f"{summary.dataset} → {summary.model_id}", show_header=False)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for row in summary.table():
+        table.add_row(str(row["metric"]), str(row["value"]))
+    console.print(table)
+    for title, items in (("bad rows skipped", summary.bad_rows), ("errors", summary.errors)):
+        if items:
+            console.print(f"[yellow]{title}:[/]")
+            for item in items:
+                console.print(f"  {item}", highlight=False, soft_wrap=True)
+
+
+def _run_flow(options: object, show_progress: bool) -> object:
+    from deployments.progress import progress_display
+    from flows.generate import generate_dataset
+
+    with progress_display(console, enabled=show_progress):
+        return generate_dataset(options)  # type: ignore[arg-type]
+
+
+@app.command()
+def generate(
+    dataset: Annotated[Path, typer.Argument(help="JSONL, CSV or Parquet file")],
+    model_id: Annotated[str, typer.Option("--model-id", help="Model Studio model id")],
+    database_url: Annotated[str | None, typer.Option(help="SQLAlchemy URL")] = None,
+    shard_size: Annotated[int | None, typer.Option(help="Conversations per job (1-100)")] = None,
+    temperature: Annotated[float, typer.Option(min=0.0, max=2.0)] = 0.7,
+    max_tokens: Annotated[int, typer.Option(min=1)] = 512,
+    system_prompt: Annotated[str | None, typer.Option(help="Prepended to every row")] = None,
+    on_bad_rows: Annotated[str, typer.Option(help="fail | skip")] = "fail",
+    ambiguous_policy: Annotated[str, typer.Option(help="resubmit | stop")] = "resubmit",
+    prompt_column: str = "prompt",
+    messages_column: str = "messages",
+    id_column: Annotated[str | None, typer.Option(help="Column holding a row id")] = None,
+    credentials_block: Annotated[str | None, typer.Option(help="Credentials block name")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar")] = True,
+) -> None:
+    """Generate an answer for every row of DATASET and write them to the database."""
+    from pydantic import ValidationError
+
+    from model_studio.options import GenerateOptions
+    from model_studio.settings import describe_validation_error
+
+    with _clear_errors():
+        try:
+            options = GenerateOptions(
+                dataset_path=str(dataset),
+                model_id=model_id,
+                database_url=database_url,
+                shard_size=shard_size,
+                temperature=temperature,
+                max_tokens=max_tokens,
+                system_prompt=system_prompt,
+                on_bad_rows=on_bad_rows,  # type: ignore[arg-type]
+                ambiguous_policy=ambiguous_policy,  # type: ignore[arg-type]
+                prompt_column=prompt_column,
+                messages_column=messages_column,
+                id_column=id_column,
+                credentials_block=credentials_block,
+            )
+        except ValidationError as err:
+            raise ConfigurationError(describe_validation_error(err)) from None
+        summary = _run_flow(options, show_progress=progress)
+    _print_summary(summary)
+    if not summary.all_completed:  # type: ignore[attr-defined]
+        raise typer.Exit(1)
+
+
+@app.command()
+def demo(
+    database_url: Annotated[str | None, typer.Option(help="SQLAlchemy URL")] = None,
+    shard_size: Annotated[int, typer.Option(help="Conversations per job")] = 10,
+) -> None:
+    """Run the generation flow offline: a local emulator, the examples, a SQLite file."""
+    from model_studio.emulator import EmulatorConfig, EmulatorServer
+    from model_studio.options import GenerateOptions
+
+    dataset = EXAMPLES / "prompts.jsonl"
+    config = EmulatorConfig(job_latency_s=1.0, task_latency_s=0.02, tokens=[DEMO_TOKEN])
+    with EmulatorServer(config) as server, _clear_errors():
+        os.environ.update(
+            MODEL_STUDIO_TOKEN=server.token,
+            MODEL_STUDIO_ORGANIZATION_ID="demo-organization",
+            MODEL_STUDIO_BASE_URL=server.base_url,
+        )
+        console.print(f"Emulator at {server.base_url}; dataset {dataset.name}")
+        options = GenerateOptions(
+            dataset_path=str(dataset),
+            model_id="demo-model",
+            database_url=database_url,
+            shard_size=shard_size,
+        )
+        summary = _run_flow(options, show_progress=True)
+        stats = server.stats()
+    _print_summary(summary)
+    console.print(
+        f"Emulator: {stats['jobs_created']} jobs created, "
+        f"at most {stats['max_active_jobs']} active at once."
+    )
+    _print_samples(database_url, dataset.name)
+    if not summary.all_completed:  # type: ignore[attr-defined]
+        raise typer.Exit(1)
+
+
+def _print_samples(database_url: str | None, dataset: str, limit: int = 3) -> None:
+    from model_studio.settings import load_settings
+    from model_studio.storage import iter_results, make_engine
+
+    engine = make_engine(database_url or load_settings().database_url)
+    try:
+        table = Table(title=f"A few rows of generation_results ({engine.url.database})")
+        table.add_column("prompt", overflow="fold")
+        table.add_column("result", overflow="fold")
+        for index, row in enumerate(iter_results(engine, dataset=dataset)):
+            if index >= limit:
+                break
+            messages = row["messages"]
+            table.add_row(str(messages[-1]["content"]), str(row["result"]))
+        console.print(table)
+    finally:
+        engine.dispose()
+
+
+@app.command()
+def results(
+    database_url: Annotated[str | None, typer.Option(help="SQLAlchemy URL")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Dataset file name")] = None,
+    model_id: Annotated[str | None, typer.Option(help="Model id")] = None,
+    status: Annotated[str | None, typer.Option(help="completed | failed")] = None,
+    output_format: Annotated[
+        str, typer.Option("--format", help="table | jsonl | csv | parquet")
+    ] = "table",
+    output: Annotated[Path | None, typer.Option(help="Write to this file")] = None,
+    limit: Annotated[int | None, typer.Option(help="At most this many rows")] = None,
+) -> None:
+    """Read back what runs wrote, streamed."""
+    from deployments.export import export_results
+
+    with _clear_errors():
+        if output_format not in ("table", "jsonl", "csv", "parquet"):
+            raise ConfigurationError(
+                f"--format must be table, jsonl, csv or parquet, not {output_format!r}"
+            )
+        fmt: Literal["table", "jsonl", "csv", "parquet"] = output_format  # type: ignore[assignment]
+        count = export_results(
+            console,
+            database_url=database_url,
+            filters={"dataset": dataset, "model_id": model_id, "status": status},
+            output_format=fmt,
+            output=output,
+            limit=limit,
+        )
+    if output is not None:
+        err_console.print(f"wrote {count} rows to {output}")
+
+
+@app.command()
+def emulator(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    token: Annotated[str, typer.Option(help="Bearer token the emulator accepts")] = DEMO_TOKEN,
+    job_latency_s: float = 2.0,
+    task_latency_s: float = 0.0,
+    error_5xx_rate: float = 0.0,
+    rate_429: float = 0.0,
+    drop_connection_rate: float = 0.0,
+    lost_post_response_rate: float = 0.0,
+    failed_job_rate: float = 0.0,
+    task_failure_rate: float = 0.0,
+    not_found_window_s: float = 0.0,
+    shuffle_results: bool = False,
+    fair_use_limit: int = 3,
+    seed: int | None = None,
+) -> None:
+    """Run the Model Studio emulator as a server (for scripts and manual tries)."""
+    from pydantic import ValidationError
+
+    from model_studio.emulator import EmulatorConfig, serve
+    from model_studio.settings import describe_validation_error
+
+    knobs = {k: v for k, v in locals().items() if k not in ("host", "port", "token")}
+    with _clear_errors():
+        try:
+            config = EmulatorConfig(tokens=[token], **knobs)
+        except ValidationError as err:
+            raise ConfigurationError(describe_validation_error(err)) from None
+        base = f"http://{host}:{port}{config.prefix}"
+        console.print(f"MODEL_STUDIO_BASE_URL={base}")
+        console.print(f"MODEL_STUDIO_TOKEN={token}")
+        console.print("MODEL_STUDIO_ORGANIZATION_ID=<any>")
+        console.print(f"stats: http://{host}:{port}/_emulator/stats  (Ctrl-C stops)")
+        serve(config, host=host, port=port)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)

@@ -1,0 +1,70 @@
+"""Progress of `studio-flows generate`: a rich bar on a terminal, plain lines otherwise."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from flows.generate import add_progress_listener, remove_progress_listener
+from model_studio.summary import RunTally
+
+
+@contextmanager
+def progress_display(console: Console, *, enabled: bool = True) -> Iterator[None]:
+    """Show rows done / total, jobs in flight and failures while the flow runs."""
+    if not enabled:
+        yield
+        return
+    if console.is_terminal:
+        with _rich_bar(console):
+            yield
+    else:
+        with _plain_lines(console):
+            yield
+
+
+@contextmanager
+def _rich_bar(console: Console) -> Iterator[None]:
+    progress = Progress(
+        TextColumn("[bold]rows"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[detail]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+    bar = progress.add_task("rows", total=None, detail="")
+
+    def update(done: int, total: int, tally: RunTally, in_flight: int) -> None:
+        detail = f"{in_flight} jobs in flight, {tally.failed + tally.unfinished} failed"
+        progress.update(bar, completed=done, total=total or None, detail=detail)
+
+    add_progress_listener(update)
+    try:
+        with progress:
+            yield
+    finally:
+        remove_progress_listener(update)
+
+
+@contextmanager
+def _plain_lines(console: Console) -> Iterator[None]:
+    last_tenth = -1
+
+    def update(done: int, total: int, tally: RunTally, in_flight: int) -> None:
+        nonlocal last_tenth
+        tenth = 10 * done // total if total else 0
+        if tenth > last_tenth:
+            last_tenth = tenth
+            failed = tally.failed + tally.unfinished
+            console.print(f"rows {done}/{total} done, {failed} failed, {in_flight} jobs in flight")
+
+    add_progress_listener(update)
+    try:
+        yield
+    finally:
+        remove_progress_listener(update)

@@ -1,0 +1,254 @@
+"""The generation flow: a dataset in, every answer in a SQL table, three jobs in flight.
+
+1. Validate the dataset (streamed); under ``fail`` a bad row stops the run here.
+2. Make sure the ``model-studio`` concurrency limit exists.
+3. Plan lazily: skip rows already completed, re-attach recorded jobs.
+4. Run one lane per slot of the limit. A lane holds its fair-use slot across consecutive
+   jobs (see :mod:`tasks.slots`), so the next shard starts the moment one ends.
+5. Persist each job as it ends; report a summary, a table, markdown and progress.
+
+Example:
+    >>> generate_dataset(GenerateOptions(dataset_path="examples/prompts.jsonl", model_id="m"))
+    ... # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.runtime import flow_run
+
+from model_studio.client import ClientStats
+from model_studio.datasets import dataset_name, iter_good_rows, iter_shards
+from model_studio.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    PermissionDeniedError,
+    UnprocessableEntityError,
+)
+from model_studio.jobs import WorkItem
+from model_studio.options import GenerateOptions
+from model_studio.planning import Planner, SharedIterator
+from model_studio.rows import GenerationParams
+from model_studio.settings import Settings, load_settings
+from model_studio.summary import RunSummary, RunTally
+from tasks.datasets import validate_dataset_task
+from tasks.jobs import engine_for, persist_job_results, run_generation_job
+from tasks.limits import ensure_concurrency_limit
+from tasks.slots import FairUseSlot
+
+# Errors every other shard would hit too: stop all lanes instead of failing shard by shard.
+FATAL_ERRORS = (
+    AuthenticationError,
+    PermissionDeniedError,
+    UnprocessableEntityError,
+    ConfigurationError,
+)
+
+ProgressListener = Callable[[int, int, RunTally, int], None]
+_listeners: list[ProgressListener] = []
+
+
+def add_progress_listener(listener: ProgressListener) -> None:
+    """Call ``listener(rows_done, rows_total, tally, jobs_in_flight)`` as jobs end (the CLI)."""
+    _listeners.append(listener)
+
+
+def remove_progress_listener(listener: ProgressListener) -> None:
+    """Stop calling ``listener``."""
+    if listener in _listeners:
+        _listeners.remove(listener)
+
+
+@dataclass
+class _Progress:
+    """Progress of the run: a Prefect progress artifact, plus in-process listeners."""
+
+    total: int
+    tally: RunTally
+    artifact_id: object | None = None
+    in_flight: int = 0
+    _last_artifact_update: float = 0.0
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self.artifact_id = create_progress_artifact(
+            progress=0.0, key="generation-progress", description="Rows done of this run"
+        )
+
+    def job_started(self) -> None:
+        with self._lock:
+            self.in_flight += 1
+        self._notify()
+
+    def job_ended(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
+        self._notify()
+        now = time.monotonic()
+        # One artifact update a second is plenty for a human and spares the API.
+        if now - self._last_artifact_update >= 1.0:
+            self._last_artifact_update = now
+            self._update_artifact()
+
+    def finish(self) -> None:
+        self._update_artifact()
+
+    def _update_artifact(self) -> None:
+        if self.artifact_id is not None and self.total:
+            done = min(self.tally.rows_done, self.total)
+            update_progress_artifact(self.artifact_id, progress=100.0 * done / self.total)  # type: ignore[arg-type]
+
+    def _notify(self) -> None:
+        for listener in list(_listeners):
+            listener(self.tally.rows_done, self.total, self.tally, self.in_flight)
+
+
+@dataclass
+class _Lane:
+    """What every lane shares: the work, the counters and where to write."""
+
+    work: SharedIterator
+    tally: RunTally
+    progress: _Progress
+    stats: ClientStats
+    stop: threading.Event
+    settings: Settings
+    database_url: str
+    options: GenerateOptions
+    flow_run_id: str | None
+
+    def run(self) -> None:
+        """Hold a fair-use slot and run jobs until the work is done or a fatal error."""
+        with FairUseSlot(turn_s=self.settings.slot_turn_s) as slot:
+            for item in self.work:
+                if self.stop.is_set():
+                    return
+                slot.hold()
+                self._run_one(item)
+
+    def _run_one(self, item: WorkItem) -> None:
+        self.progress.job_started()
+        try:
+            outcome = run_generation_job(
+                item,
+                database_url=self.database_url,
+                policy=self.options.ambiguous_policy,
+                stats=self.stats,
+            )
+            persist_job_results(
+                outcome, database_url=self.database_url, flow_run_id=self.flow_run_id
+            )
+        except FATAL_ERRORS:
+            self.stop.set()
+            raise
+        except Exception as err:  # one shard's failure must not stop the others
+            self.tally.record_error(len(item.shard.rows), f"shard {item.shard.shard_key}: {err}")
+        else:
+            self.tally.record(outcome)
+        finally:
+            self.progress.job_ended()
+
+
+def _run_lanes(lane: _Lane, count: int) -> None:
+    """Run ``count`` lanes in threads of this flow run; re-raise the first lane error."""
+    with ThreadPoolExecutor(max_workers=count, thread_name_prefix="lane") as pool:
+        # Each thread runs in a copy of this context, so task calls belong to the flow run.
+        futures = [pool.submit(contextvars.copy_context().run, lane.run) for _ in range(count)]
+    errors = [f.exception() for f in futures if f.exception() is not None]
+    if errors:
+        raise errors[0]  # type: ignore[misc]
+
+
+@flow(name="generate-dataset", description="Batch generation with IONOS AI Model Studio")
+def generate_dataset(options: GenerateOptions) -> RunSummary:
+    """Generate an answer for every row of a dataset and keep each one in SQL.
+
+    Example:
+        >>> summary = generate_dataset(
+        ...     GenerateOptions(dataset_path="examples/prompts.jsonl", model_id="my-model")
+        ... )  # doctest: +SKIP
+        >>> summary.completed  # doctest: +SKIP
+        40
+    """
+    started = time.monotonic()
+    settings = load_settings()
+    settings.require_credentials()
+    database_url = options.database_url or settings.database_url
+    report = validate_dataset_task(options)
+    limit = ensure_concurrency_limit(settings.concurrency_limit)
+
+    params = GenerationParams(options.model_id, options.temperature, options.max_tokens)
+    rows = iter_good_rows(options.dataset_path, options.dataset_options())
+    shards = iter_shards(
+        rows,
+        dataset=dataset_name(options.dataset_path),
+        params=params,
+        shard_size=options.shard_size or settings.shard_size,
+    )
+    planner = Planner(engine_for(database_url))
+    tally = RunTally()
+    lane = _Lane(
+        work=SharedIterator(planner.plan(shards)),
+        tally=tally,
+        progress=_Progress(total=report.rows, tally=tally),
+        stats=ClientStats(),
+        stop=threading.Event(),
+        settings=settings,
+        database_url=database_url,
+        options=options,
+        flow_run_id=str(flow_run.id) if flow_run.id else None,
+    )
+    try:
+        _run_lanes(lane, limit)
+    finally:
+        lane.progress.finish()
+
+    summary = RunSummary(
+        dataset=dataset_name(options.dataset_path),
+        model_id=options.model_id,
+        rows_in_dataset=report.rows,
+        bad_rows_skipped=report.bad_count,
+        duplicates=report.duplicates,
+        already_done=planner.counts.already_done,
+        rows_submitted=planner.counts.rows_planned,
+        completed=tally.completed,
+        failed=tally.failed,
+        unfinished=tally.unfinished,
+        jobs=tally.jobs,
+        reattached=tally.reattached,
+        ambiguous_resubmitted=tally.ambiguous_resubmitted,
+        rate_limited_429=lane.stats.rate_limited,
+        wall_time_s=round(time.monotonic() - started, 2),
+        bad_rows=[str(bad) for bad in report.bad_rows],
+        errors=tally.errors,
+    )
+    _report(summary)
+    return summary
+
+
+def _report(summary: RunSummary) -> None:
+    create_table_artifact(
+        key="generation-summary", table=summary.table(), description="Run summary"
+    )
+    create_markdown_artifact(key="generation-report", markdown=summary.markdown())
+    get_run_logger().info(
+        "%d completed, %d failed, %d unfinished in %d jobs (%.1f s)",
+        summary.completed,
+        summary.failed,
+        summary.unfinished,
+        summary.jobs,
+        summary.wall_time_s,
+    )

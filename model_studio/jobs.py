@@ -1,0 +1,240 @@
+"""Run one shard as one Model Studio job, with the ledger writes that make it exactly-once.
+
+The order of writes is the whole point (DESIGN, rule 2):
+
+1. an intent row for the shard (status ``pending``) before the POST;
+2. the ``job_id`` the moment the POST returns (status ``submitted``);
+3. after the job is terminal, the results and the shard's end in one transaction.
+
+A crash between 2 and 3 loses nothing: the next run finds ``submitted`` with a job_id and
+re-attaches (polls) instead of paying again. A POST whose outcome is unknown is recorded
+as ``ambiguous`` and resubmitted only by policy.
+
+Example:
+    >>> outcome = run_shard(client, engine, WorkItem(shard))  # doctest: +SKIP
+    >>> outcome.completed, outcome.failed  # doctest: +SKIP
+    (50, 0)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from sqlalchemy.engine import Engine
+
+from model_studio.client import ModelStudioClient
+from model_studio.errors import AmbiguousSubmissionError, JobFailedError, NotFoundError
+from model_studio.models import JobStatus
+from model_studio.rows import ResultRecord, Shard
+from model_studio.storage import record_ambiguous, record_job_submitted, record_shard_intent
+
+logger = logging.getLogger("model_studio.jobs")
+
+AmbiguousPolicy = Literal["resubmit", "stop"]
+MAX_AMBIGUOUS_RESUBMITS = 3
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """A shard to run; ``job_id`` is set when a recorded job must be re-attached."""
+
+    shard: Shard
+    job_id: str | None = None
+
+
+@dataclass
+class JobOutcome:
+    """What one job produced, ready to persist."""
+
+    shard: Shard
+    job_id: str
+    job_status: str
+    records: list[ResultRecord]
+    reattached: bool = False
+    ambiguous_resubmits: int = 0
+    error: str | None = None
+
+    @property
+    def completed(self) -> int:
+        """Rows answered."""
+        return sum(1 for r in self.records if r.status == "completed")
+
+    @property
+    def failed(self) -> int:
+        """Rows not answered (per-task failures or a failed job)."""
+        return len(self.records) - self.completed
+
+
+class AmbiguousShardError(AmbiguousSubmissionError):
+    """The POST stayed ambiguous and the policy forbids (more) resubmission."""
+
+    def __init__(self, message: str, *, cause: str, shard_key: str) -> None:
+        super().__init__(message, cause=cause)
+        self.shard_key = shard_key
+
+
+def map_results(shard: Shard, status: JobStatus) -> list[ResultRecord]:
+    """One record per row, matched by ``task_index`` (results may arrive in any order).
+
+    Example:
+        >>> [r.status for r in map_results(shard, status)]  # doctest: +SKIP
+        ['completed', 'failed']
+    """
+    by_index = status.results_by_index()
+    records = []
+    for index, row in enumerate(shard.rows):
+        task = by_index.get(index)
+        if task is not None and task.is_completed:
+            status_text, result, error = "completed", task.result or "", None
+        else:
+            status_text, result = "failed", None
+            error = _task_error(task, index, status)
+        records.append(
+            ResultRecord(
+                identity=row.identity(shard.params),
+                task_index=index,
+                messages=row.messages,
+                status=status_text,
+                result=result,
+                error=error,
+            )
+        )
+    return records
+
+
+def _task_error(task: object, index: int, status: JobStatus) -> str:
+    if task is None:
+        return f"job {status.job_id} returned no result for task_index {index}"
+    detail = getattr(task, "error", None) or getattr(task, "status", "unknown")
+    return f"task {index} ended {detail}"
+
+
+def failed_records(shard: Shard, error: str) -> list[ResultRecord]:
+    """Every row of ``shard`` marked failed with ``error`` (a FAILED job)."""
+    return [
+        ResultRecord(
+            identity=row.identity(shard.params),
+            task_index=index,
+            messages=row.messages,
+            status="failed",
+            result=None,
+            error=error,
+        )
+        for index, row in enumerate(shard.rows)
+    ]
+
+
+def submit_shard(
+    client: ModelStudioClient,
+    engine: Engine,
+    shard: Shard,
+    *,
+    policy: AmbiguousPolicy = "resubmit",
+    sleep: Callable[[float], None] = time.sleep,
+) -> tuple[str, int]:
+    """POST the shard's job, recording intent and job_id; return ``(job_id, resubmits)``.
+
+    An ambiguous POST may have created a job that now runs on the account. Before
+    resubmitting, wait about as long as such a job takes (the caller still holds the
+    fair-use slot), so the orphan's slot is not counted twice.
+    """
+    resubmits = 0
+    while True:
+        record_shard_intent(engine, shard)
+        try:
+            created = client.create_job(shard.request())
+        except AmbiguousSubmissionError as err:
+            record_ambiguous(engine, shard.shard_key, err.cause)
+            if policy != "resubmit" or resubmits >= MAX_AMBIGUOUS_RESUBMITS:
+                raise AmbiguousShardError(
+                    f"Shard {shard.shard_key}: job submission outcome unknown ({err.cause}); "
+                    "left as 'ambiguous' in generation_jobs",
+                    cause=err.cause,
+                    shard_key=shard.shard_key,
+                ) from err
+            resubmits += 1
+            orphan_wait = client.history.predict(len(shard.rows)) or client.poll_interval_s
+            logger.warning(
+                "shard %s: %s; resubmitting in %.1f s (%d)",
+                shard.shard_key,
+                err.cause,
+                orphan_wait,
+                resubmits,
+            )
+            sleep(orphan_wait)
+            continue
+        record_job_submitted(engine, shard.shard_key, created.job_id)
+        return created.job_id, resubmits
+
+
+def run_shard(
+    client: ModelStudioClient,
+    engine: Engine,
+    work: WorkItem,
+    *,
+    deadline_s: float = 3600.0,
+    policy: AmbiguousPolicy = "resubmit",
+) -> JobOutcome:
+    """Submit (or re-attach to) the shard's job and wait until it is terminal.
+
+    The results are returned, not written: :func:`model_studio.storage.complete_shard`
+    persists them in one transaction.
+    """
+    shard = work.shard
+    job_id, resubmits = work.job_id, 0
+    try:
+        if job_id is None:
+            job_id, resubmits = submit_shard(client, engine, shard, policy=policy)
+            status = _wait(client, job_id, shard, deadline_s)
+        else:
+            logger.info("shard %s: re-attaching to job %s", shard.shard_key, job_id)
+            status = _wait_reattached(client, engine, work, deadline_s, policy)
+            job_id = status.job_id
+    except JobFailedError as err:
+        assert job_id is not None
+        return JobOutcome(
+            shard=shard,
+            job_id=job_id,
+            job_status=err.job_status,
+            records=failed_records(shard, str(err)),
+            reattached=work.job_id is not None,
+            ambiguous_resubmits=resubmits,
+            error=str(err),
+        )
+    return JobOutcome(
+        shard=shard,
+        job_id=job_id,
+        job_status=status.job_status,
+        records=map_results(shard, status),
+        reattached=work.job_id is not None,
+        ambiguous_resubmits=resubmits,
+    )
+
+
+def _wait(client: ModelStudioClient, job_id: str, shard: Shard, deadline_s: float) -> JobStatus:
+    return client.wait_for_job(job_id, deadline_s=deadline_s, total_tasks=len(shard.rows))
+
+
+def _wait_reattached(
+    client: ModelStudioClient,
+    engine: Engine,
+    work: WorkItem,
+    deadline_s: float,
+    policy: AmbiguousPolicy,
+) -> JobStatus:
+    """Poll a recorded job; if the service no longer knows it, submit the shard again."""
+    assert work.job_id is not None
+    try:
+        return _wait(client, work.job_id, work.shard, deadline_s)
+    except NotFoundError:
+        logger.warning(
+            "shard %s: recorded job %s is unknown to the service; resubmitting",
+            work.shard.shard_key,
+            work.job_id,
+        )
+    job_id, _ = submit_shard(client, engine, work.shard, policy=policy)
+    return _wait(client, job_id, work.shard, deadline_s)

@@ -1,0 +1,113 @@
+"""The run summary: what a generation run did, as data, a table and markdown.
+
+Example:
+    >>> summary = RunSummary(dataset="d.jsonl", model_id="m", rows_in_dataset=2, completed=2)
+    >>> summary.all_completed
+    True
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel, Field
+
+from model_studio.jobs import JobOutcome
+
+
+class RunSummary(BaseModel):
+    """Counts of one run; the flow's return value and the CLI's report."""
+
+    dataset: str
+    model_id: str
+    rows_in_dataset: int = 0
+    bad_rows_skipped: int = 0
+    duplicates: int = 0
+    already_done: int = 0
+    rows_submitted: int = 0
+    completed: int = 0
+    failed: int = 0
+    unfinished: int = Field(default=0, description="rows of shards that raised (not persisted)")
+    jobs: int = 0
+    reattached: int = 0
+    ambiguous_resubmitted: int = 0
+    rate_limited_429: int = 0
+    wall_time_s: float = 0.0
+    bad_rows: list[str] = Field(default_factory=list, description="first bad rows skipped")
+    errors: list[str] = Field(default_factory=list, description="first shard errors")
+
+    @property
+    def all_completed(self) -> bool:
+        """True when no row of this run failed or was left unfinished."""
+        return self.failed == 0 and self.unfinished == 0
+
+    def table(self) -> list[dict[str, str | int | float]]:
+        """Rows for a two-column table (a Prefect table artifact, the CLI)."""
+        labels = {
+            "rows_in_dataset": "rows in dataset",
+            "bad_rows_skipped": "bad rows skipped",
+            "duplicates": "exact duplicates",
+            "already_done": "already done",
+            "rows_submitted": "rows submitted",
+            "completed": "completed",
+            "failed": "failed",
+            "unfinished": "unfinished",
+            "jobs": "jobs",
+            "reattached": "jobs re-attached",
+            "ambiguous_resubmitted": "ambiguous POSTs resubmitted",
+            "rate_limited_429": "429s absorbed",
+            "wall_time_s": "wall time (s)",
+        }
+        return [{"metric": label, "value": getattr(self, key)} for key, label in labels.items()]
+
+    def markdown(self) -> str:
+        """A markdown report of the run."""
+        lines = [
+            f"# Generation run: `{self.dataset}` with `{self.model_id}`",
+            "",
+            "| metric | value |",
+            "| --- | ---: |",
+        ]
+        lines += [f"| {row['metric']} | {row['value']} |" for row in self.table()]
+        for title, items in (("Bad rows skipped", self.bad_rows), ("Errors", self.errors)):
+            if items:
+                lines += ["", f"## {title}", ""] + [f"- `{item}`" for item in items]
+        return "\n".join(lines) + "\n"
+
+
+@dataclass
+class RunTally:
+    """Thread-safe counters the lanes update as jobs end."""
+
+    completed: int = 0
+    failed: int = 0
+    unfinished: int = 0
+    jobs: int = 0
+    reattached: int = 0
+    ambiguous_resubmitted: int = 0
+    errors: list[str] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def record(self, outcome: JobOutcome) -> None:
+        """Count a persisted job."""
+        with self._lock:
+            self.completed += outcome.completed
+            self.failed += outcome.failed
+            self.jobs += 1
+            self.reattached += int(outcome.reattached)
+            self.ambiguous_resubmitted += outcome.ambiguous_resubmits
+            if outcome.error and len(self.errors) < 20:
+                self.errors.append(outcome.error)
+
+    def record_error(self, rows: int, error: str) -> None:
+        """Count a shard whose job task raised: its rows stay unfinished for the next run."""
+        with self._lock:
+            self.unfinished += rows
+            if len(self.errors) < 20:
+                self.errors.append(error)
+
+    @property
+    def rows_done(self) -> int:
+        """Rows that reached an end in this run (completed, failed or given up)."""
+        return self.completed + self.failed + self.unfinished

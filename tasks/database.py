@@ -1,0 +1,120 @@
+"""Where a run writes its results: a URL, a prefect-sqlalchemy connector block, or settings.
+
+A deployment keeps the database password out of its parameters by naming a
+``SqlAlchemyConnector`` block (prefect-sqlalchemy, the ecosystem's way to hold a database
+password); the URL is built from it in the process that opens the engine. The rendered URL
+carries the password because the engine needs it: log :func:`safe_url` instead, never it.
+"""
+
+from __future__ import annotations
+
+from prefect.exceptions import ObjectNotFound
+from prefect.logging import get_logger
+from prefect_sqlalchemy import (  # type: ignore[import-untyped]
+    ConnectionComponents,
+    SqlAlchemyConnector,
+)
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from model_studio.errors import ConfigurationError
+from model_studio.settings import Settings
+
+logger = get_logger("studio_flows.database")
+
+
+def safe_url(url: str | URL) -> str:
+    """The URL with its password masked, for logs and messages.
+
+    Example:
+        >>> safe_url("postgresql+psycopg://app:secret@db/results")
+        'postgresql+psycopg://app:***@db/results'
+    """
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparsable database URL>"  # never echo it: it may hold a password
+
+
+def connector_url(connector: SqlAlchemyConnector) -> URL:
+    """The SQLAlchemy URL a ``SqlAlchemyConnector`` block describes (password included).
+
+    Example:
+        >>> from prefect_sqlalchemy import SyncDriver
+        >>> info = ConnectionComponents(driver=SyncDriver.SQLITE_PYSQLITE, database="r.db")
+        >>> block = SqlAlchemyConnector(connection_info=info)
+        >>> connector_url(block).render_as_string()
+        'sqlite+pysqlite:///r.db'
+    """
+    info = connector.connection_info
+    if isinstance(info, ConnectionComponents):
+        url: URL = info.create_url()
+        return url
+    return make_url(str(info))
+
+
+def load_connector_url(block_name: str) -> str:
+    """Load the named ``SqlAlchemyConnector`` block and render its URL with the password.
+
+    Raises :class:`ConfigurationError` naming the block (never its contents) when the block
+    is missing or unusable.
+
+    Example:
+        >>> load_connector_url("results-db")  # doctest: +SKIP
+        'postgresql+psycopg://app:...@db:5432/results'
+    """
+    name = block_name.removeprefix(SqlAlchemyConnector.get_block_type_slug() + "/")
+    try:
+        # _sync=True: stay synchronous even when an event loop runs in this thread.
+        connector = SqlAlchemyConnector.load(name, _sync=True)
+    except (ValueError, ObjectNotFound) as err:
+        if isinstance(err, ObjectNotFound) or isinstance(err.__cause__, ObjectNotFound):
+            raise ConfigurationError(
+                f"No SqlAlchemyConnector block named {name!r} on this Prefect server: "
+                "create it (pip install prefect-sqlalchemy; UI or "
+                "SqlAlchemyConnector(...).save(name)), or pass database_url instead."
+            ) from None
+        # Not the message: a validation error of the stored data may quote the password.
+        raise ConfigurationError(
+            f"The SqlAlchemyConnector block {name!r} cannot be used ({type(err).__name__})."
+        ) from None
+    # Only the URL is used: the connector opens no engine until asked, so nothing to close.
+    url = connector_url(connector)
+    if url.drivername.split("+")[-1] in _ASYNC_DRIVERS:
+        raise ConfigurationError(
+            f"The SqlAlchemyConnector block {name!r} uses the async driver "
+            f"{url.drivername!r}; studio-flows writes with a synchronous one "
+            "(postgresql+psycopg, sqlite, mysql+pymysql...)."
+        )
+    logger.debug("Results database from block %r: %s", name, safe_url(url))
+    return url.render_as_string(hide_password=False)
+
+
+# Drivers of prefect_sqlalchemy.AsyncDriver; the block refuses them anyway, but say why.
+_ASYNC_DRIVERS = frozenset({"asyncpg", "aiosqlite", "aiomysql", "asyncmy"})
+
+
+def resolve_database_url(
+    database_url: str | None, database_block: str | None, settings: Settings
+) -> str:
+    """The results database: the URL given, else the connector block's, else the settings'.
+
+    Call it inside the flow or task that opens the engine; the result may contain a
+    password, so pass it only to the engine and log :func:`safe_url` of it.
+
+    Example:
+        >>> resolve_database_url("sqlite:///r.db", None, settings)  # doctest: +SKIP
+        'sqlite:///r.db'
+        >>> resolve_database_url(None, "results-db", settings)  # doctest: +SKIP
+        'postgresql+psycopg://app:...@db:5432/results'
+    """
+    if database_url:
+        if database_block:
+            logger.warning(
+                "Both database_url and database_block %r are set: using database_url",
+                database_block,
+            )
+        return database_url
+    if database_block:
+        return load_connector_url(database_block)
+    return settings.database_url

@@ -1,0 +1,121 @@
+"""Thin Prefect tasks over the core: run one job, persist one job's results.
+
+Retries live in one layer per failure kind: the HTTP client retries transport errors and
+429/5xx; these tasks retry what the client gave up on. Status reads are never cached.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from sqlalchemy.engine import Engine
+
+from model_studio.client import ClientStats, ModelStudioClient
+from model_studio.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    PermissionDeniedError,
+    UnprocessableEntityError,
+)
+from model_studio.jobs import AmbiguousPolicy, AmbiguousShardError, JobOutcome, WorkItem, run_shard
+from model_studio.polling import DurationHistory
+from model_studio.settings import Settings, load_settings
+from model_studio.storage import complete_shard, make_engine
+
+
+@functools.cache
+def engine_for(database_url: str) -> Engine:
+    """One engine (and pool) per database per process, created where it is used."""
+    return make_engine(database_url)
+
+
+@functools.cache
+def _history_for(base_url: str) -> DurationHistory:
+    # Jobs of one service take similar time per conversation: every job task in this
+    # process learns from the ones before it, so polls land near the end of each job.
+    return DurationHistory()
+
+
+def job_client(settings: Settings, stats: ClientStats | None = None) -> ModelStudioClient:
+    """A client for one task run, sharing the timing history of this process."""
+    client = ModelStudioClient.from_settings(settings, history=_history_for(settings.base_url))
+    if stats is not None:
+        client.stats = stats
+    return client
+
+
+def _give_up(task: object, task_run: object, state: object) -> bool:
+    """Retry a job task unless retrying cannot help (bad credentials, bad request, policy)."""
+    try:
+        state.result()  # type: ignore[attr-defined]
+    except (
+        AuthenticationError,
+        PermissionDeniedError,
+        UnprocessableEntityError,
+        ConfigurationError,
+        AmbiguousShardError,
+    ):
+        return False
+    except Exception:
+        return True
+    return False
+
+
+@task(
+    name="run-generation-job",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=5,
+    retry_condition_fn=_give_up,
+    task_run_name="job {work.shard.shard_key}",
+)
+def run_generation_job(
+    work: WorkItem,
+    *,
+    deadline_s: float | None = None,
+    database_url: str,
+    policy: AmbiguousPolicy = "resubmit",
+    stats: ClientStats | None = None,
+) -> JobOutcome:
+    """Submit the shard's job (or re-attach to its recorded job_id) and wait until terminal.
+
+    The caller holds the fair-use slot for the whole call. The job_id is written to the
+    ledger the moment the POST returns.
+
+    Example:
+        >>> outcome = run_generation_job(WorkItem(shard), database_url=url)  # doctest: +SKIP
+        >>> outcome.job_status  # doctest: +SKIP
+        'FINISHED'
+    """
+    settings = load_settings()
+    with job_client(settings, stats) as client:
+        return run_shard(
+            client,
+            engine_for(database_url),
+            work,
+            deadline_s=deadline_s or settings.job_deadline_s,
+            policy=policy,
+        )
+
+
+@task(name="persist-job-results", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=1)
+def persist_job_results(
+    outcome: JobOutcome, *, database_url: str, flow_run_id: str | None = None
+) -> int:
+    """Upsert the job's rows and mark its shard done, in one transaction; return rows written.
+
+    Example:
+        >>> persist_job_results(outcome, database_url="sqlite:///r.db")  # doctest: +SKIP
+        50
+    """
+    complete_shard(
+        engine_for(database_url),
+        outcome.shard,
+        job_id=outcome.job_id,
+        job_status=outcome.job_status,
+        records=outcome.records,
+        flow_run_id=flow_run_id,
+    )
+    return len(outcome.records)

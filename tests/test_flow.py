@@ -1,0 +1,134 @@
+"""The generation flow against the emulator on loopback and a real database."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from flows.generate import generate_dataset
+from model_studio.emulator import EmulatorServer
+from model_studio.errors import DatasetError
+from model_studio.options import GenerateOptions
+from model_studio.storage import iter_results, make_engine
+from tests.fixtures.harness import write_prompts
+
+
+def options(dataset: Path, database_url: str, **extra: object) -> GenerateOptions:
+    return GenerateOptions(
+        dataset_path=str(dataset),
+        model_id="test-model",
+        database_url=database_url,
+        shard_size=5,
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+def stored(database_url: str) -> list[dict[str, object]]:
+    engine = make_engine(database_url)
+    try:
+        return list(iter_results(engine))
+    finally:
+        engine.dispose()
+
+
+def test_every_row_is_answered_by_its_own_task_index(
+    flow_env: EmulatorServer, tmp_path: Path, database_url: str
+) -> None:
+    flow_env.configure(shuffle_results=True, job_latency_s=0.2)
+    dataset = write_prompts(tmp_path / "q.jsonl", 23)
+
+    summary = generate_dataset(options(dataset, database_url))
+
+    assert (summary.completed, summary.failed, summary.jobs) == (23, 0, 5)
+    rows = stored(database_url)
+    assert len(rows) == 23
+    for row in rows:
+        question = row["messages"][-1]["content"]  # type: ignore[index]
+        assert row["result"] == f"test-model answers: {question}"
+        assert row["status"] == "completed"
+
+
+def test_the_window_of_three_is_used_and_never_exceeded(
+    flow_env: EmulatorServer, tmp_path: Path, sqlite_url: str
+) -> None:
+    # The emulator would accept more: what it sees is the flow's own discipline.
+    flow_env.configure(job_latency_s=0.3, fair_use_limit=50)
+    dataset = write_prompts(tmp_path / "q.jsonl", 40)
+
+    generate_dataset(options(dataset, sqlite_url))
+
+    stats = flow_env.stats()
+    assert stats["jobs_created"] == 8
+    assert stats["max_active_jobs"] == 3
+
+
+def test_a_rerun_submits_no_job(
+    flow_env: EmulatorServer, tmp_path: Path, database_url: str
+) -> None:
+    dataset = write_prompts(tmp_path / "q.jsonl", 12)
+    generate_dataset(options(dataset, database_url))
+    created = flow_env.stats()["jobs_created"]
+
+    again = generate_dataset(options(dataset, database_url))
+
+    assert flow_env.stats()["jobs_created"] == created
+    assert (again.already_done, again.jobs, again.rows_submitted) == (12, 0, 0)
+    assert len(stored(database_url)) == 12
+
+
+def test_task_failures_are_recorded_and_a_rerun_retries_only_them(
+    flow_env: EmulatorServer, tmp_path: Path, sqlite_url: str
+) -> None:
+    flow_env.configure(task_failure_rate=0.2, seed=7)
+    dataset = write_prompts(tmp_path / "q.jsonl", 30)
+
+    first = generate_dataset(options(dataset, sqlite_url))
+
+    failed_rows = [r for r in stored(sqlite_url) if r["status"] == "failed"]
+    assert first.failed == len(failed_rows) > 0
+    assert all(r["error"] for r in failed_rows)
+    failed_shards = {r["shard_key"] for r in failed_rows}
+
+    flow_env.configure(task_failure_rate=0.0)
+    flow_env.reset()
+    second = generate_dataset(options(dataset, sqlite_url))
+
+    assert flow_env.stats()["jobs_created"] == len(failed_shards)
+    assert flow_env.stats()["conversations"] == len(failed_rows)
+    assert (second.completed, second.failed) == (len(failed_rows), 0)
+    rows = stored(sqlite_url)
+    assert len(rows) == 30 and all(r["status"] == "completed" for r in rows)
+
+
+def test_a_failed_job_marks_its_rows_failed(
+    flow_env: EmulatorServer, tmp_path: Path, sqlite_url: str
+) -> None:
+    flow_env.configure(failed_job_rate=1.0)
+    dataset = write_prompts(tmp_path / "q.jsonl", 5)
+
+    summary = generate_dataset(options(dataset, sqlite_url))
+
+    assert (summary.completed, summary.failed) == (0, 5)
+    rows = stored(sqlite_url)
+    assert {r["status"] for r in rows} == {"failed"}
+    assert all("FAILED" in str(r["error"]) for r in rows)
+    engine = make_engine(sqlite_url)
+    with engine.connect() as conn:
+        statuses = conn.execute(sa.text("SELECT status FROM generation_jobs")).scalars().all()
+    engine.dispose()
+    assert statuses == ["failed"]
+
+
+def test_a_malformed_dataset_submits_nothing(
+    flow_env: EmulatorServer, tmp_path: Path, sqlite_url: str
+) -> None:
+    dataset = write_prompts(tmp_path / "q.jsonl", 4)
+    with dataset.open("a") as out:
+        out.write('{"prompt": "fine"}\n{"prompt": \n')
+
+    with pytest.raises(DatasetError, match=r"q\.jsonl:6"):
+        generate_dataset(options(dataset, sqlite_url))
+
+    assert flow_env.stats()["jobs_created"] == 0
