@@ -47,6 +47,7 @@ from model_studio.summary import RunSummary, RunTally
 from tasks.datasets import validate_dataset_task
 from tasks.jobs import engine_for, persist_job_results, run_generation_job
 from tasks.limits import ensure_concurrency_limit
+from tasks.preflight import check_model_studio_access
 from tasks.slots import FairUseSlot
 
 # Errors every other shard would hit too: stop all lanes instead of failing shard by shard.
@@ -188,6 +189,7 @@ def generate_dataset(options: GenerateOptions) -> RunSummary:
     settings.require_credentials()
     database_url = options.database_url or settings.database_url
     report = validate_dataset_task(options)
+    check_model_studio_access()
     limit = ensure_concurrency_limit(settings.concurrency_limit)
 
     params = GenerationParams(options.model_id, options.temperature, options.max_tokens)

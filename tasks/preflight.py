@@ -1,0 +1,24 @@
+"""Prefect task over the preflight check."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from model_studio.client import ModelStudioClient, RetryPolicy
+from model_studio.preflight import check_access
+from model_studio.settings import load_settings
+
+
+@task(name="check-model-studio-access", cache_policy=NO_CACHE)
+def check_model_studio_access() -> None:
+    """Fail fast, with one sentence, on a wrong token or an unreachable base URL.
+
+    Settings are read here, not passed in: task parameters must never carry the token.
+
+    Example:
+        >>> check_model_studio_access()  # doctest: +SKIP
+    """
+    settings = load_settings()
+    with ModelStudioClient.from_settings(settings, retry=RetryPolicy(max_retries=2)) as client:
+        check_access(client)
