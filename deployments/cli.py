@@ -249,6 +249,16 @@ def emulator(
         serve(config, host=host, port=port)
 
 
+@app.command("serve")
+def serve_command(
+    limit: Annotated[int | None, typer.Option(help="At most this many flow runs at once")] = None,
+) -> None:
+    """Serve the nightly and ad-hoc deployments from this process (no work pool needed)."""
+    from deployments.serve import serve
+
+    serve(limit=limit)
+
+
 def main() -> None:
     """Console-script entry point."""
     try:
@@ -256,3 +266,7 @@ def main() -> None:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

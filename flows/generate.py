@@ -30,6 +30,7 @@ from prefect.artifacts import (
 )
 from prefect.runtime import flow_run
 
+from model_studio.blocks import resolve_settings
 from model_studio.client import ClientStats
 from model_studio.datasets import dataset_name, iter_good_rows, iter_shards
 from model_studio.errors import (
@@ -42,8 +43,9 @@ from model_studio.jobs import WorkItem
 from model_studio.options import GenerateOptions
 from model_studio.planning import Planner, SharedIterator
 from model_studio.rows import GenerationParams
-from model_studio.settings import Settings, load_settings
+from model_studio.settings import Settings
 from model_studio.summary import RunSummary, RunTally
+from tasks.database import resolve_database_url
 from tasks.datasets import validate_dataset_task
 from tasks.jobs import engine_for, persist_job_results, run_generation_job
 from tasks.limits import ensure_concurrency_limit
@@ -148,6 +150,7 @@ class _Lane:
                 database_url=self.database_url,
                 policy=self.options.ambiguous_policy,
                 stats=self.stats,
+                credentials_block=self.options.credentials_block,
             )
             persist_job_results(
                 outcome, database_url=self.database_url, flow_run_id=self.flow_run_id
@@ -185,11 +188,11 @@ def generate_dataset(options: GenerateOptions) -> RunSummary:
         40
     """
     started = time.monotonic()
-    settings = load_settings()
+    settings = resolve_settings(options.credentials_block)
     settings.require_credentials()
-    database_url = options.database_url or settings.database_url
+    database_url = resolve_database_url(options.database_url, options.database_block, settings)
     report = validate_dataset_task(options)
-    check_model_studio_access()
+    check_model_studio_access(options.credentials_block)
     limit = ensure_concurrency_limit(settings.concurrency_limit)
 
     params = GenerationParams(options.model_id, options.temperature, options.max_tokens)

@@ -12,6 +12,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from sqlalchemy.engine import Engine
 
+from model_studio.blocks import resolve_settings
 from model_studio.client import ClientStats, ModelStudioClient
 from model_studio.errors import (
     AuthenticationError,
@@ -21,7 +22,7 @@ from model_studio.errors import (
 )
 from model_studio.jobs import AmbiguousPolicy, AmbiguousShardError, JobOutcome, WorkItem, run_shard
 from model_studio.polling import DurationHistory
-from model_studio.settings import Settings, load_settings
+from model_studio.settings import Settings
 from model_studio.storage import complete_shard, make_engine
 
 
@@ -78,6 +79,7 @@ def run_generation_job(
     database_url: str,
     policy: AmbiguousPolicy = "resubmit",
     stats: ClientStats | None = None,
+    credentials_block: str | None = None,
 ) -> JobOutcome:
     """Submit the shard's job (or re-attach to its recorded job_id) and wait until terminal.
 
@@ -89,7 +91,7 @@ def run_generation_job(
         >>> outcome.job_status  # doctest: +SKIP
         'FINISHED'
     """
-    settings = load_settings()
+    settings = resolve_settings(credentials_block)  # read here: parameters never hold the token
     with job_client(settings, stats) as client:
         return run_shard(
             client,

@@ -5,13 +5,13 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from model_studio.blocks import resolve_settings
 from model_studio.client import ModelStudioClient, RetryPolicy
 from model_studio.preflight import check_access
-from model_studio.settings import load_settings
 
 
 @task(name="check-model-studio-access", cache_policy=NO_CACHE)
-def check_model_studio_access() -> None:
+def check_model_studio_access(credentials_block: str | None = None) -> None:
     """Fail fast, with one sentence, on a wrong token or an unreachable base URL.
 
     Settings are read here, not passed in: task parameters must never carry the token.
@@ -19,6 +19,6 @@ def check_model_studio_access() -> None:
     Example:
         >>> check_model_studio_access()  # doctest: +SKIP
     """
-    settings = load_settings()
+    settings = resolve_settings(credentials_block)
     with ModelStudioClient.from_settings(settings, retry=RetryPolicy(max_retries=2)) as client:
         check_access(client)

@@ -53,8 +53,9 @@ def test_every_row_is_answered_by_its_own_task_index(
 def test_the_window_of_three_is_used_and_never_exceeded(
     flow_env: EmulatorServer, tmp_path: Path, sqlite_url: str
 ) -> None:
-    # The emulator would accept more: what it sees is the flow's own discipline.
-    flow_env.configure(job_latency_s=0.3, fair_use_limit=50)
+    # The emulator would accept more: what it sees is the flow's own discipline. Jobs last
+    # long enough (1 s) that lanes starting a little apart on a loaded machine still overlap.
+    flow_env.configure(job_latency_s=1.0, fair_use_limit=50)
     dataset = write_prompts(tmp_path / "q.jsonl", 40)
 
     generate_dataset(options(dataset, sqlite_url))
