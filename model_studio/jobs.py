@@ -30,7 +30,12 @@ from model_studio.client import ModelStudioClient
 from model_studio.errors import AmbiguousSubmissionError, JobFailedError, NotFoundError
 from model_studio.models import JobStatus
 from model_studio.rows import ResultRecord, Shard
-from model_studio.storage import record_ambiguous, record_job_submitted, record_shard_intent
+from model_studio.storage import (
+    get_shard,
+    record_ambiguous,
+    record_job_submitted,
+    record_shard_intent,
+)
 
 logger = logging.getLogger("model_studio.jobs")
 
@@ -185,7 +190,8 @@ def run_shard(
     persists them in one transaction.
     """
     shard = work.shard
-    job_id, resubmits = work.job_id, 0
+    job_id, resubmits = work.job_id or _recorded_job(engine, shard), 0
+    work = WorkItem(shard, job_id)
     try:
         if job_id is None:
             job_id, resubmits = submit_shard(client, engine, shard, policy=policy)
@@ -213,6 +219,18 @@ def run_shard(
         reattached=work.job_id is not None,
         ambiguous_resubmits=resubmits,
     )
+
+
+def _recorded_job(engine: Engine, shard: Shard) -> str | None:
+    """The job_id the ledger holds for this shard, if its job may still be running.
+
+    This makes a retried task re-attach instead of paying again: the POST of the first
+    try may have succeeded before the task failed while waiting.
+    """
+    record = get_shard(engine, shard.shard_key)
+    if record is not None and record.status == "submitted" and record.job_id:
+        return record.job_id
+    return None
 
 
 def _wait(client: ModelStudioClient, job_id: str, shard: Shard, deadline_s: float) -> JobStatus:

@@ -1,0 +1,114 @@
+"""One shard as one job: the ledger writes that make it exactly-once (core, no Prefect)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy.engine import Engine
+
+from model_studio.client import ModelStudioClient
+from model_studio.emulator import EmulatorServer
+from model_studio.jobs import (
+    AmbiguousShardError,
+    WorkItem,
+    map_results,
+    run_shard,
+    submit_shard,
+)
+from model_studio.models import JobStatus, Message
+from model_studio.rows import GenerationParams, Row, Shard
+from model_studio.storage import get_shard, make_engine
+
+
+def make_shard(count: int = 3) -> Shard:
+    rows = tuple(
+        Row.from_messages([Message(role="user", content=f"q{i}")], line=i + 1) for i in range(count)
+    )
+    return Shard(dataset="d.jsonl", params=GenerationParams("m", 0.5, 32), rows=rows)
+
+
+@pytest.fixture
+def sqlite_engine(sqlite_url: str) -> Iterator[Engine]:
+    engine = make_engine(sqlite_url)
+    yield engine
+    engine.dispose()
+
+
+def test_a_retried_job_reattaches_to_the_recorded_job_instead_of_paying_again(
+    emulator: EmulatorServer, studio_client: ModelStudioClient, sqlite_engine: Engine
+) -> None:
+    shard = make_shard()
+    # The first try of the task: the POST went through and was recorded, then it failed.
+    job_id, _ = submit_shard(studio_client, sqlite_engine, shard)
+
+    outcome = run_shard(studio_client, sqlite_engine, WorkItem(shard))
+
+    assert emulator.stats()["jobs_created"] == 1
+    assert (outcome.job_id, outcome.reattached, outcome.completed) == (job_id, True, 3)
+
+
+def test_the_job_id_is_recorded_before_the_job_ends(
+    emulator: EmulatorServer, studio_client: ModelStudioClient, sqlite_engine: Engine
+) -> None:
+    emulator.configure(job_latency_s=5.0)
+    shard = make_shard()
+
+    job_id, resubmits = submit_shard(studio_client, sqlite_engine, shard)
+
+    record = get_shard(sqlite_engine, shard.shard_key)
+    assert record is not None
+    assert (record.status, record.job_id, resubmits) == ("submitted", job_id, 0)
+
+
+def test_a_lost_post_response_stops_under_the_stop_policy(
+    emulator: EmulatorServer, studio_client: ModelStudioClient, sqlite_engine: Engine
+) -> None:
+    emulator.configure(lost_post_response_rate=1.0)
+    shard = make_shard()
+
+    with pytest.raises(AmbiguousShardError, match="outcome unknown"):
+        submit_shard(studio_client, sqlite_engine, shard, policy="stop")
+
+    record = get_shard(sqlite_engine, shard.shard_key)
+    assert record is not None and record.status == "ambiguous"
+    assert emulator.stats()["jobs_created"] == 1
+
+
+def test_ambiguous_resubmits_are_bounded_and_wait_for_the_orphan(
+    emulator: EmulatorServer, studio_client: ModelStudioClient, sqlite_engine: Engine
+) -> None:
+    emulator.configure(lost_post_response_rate=1.0)
+    waits: list[float] = []
+
+    with pytest.raises(AmbiguousShardError):
+        submit_shard(studio_client, sqlite_engine, make_shard(), sleep=waits.append)
+
+    assert emulator.stats()["jobs_created"] == 4  # the first POST and three resubmits
+    assert len(waits) == 3 and all(w > 0 for w in waits)
+
+
+def test_results_map_by_task_index_and_a_missing_one_is_a_failed_row() -> None:
+    shard = make_shard(3)
+    status = JobStatus.model_validate(
+        {
+            "job_id": "j",
+            "job_status": "FINISHED",
+            "total_tasks": 3,
+            "completed_tasks": 2,
+            "results": [
+                {"task_index": 2, "status": "completed", "result": "two"},
+                {"task_index": 0, "status": "completed", "result": "zero"},
+            ],
+        }
+    )
+
+    records = map_results(shard, status)
+
+    assert [(r.task_index, r.status, r.result) for r in records] == [
+        (0, "completed", "zero"),
+        (1, "failed", None),
+        (2, "completed", "two"),
+    ]
+    assert records[1].error == "job j returned no result for task_index 1"
+    assert records[2].identity == shard.rows[2].identity(shard.params)
