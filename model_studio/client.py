@@ -424,9 +424,15 @@ class ModelStudioClient(_BaseClient):
             if status is None:
                 delay = plan.next_delay(elapsed=self._clock() - started, completed=0, total=0)
                 continue
+            seen_running = last is not None
             last = self._log_progress(status, last)
             if status.is_terminal:
-                self.history.record(seconds=self._clock() - started, tasks=status.total_tasks)
+                # Terminal at the first look: the job took at most this long (see polling).
+                self.history.record(
+                    seconds=self._clock() - started,
+                    tasks=status.total_tasks,
+                    upper_bound=not seen_running,
+                )
                 return self._check_job(status)
             delay = plan.next_delay(
                 elapsed=self._clock() - started,
@@ -543,9 +549,15 @@ class AsyncModelStudioClient(_BaseClient):
             if status is None:
                 delay = plan.next_delay(elapsed=self._clock() - started, completed=0, total=0)
                 continue
+            seen_running = last is not None
             last = self._log_progress(status, last)
             if status.is_terminal:
-                self.history.record(seconds=self._clock() - started, tasks=status.total_tasks)
+                # Terminal at the first look: the job took at most this long (see polling).
+                self.history.record(
+                    seconds=self._clock() - started,
+                    tasks=status.total_tasks,
+                    upper_bound=not seen_running,
+                )
                 return self._check_job(status)
             delay = plan.next_delay(
                 elapsed=self._clock() - started,

@@ -20,7 +20,15 @@ import threading
 from dataclasses import dataclass, field
 
 # Poll a little after the predicted end, not at it: arriving early costs one more request.
+# For very short jobs a fixed 20 ms would be most of the job: at most a tenth of it then.
 _LATE_BY_S = 0.02
+_LATE_FRACTION = 0.1
+# A job already terminal at its first poll only says "it took at most this long", and the
+# first poll is timed from the history itself: recording that as the duration can only grow
+# the prediction (it never learns that jobs got faster; at latency 0, 20 ms of sleep per job
+# came back as a 20 ms job). Such a sample is shrunk, so the next first poll comes earlier;
+# if that one finds the job running, its progress gives the true end again (bench/, issue 9).
+_UPPER_BOUND_SHRINK = 0.8
 # Once a prediction has passed, re-poll quickly and back off from there.
 _OVERDUE_START_S = 0.05
 
@@ -32,11 +40,15 @@ class DurationHistory:
     _seconds_per_task: float | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def record(self, *, seconds: float, tasks: int) -> None:
-        """Remember how long a finished job of ``tasks`` conversations took."""
+    def record(self, *, seconds: float, tasks: int, upper_bound: bool = False) -> None:
+        """Remember how long a finished job of ``tasks`` conversations took.
+
+        ``upper_bound``: the job was already terminal when first seen, so it took at most
+        ``seconds``; the sample is shrunk so that predictions can come down.
+        """
         if tasks <= 0 or seconds <= 0:
             return
-        sample = seconds / tasks
+        sample = seconds / tasks * (_UPPER_BOUND_SHRINK if upper_bound else 1.0)
         with self._lock:
             previous = self._seconds_per_task
             # An exponential average follows a service that slows down or speeds up.
@@ -63,7 +75,7 @@ class PollPlan:
         """Delay between the POST and the first GET."""
         predicted = self.history.predict(tasks)
         if predicted is not None:
-            return self._clamp(predicted + _LATE_BY_S)
+            return self._clamp(predicted + min(_LATE_BY_S, _LATE_FRACTION * predicted))
         self._backoff = self.start
         return self.start
 
