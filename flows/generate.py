@@ -49,7 +49,7 @@ from model_studio.settings import Settings
 from model_studio.summary import RunSummary, RunTally
 from tasks.database import resolve_database_url
 from tasks.datasets import validate_dataset_task
-from tasks.jobs import engine_for, persist_job_results, run_generation_job
+from tasks.jobs import engine_for, run_generation_job
 from tasks.limits import ensure_concurrency_limit
 from tasks.preflight import check_model_studio_access
 from tasks.slots import FairUseSlot
@@ -166,16 +166,13 @@ class _Lane:
             # opaque(): Prefect resolves the parameter without walking into it. Its default
             # walk (visit_collection) over a 100-row shard cost ~15 ms per task call, three
             # times the rest of the task run (bench/, issue 9: 23 ms -> 7 ms a call).
+            # One task run per job: submit or re-attach, wait, persist in one transaction.
             outcome = run_generation_job(
                 opaque(item),  # type: ignore[arg-type]
                 database_url=self.database_url,
                 policy=self.options.ambiguous_policy,
                 stats=self.stats,
                 credentials_block=self.options.credentials_block,
-            )
-            persist_job_results(
-                opaque(outcome),  # type: ignore[arg-type]
-                database_url=self.database_url,
                 flow_run_id=self.flow_run_id,
             )
         except FATAL_ERRORS:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import logging
 import random
 import threading
@@ -310,6 +311,17 @@ def _describe_transport_error(exc: httpx.HTTPError) -> str:
     return kind.get(type(exc), type(exc).__name__)
 
 
+@functools.cache
+def shared_http_pool(base_url: str, timeout_s: float) -> httpx.Client:
+    """One connection pool per API and process, for clients made per task run.
+
+    Building an ``httpx.Client`` loads the CA bundle into a new SSL context (~40 ms, the
+    largest single cost per job in the P3 profile, bench/RESULTS.md); a pool is thread-safe
+    and also keeps connections alive between jobs. Lives as long as the process.
+    """
+    return httpx.Client(base_url=base_url, timeout=timeout_s)
+
+
 class ModelStudioClient(_BaseClient):
     """Synchronous client. Use as a context manager so the connection pool is closed.
 
@@ -321,6 +333,7 @@ class ModelStudioClient(_BaseClient):
         self,
         *,
         transport: httpx.BaseTransport | None = None,
+        shared_pool: bool = False,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         **kwargs: Any,
@@ -328,8 +341,12 @@ class ModelStudioClient(_BaseClient):
         super().__init__(**kwargs)
         self._sleep = sleep
         self._clock = clock
-        self._http = httpx.Client(
-            base_url=self.base_url, timeout=self.timeout_s, transport=transport
+        # A shared pool outlives this client (see shared_http_pool); close() leaves it open.
+        self._owns_http = not shared_pool
+        self._http = (
+            shared_http_pool(self.base_url, self.timeout_s)
+            if shared_pool
+            else httpx.Client(base_url=self.base_url, timeout=self.timeout_s, transport=transport)
         )
 
     @classmethod
@@ -344,8 +361,9 @@ class ModelStudioClient(_BaseClient):
         self.close()
 
     def close(self) -> None:
-        """Close the connection pool."""
-        self._http.close()
+        """Close the connection pool (a shared pool stays open for the next client)."""
+        if self._owns_http:
+            self._http.close()
 
     def _send(self, method: str, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
         is_post = method == "POST"
@@ -397,19 +415,21 @@ class ModelStudioClient(_BaseClient):
         deadline_s: float = 3600.0,
         total_tasks: int = 0,
         submitted_at: float | None = None,
+        poll_now: bool = False,
     ) -> JobStatus:
         """Poll until the job is terminal; return it if FINISHED.
 
         Raises :class:`JobFailedError` for FAILED/ERROR/CANCELLED and
         :class:`JobDeadlineExceededError` at the deadline. A 404 shortly after creation is
-        retried. ``submitted_at`` (this client's clock) dates the POST when known.
+        retried. ``submitted_at`` (this client's clock) dates the POST when known;
+        ``poll_now`` looks at once (a re-attached job may have ended long ago).
 
         Example:
             >>> client.wait_for_job(job.job_id, deadline_s=600).results  # doctest: +SKIP
         """
         started = self._clock() if submitted_at is None else submitted_at
         plan = self._poll_plan()
-        delay = plan.first_delay(tasks=total_tasks)
+        delay = 0.0 if poll_now else plan.first_delay(tasks=total_tasks)
         last: tuple[str, int] | None = None
         while True:
             elapsed = self._clock() - started
@@ -426,13 +446,14 @@ class ModelStudioClient(_BaseClient):
                 continue
             seen_running = last is not None
             last = self._log_progress(status, last)
-            if status.is_terminal:
+            if status.is_terminal and not poll_now:  # a re-attached job's age is unknown
                 # Terminal at the first look: the job took at most this long (see polling).
                 self.history.record(
                     seconds=self._clock() - started,
                     tasks=status.total_tasks,
                     upper_bound=not seen_running,
                 )
+            if status.is_terminal:
                 return self._check_job(status)
             delay = plan.next_delay(
                 elapsed=self._clock() - started,
@@ -530,11 +551,12 @@ class AsyncModelStudioClient(_BaseClient):
         deadline_s: float = 3600.0,
         total_tasks: int = 0,
         submitted_at: float | None = None,
+        poll_now: bool = False,
     ) -> JobStatus:
         """Poll until the job is terminal; see :meth:`ModelStudioClient.wait_for_job`."""
         started = self._clock() if submitted_at is None else submitted_at
         plan = self._poll_plan()
-        delay = plan.first_delay(tasks=total_tasks)
+        delay = 0.0 if poll_now else plan.first_delay(tasks=total_tasks)
         last: tuple[str, int] | None = None
         while True:
             elapsed = self._clock() - started
@@ -551,13 +573,14 @@ class AsyncModelStudioClient(_BaseClient):
                 continue
             seen_running = last is not None
             last = self._log_progress(status, last)
-            if status.is_terminal:
+            if status.is_terminal and not poll_now:  # a re-attached job's age is unknown
                 # Terminal at the first look: the job took at most this long (see polling).
                 self.history.record(
                     seconds=self._clock() - started,
                     tasks=status.total_tasks,
                     upper_bound=not seen_running,
                 )
+            if status.is_terminal:
                 return self._check_job(status)
             delay = plan.next_delay(
                 elapsed=self._clock() - started,

@@ -233,8 +233,17 @@ def _recorded_job(engine: Engine, shard: Shard) -> str | None:
     return None
 
 
-def _wait(client: ModelStudioClient, job_id: str, shard: Shard, deadline_s: float) -> JobStatus:
-    return client.wait_for_job(job_id, deadline_s=deadline_s, total_tasks=len(shard.rows))
+def _wait(
+    client: ModelStudioClient,
+    job_id: str,
+    shard: Shard,
+    deadline_s: float,
+    *,
+    reattached: bool = False,
+) -> JobStatus:
+    return client.wait_for_job(
+        job_id, deadline_s=deadline_s, total_tasks=len(shard.rows), poll_now=reattached
+    )
 
 
 def _wait_reattached(
@@ -247,7 +256,7 @@ def _wait_reattached(
     """Poll a recorded job; if the service no longer knows it, submit the shard again."""
     assert work.job_id is not None
     try:
-        return _wait(client, work.job_id, work.shard, deadline_s)
+        return _wait(client, work.job_id, work.shard, deadline_s, reattached=True)
     except NotFoundError:
         logger.warning(
             "shard %s: recorded job %s is unknown to the service; resubmitting",

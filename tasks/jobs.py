@@ -41,7 +41,9 @@ def _history_for(base_url: str) -> DurationHistory:
 
 def job_client(settings: Settings, stats: ClientStats | None = None) -> ModelStudioClient:
     """A client for one task run, sharing the timing history of this process."""
-    client = ModelStudioClient.from_settings(settings, history=_history_for(settings.base_url))
+    client = ModelStudioClient.from_settings(
+        settings, history=_history_for(settings.base_url), shared_pool=True
+    )
     if stats is not None:
         client.stats = stats
     return client
@@ -80,11 +82,17 @@ def run_generation_job(
     policy: AmbiguousPolicy = "resubmit",
     stats: ClientStats | None = None,
     credentials_block: str | None = None,
+    persist: bool = True,
+    flow_run_id: str | None = None,
 ) -> JobOutcome:
-    """Submit the shard's job (or re-attach to its recorded job_id) and wait until terminal.
+    """Submit the shard's job (or re-attach to its recorded job_id), wait, and persist it.
 
     The caller holds the fair-use slot for the whole call. The job_id is written to the
-    ledger the moment the POST returns.
+    ledger the moment the POST returns; with ``persist`` (the default) the results and the
+    shard's end are written in one transaction before the task returns. Persisting here
+    rather than in a second task run halves the Prefect API traffic per job (the ephemeral
+    API server was the bottleneck at 10,000 jobs, bench/RESULTS.md), and is safe: a retry
+    of this task re-attaches to the recorded job instead of paying again.
 
     Example:
         >>> outcome = run_generation_job(WorkItem(shard), database_url=url)  # doctest: +SKIP
@@ -93,25 +101,19 @@ def run_generation_job(
     """
     settings = resolve_settings(credentials_block)  # read here: parameters never hold the token
     with job_client(settings, stats) as client:
-        return run_shard(
+        outcome = run_shard(
             client,
             engine_for(database_url),
             work,
             deadline_s=deadline_s or settings.job_deadline_s,
             policy=policy,
         )
+    if persist:
+        _persist(outcome, database_url, flow_run_id)
+    return outcome
 
 
-@task(name="persist-job-results", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=1)
-def persist_job_results(
-    outcome: JobOutcome, *, database_url: str, flow_run_id: str | None = None
-) -> int:
-    """Upsert the job's rows and mark its shard done, in one transaction; return rows written.
-
-    Example:
-        >>> persist_job_results(outcome, database_url="sqlite:///r.db")  # doctest: +SKIP
-        50
-    """
+def _persist(outcome: JobOutcome, database_url: str, flow_run_id: str | None) -> None:
     complete_shard(
         engine_for(database_url),
         outcome.shard,
@@ -120,4 +122,19 @@ def persist_job_results(
         records=outcome.records,
         flow_run_id=flow_run_id,
     )
+
+
+@task(name="persist-job-results", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=1)
+def persist_job_results(
+    outcome: JobOutcome, *, database_url: str, flow_run_id: str | None = None
+) -> int:
+    """Upsert the job's rows and mark its shard done, in one transaction; return rows written.
+
+    For flows that run jobs with ``run_generation_job(..., persist=False)`` and write later.
+
+    Example:
+        >>> persist_job_results(outcome, database_url="sqlite:///r.db")  # doctest: +SKIP
+        50
+    """
+    _persist(outcome, database_url, flow_run_id)
     return len(outcome.records)

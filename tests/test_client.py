@@ -11,6 +11,7 @@ import email.utils
 import json
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -181,13 +182,23 @@ def fake() -> FakeTime:
 
 @pytest.fixture(autouse=True)
 def _no_real_sleep(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Any real sleep in a client test is a bug of the test or of the client."""
+    """Any real sleep in a client test is a bug of the test or of the client.
+
+    Only the test's own thread is watched: servers other tests started in this session
+    (the emulator's event loop, Prefect's threads) sleep for real and must keep running.
+    """
+    test_thread = threading.get_ident()
+    real_sleep, real_async_sleep = time.sleep, asyncio.sleep
 
     def forbidden(seconds: float) -> None:
-        raise AssertionError(f"real sleep of {seconds} s")
+        if threading.get_ident() == test_thread:
+            raise AssertionError(f"real sleep of {seconds} s")
+        real_sleep(seconds)
 
     async def forbidden_async(seconds: float, result: Any = None) -> Any:
-        raise AssertionError(f"real asyncio.sleep of {seconds} s")
+        if threading.get_ident() == test_thread:
+            raise AssertionError(f"real asyncio.sleep of {seconds} s")
+        return await real_async_sleep(seconds, result)
 
     # The clients' defaults are bound at import; this catches a direct call slipping back in.
     monkeypatch.setattr(time, "sleep", forbidden)

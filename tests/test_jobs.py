@@ -18,7 +18,7 @@ from model_studio.jobs import (
 )
 from model_studio.models import JobStatus, Message
 from model_studio.rows import GenerationParams, Row, Shard
-from model_studio.storage import get_shard, make_engine
+from model_studio.storage import completed_identities, get_shard, make_engine
 
 
 def make_shard(count: int = 3) -> Shard:
@@ -112,3 +112,22 @@ def test_results_map_by_task_index_and_a_missing_one_is_a_failed_row() -> None:
     ]
     assert records[1].error == "job j returned no result for task_index 1"
     assert records[2].identity == shard.rows[2].identity(shard.params)
+
+
+def test_persist_job_results_writes_a_finished_shard_once(
+    emulator: EmulatorServer,
+    studio_client: ModelStudioClient,
+    sqlite_engine: Engine,
+    sqlite_url: str,
+) -> None:
+    from tasks.jobs import persist_job_results
+
+    shard = make_shard(4)
+    outcome = run_shard(studio_client, sqlite_engine, WorkItem(shard))
+
+    assert persist_job_results.fn(outcome, database_url=sqlite_url) == 4
+    assert persist_job_results.fn(outcome, database_url=sqlite_url) == 4  # idempotent
+
+    record = get_shard(sqlite_engine, shard.shard_key)
+    assert record is not None and record.status == "finished"
+    assert len(completed_identities(sqlite_engine, shard.identities)) == 4
