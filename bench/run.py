@@ -352,7 +352,7 @@ def instrument(timers: Timers) -> None:
     timers.patch(jobs, "record_job_submitted", "db_ledger")
     timers.patch(client.ModelStudioClient, "_send", "http")
     timers.patch(task_jobs, "complete_shard", "db_persist")
-    timers.patch(generate._Lane, "_run_one", "lane_job")  # both task runs, Prefect included
+    timers.patch(generate._Lane, "_run_one", "lane_job")  # the job task run, Prefect included
     timers.patch(slots.FairUseSlot, "hold", "slot")
 
 
@@ -362,7 +362,7 @@ def split(timers: Timers, rows: int, wall: float) -> dict[str, Any]:
     persisting = s["db_persist"] + s["db_ledger"] + s["db_plan"]
     http = s["http"]
     poll_wait = s["job"] - s["http"] - s["db_ledger"]  # sleeps between polls + result mapping
-    prefect = s["lane_job"] - s["job"] - s["db_persist"]  # two task runs' engine overhead
+    prefect = s["lane_job"] - s["job"] - s["db_persist"]  # the job task run engine overhead
     parts = {
         "reading": reading,
         "persisting": persisting,
@@ -870,7 +870,7 @@ def render(results: Results, sizes: Sizes, quick: bool) -> str:
         "  job ends as it is created, so the emulator's fair-use limit of 3 can never refuse,",
         "  and the flow keeps its own 3 lanes). Poll start 1 ms. Times are summed",
         "  thread-seconds of the three lanes (plus the main thread for reading), measured by",
-        "  wrapping the flow's functions; *Prefect* = a job's two task runs minus the work",
+        "  wrapping the flow's functions; *Prefect* = a job's task run minus the work",
         "  inside them. `p3_us_per_row` = (reading + persisting) thread-seconds / rows.",
         "- **P4** = peak RSS of the flow's process (psutil, sampled every 50 ms) at "
         f"{p3['rows']} rows / at {p4['rows']} rows.",

@@ -73,6 +73,38 @@ class JobOutcome:
         """Rows not answered (per-task failures or a failed job)."""
         return len(self.records) - self.completed
 
+    def report(self) -> JobReport:
+        """The counts of this job, without its rows."""
+        return JobReport(
+            shard_key=self.shard.shard_key,
+            job_id=self.job_id,
+            job_status=self.job_status,
+            completed=self.completed,
+            failed=self.failed,
+            reattached=self.reattached,
+            ambiguous_resubmits=self.ambiguous_resubmits,
+            error=self.error,
+        )
+
+
+@dataclass(frozen=True)
+class JobReport:
+    """What a persisted job did, in a few fields.
+
+    Job tasks return this, not the :class:`JobOutcome`: Prefect keeps every task run's
+    return value for the rest of the flow run, and 10,000 outcomes of 100 rows each were
+    most of the memory a 1 M-row run grew by (bench/RESULTS.md, P4).
+    """
+
+    shard_key: str
+    job_id: str
+    job_status: str
+    completed: int
+    failed: int
+    reattached: bool = False
+    ambiguous_resubmits: int = 0
+    error: str | None = None
+
 
 class AmbiguousShardError(AmbiguousSubmissionError):
     """The POST stayed ambiguous and the policy forbids (more) resubmission."""

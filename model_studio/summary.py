@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, Field
 
-from model_studio.jobs import JobOutcome
+from model_studio.jobs import JobReport
 
 
 class RunSummary(BaseModel):
@@ -89,7 +89,7 @@ class RunTally:
     errors: list[str] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def record(self, outcome: JobOutcome) -> None:
+    def record(self, outcome: JobReport) -> None:
         """Count a persisted job."""
         with self._lock:
             self.completed += outcome.completed

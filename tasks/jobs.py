@@ -20,7 +20,14 @@ from model_studio.errors import (
     PermissionDeniedError,
     UnprocessableEntityError,
 )
-from model_studio.jobs import AmbiguousPolicy, AmbiguousShardError, JobOutcome, WorkItem, run_shard
+from model_studio.jobs import (
+    AmbiguousPolicy,
+    AmbiguousShardError,
+    JobOutcome,
+    JobReport,
+    WorkItem,
+    run_shard,
+)
 from model_studio.polling import DurationHistory
 from model_studio.settings import Settings
 from model_studio.storage import complete_shard, make_engine
@@ -82,22 +89,21 @@ def run_generation_job(
     policy: AmbiguousPolicy = "resubmit",
     stats: ClientStats | None = None,
     credentials_block: str | None = None,
-    persist: bool = True,
     flow_run_id: str | None = None,
-) -> JobOutcome:
+) -> JobReport:
     """Submit the shard's job (or re-attach to its recorded job_id), wait, and persist it.
 
     The caller holds the fair-use slot for the whole call. The job_id is written to the
-    ledger the moment the POST returns; with ``persist`` (the default) the results and the
-    shard's end are written in one transaction before the task returns. Persisting here
+    ledger the moment the POST returns; the results and the shard's end are written in one
+    transaction before the task returns its :class:`JobReport`. Persisting here
     rather than in a second task run halves the Prefect API traffic per job (the ephemeral
     API server was the bottleneck at 10,000 jobs, bench/RESULTS.md), and is safe: a retry
     of this task re-attaches to the recorded job instead of paying again.
 
     Example:
-        >>> outcome = run_generation_job(WorkItem(shard), database_url=url)  # doctest: +SKIP
-        >>> outcome.job_status  # doctest: +SKIP
-        'FINISHED'
+        >>> report = run_generation_job(WorkItem(shard), database_url=url)  # doctest: +SKIP
+        >>> report.job_status, report.completed  # doctest: +SKIP
+        ('FINISHED', 50)
     """
     settings = resolve_settings(credentials_block)  # read here: parameters never hold the token
     with job_client(settings, stats) as client:
@@ -108,9 +114,8 @@ def run_generation_job(
             deadline_s=deadline_s or settings.job_deadline_s,
             policy=policy,
         )
-    if persist:
-        _persist(outcome, database_url, flow_run_id)
-    return outcome
+    _persist(outcome, database_url, flow_run_id)
+    return outcome.report()
 
 
 def _persist(outcome: JobOutcome, database_url: str, flow_run_id: str | None) -> None:
@@ -130,7 +135,8 @@ def persist_job_results(
 ) -> int:
     """Upsert the job's rows and mark its shard done, in one transaction; return rows written.
 
-    For flows that run jobs with ``run_generation_job(..., persist=False)`` and write later.
+    For flows that run jobs with the core's :func:`model_studio.jobs.run_shard` and write
+    them in a task of their own.
 
     Example:
         >>> persist_job_results(outcome, database_url="sqlite:///r.db")  # doctest: +SKIP
