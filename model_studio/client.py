@@ -136,6 +136,8 @@ class _Retry(Exception):
 class _BaseClient:
     """Request building, response parsing and retry decisions shared by both clients."""
 
+    _clock: Callable[[], float]  # set by each client: time.monotonic unless a test injects one
+
     def __init__(
         self,
         *,
@@ -186,11 +188,6 @@ class _BaseClient:
     def _generate_path(self, job_id: str | None = None) -> str:
         path = f"/organizations/{self.organization_id}/generate"
         return path if job_id is None else f"{path}/{job_id}"
-
-    def _poll_plan(self) -> PollPlan:
-        return PollPlan(
-            start=self.poll_interval_s, maximum=self.poll_max_interval_s, history=self.history
-        )
 
     @staticmethod
     def _parse(response: httpx.Response, model: type[ModelT]) -> ModelT:
@@ -245,19 +242,98 @@ class _BaseClient:
         )
         raise error_type(f"Could not reach {self.base_url}: {cause}") from exc
 
-    def _check_job(self, status: JobStatus) -> JobStatus:
-        if status.is_failed:
-            raise JobFailedError(
-                f"Job {status.job_id} ended {status.job_status}",
-                job_id=status.job_id,
-                job_status=status.job_status,
-            )
-        return status
+    def _waiter(
+        self,
+        job_id: str,
+        deadline_s: float,
+        total_tasks: int,
+        submitted_at: float | None,
+        poll_now: bool,
+    ) -> _Waiter:
+        started = self._clock() if submitted_at is None else submitted_at
+        return _Waiter(
+            job_id=job_id,
+            deadline_s=deadline_s,
+            started=started,
+            plan=PollPlan(
+                start=self.poll_interval_s, maximum=self.poll_max_interval_s, history=self.history
+            ),
+            history=self.history,
+            not_found_grace_s=self.not_found_grace_s,
+            total_tasks=total_tasks,
+            poll_now=poll_now,
+        )
 
-    def _log_progress(self, status: JobStatus, last: tuple[str, int] | None) -> tuple[str, int]:
-        """Log only when the status or the progress changed since the last poll."""
+
+@dataclass
+class _Waiter:
+    """The decisions of ``wait_for_job``, without I/O: both clients drive one of these.
+
+    Each round: :meth:`next_sleep`, then a GET, then :meth:`seen` (or
+    :meth:`keep_polling_after_404`). Logs only when the status or the progress changed.
+    """
+
+    job_id: str
+    deadline_s: float
+    started: float
+    plan: PollPlan
+    history: DurationHistory
+    not_found_grace_s: float
+    total_tasks: int
+    poll_now: bool
+    last: tuple[str, int] | None = None
+    delay: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.delay = 0.0 if self.poll_now else self.plan.first_delay(tasks=self.total_tasks)
+
+    def next_sleep(self, now: float) -> tuple[float, bool]:
+        """Seconds to sleep before the next GET, and whether that GET is the last one."""
+        elapsed = now - self.started
+        if elapsed + self.delay > self.deadline_s:
+            return max(self.deadline_s - elapsed, 0.0), True
+        return self.delay, False
+
+    def keep_polling_after_404(self, now: float, final: bool) -> bool:
+        """A 404 just after creation is the service catching up; later it is an error."""
+        if now - self.started >= self.not_found_grace_s:
+            return False
+        if final:
+            raise self._deadline_error()
+        self.delay = self.plan.next_delay(elapsed=now - self.started, completed=0, total=0)
+        return True
+
+    def seen(self, status: JobStatus, now: float, final: bool) -> JobStatus | None:
+        """The finished job, or None to poll again; raise if it failed or time is up."""
+        seen_running = self.last is not None
+        self._log_progress(status)
+        if status.is_terminal:
+            if not self.poll_now:  # a re-attached job's age is unknown: learn nothing
+                # Terminal at the first look: the job took at most this long (see polling).
+                self.history.record(
+                    seconds=now - self.started,
+                    tasks=status.total_tasks,
+                    upper_bound=not seen_running,
+                )
+            if status.is_failed:
+                raise JobFailedError(
+                    f"Job {status.job_id} ended {status.job_status}",
+                    job_id=status.job_id,
+                    job_status=status.job_status,
+                )
+            return status
+        if final:
+            raise self._deadline_error()
+        self.delay = self.plan.next_delay(
+            elapsed=now - self.started,
+            completed=status.completed_tasks,
+            total=status.total_tasks,
+        )
+        return None
+
+    def _log_progress(self, status: JobStatus) -> None:
         current = (status.job_status, status.completed_tasks)
-        if current != last:
+        if current != self.last:
             logger.info(
                 "job %s %s: %d/%d tasks",
                 status.job_id,
@@ -265,15 +341,11 @@ class _BaseClient:
                 status.completed_tasks,
                 status.total_tasks,
             )
-        return current
+        self.last = current
 
-    def _in_not_found_grace(self, started: float, now: float) -> bool:
-        return now - started < self.not_found_grace_s
-
-    @staticmethod
-    def _deadline_error(job_id: str, deadline_s: float) -> JobDeadlineExceededError:
+    def _deadline_error(self) -> JobDeadlineExceededError:
         return JobDeadlineExceededError(
-            f"Job {job_id} still running after {deadline_s:.0f} s", job_id=job_id
+            f"Job {self.job_id} still running after {self.deadline_s:.0f} s", job_id=self.job_id
         )
 
 
@@ -427,47 +499,19 @@ class ModelStudioClient(_BaseClient):
         Example:
             >>> client.wait_for_job(job.job_id, deadline_s=600).results  # doctest: +SKIP
         """
-        started = self._clock() if submitted_at is None else submitted_at
-        plan = self._poll_plan()
-        delay = 0.0 if poll_now else plan.first_delay(tasks=total_tasks)
-        last: tuple[str, int] | None = None
+        waiter = self._waiter(job_id, deadline_s, total_tasks, submitted_at, poll_now)
         while True:
-            elapsed = self._clock() - started
-            if elapsed + delay > deadline_s:
-                self._sleep(max(deadline_s - elapsed, 0.0))
-                status = self._get_during_wait(job_id, started)
-                if status is None or not status.is_terminal:
-                    raise self._deadline_error(job_id, deadline_s)
-            else:
-                self._sleep(delay)
-                status = self._get_during_wait(job_id, started)
-            if status is None:
-                delay = plan.next_delay(elapsed=self._clock() - started, completed=0, total=0)
-                continue
-            seen_running = last is not None
-            last = self._log_progress(status, last)
-            if status.is_terminal and not poll_now:  # a re-attached job's age is unknown
-                # Terminal at the first look: the job took at most this long (see polling).
-                self.history.record(
-                    seconds=self._clock() - started,
-                    tasks=status.total_tasks,
-                    upper_bound=not seen_running,
-                )
-            if status.is_terminal:
-                return self._check_job(status)
-            delay = plan.next_delay(
-                elapsed=self._clock() - started,
-                completed=status.completed_tasks,
-                total=status.total_tasks,
-            )
-
-    def _get_during_wait(self, job_id: str, started: float) -> JobStatus | None:
-        try:
-            return self.get_job(job_id)
-        except NotFoundError:
-            if self._in_not_found_grace(started, self._clock()):
-                return None
-            raise
+            delay, final = waiter.next_sleep(self._clock())
+            self._sleep(delay)
+            try:
+                status = self.get_job(job_id)
+            except NotFoundError:
+                if waiter.keep_polling_after_404(self._clock(), final):
+                    continue
+                raise
+            finished = waiter.seen(status, self._clock(), final)
+            if finished is not None:
+                return finished
 
 
 class AsyncModelStudioClient(_BaseClient):
@@ -554,44 +598,16 @@ class AsyncModelStudioClient(_BaseClient):
         poll_now: bool = False,
     ) -> JobStatus:
         """Poll until the job is terminal; see :meth:`ModelStudioClient.wait_for_job`."""
-        started = self._clock() if submitted_at is None else submitted_at
-        plan = self._poll_plan()
-        delay = 0.0 if poll_now else plan.first_delay(tasks=total_tasks)
-        last: tuple[str, int] | None = None
+        waiter = self._waiter(job_id, deadline_s, total_tasks, submitted_at, poll_now)
         while True:
-            elapsed = self._clock() - started
-            if elapsed + delay > deadline_s:
-                await self._sleep(max(deadline_s - elapsed, 0.0))
-                status = await self._get_during_wait(job_id, started)
-                if status is None or not status.is_terminal:
-                    raise self._deadline_error(job_id, deadline_s)
-            else:
-                await self._sleep(delay)
-                status = await self._get_during_wait(job_id, started)
-            if status is None:
-                delay = plan.next_delay(elapsed=self._clock() - started, completed=0, total=0)
-                continue
-            seen_running = last is not None
-            last = self._log_progress(status, last)
-            if status.is_terminal and not poll_now:  # a re-attached job's age is unknown
-                # Terminal at the first look: the job took at most this long (see polling).
-                self.history.record(
-                    seconds=self._clock() - started,
-                    tasks=status.total_tasks,
-                    upper_bound=not seen_running,
-                )
-            if status.is_terminal:
-                return self._check_job(status)
-            delay = plan.next_delay(
-                elapsed=self._clock() - started,
-                completed=status.completed_tasks,
-                total=status.total_tasks,
-            )
-
-    async def _get_during_wait(self, job_id: str, started: float) -> JobStatus | None:
-        try:
-            return await self.get_job(job_id)
-        except NotFoundError:
-            if self._in_not_found_grace(started, self._clock()):
-                return None
-            raise
+            delay, final = waiter.next_sleep(self._clock())
+            await self._sleep(delay)
+            try:
+                status = await self.get_job(job_id)
+            except NotFoundError:
+                if waiter.keep_polling_after_404(self._clock(), final):
+                    continue
+                raise
+            finished = waiter.seen(status, self._clock(), final)
+            if finished is not None:
+                return finished
