@@ -47,6 +47,14 @@ class SlotRefused(Exception):
     """The limit is full right now (HTTP 423)."""
 
 
+class SlotServerUnavailable(Exception):
+    """The Prefect API could not answer (5xx, 429, no connection): ask again later."""
+
+
+# How long a lane keeps asking a Prefect API that does not answer before its run fails.
+SERVER_UNAVAILABLE_LIMIT_S = 300.0
+
+
 class _DropRefusalNoise(logging.Filter):
     """Prefect's acquisition service logs every refused attempt as an error; ours are expected."""
 
@@ -115,12 +123,22 @@ class FairUseSlot:
 
     def _acquire(self) -> None:
         waited_since = self._clock()
+        backoff = self.poll_s
         while True:
             try:
                 self._held = self._try_acquire()
             except SlotRefused:
                 self.refusals += 1
                 self._sleep(self.poll_s * random.uniform(0.5, 1.0))
+                continue
+            except SlotServerUnavailable as err:
+                # A busy or restarting Prefect server (503 was seen under a 10,000-job run)
+                # must not fail a run that holds no slot; a server gone for minutes does.
+                if self._clock() - waited_since > SERVER_UNAVAILABLE_LIMIT_S:
+                    raise err.__cause__ or err from None
+                logger.warning("Prefect API unavailable (%s); asking again", err)
+                backoff = min(backoff * 2, 10.0)
+                self._sleep(backoff * random.uniform(0.5, 1.0))
                 continue
             self._held_since = self._clock()
             self.turns += 1
@@ -144,7 +162,13 @@ class FairUseSlot:
             )
         except ConcurrencySlotAcquisitionError as err:
             cause = err.__cause__
-            if isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code == 423:
-                raise SlotRefused from err
+            if isinstance(cause, httpx.HTTPStatusError):
+                status = cause.response.status_code
+                if status == 423:
+                    raise SlotRefused from err
+                if status == 429 or status >= 500:
+                    raise SlotServerUnavailable(f"HTTP {status}") from err
+            if isinstance(cause, httpx.TransportError):
+                raise SlotServerUnavailable(type(cause).__name__) from err
             raise
         return stack

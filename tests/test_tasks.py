@@ -90,3 +90,34 @@ def test_a_missing_limit_is_an_error_not_a_free_pass(prefect_harness: None) -> N
     slot = FairUseSlot(f"tag:missing-{uuid.uuid4().hex[:8]}")
     with pytest.raises(Exception, match="must be created"):
         slot.hold()
+
+
+def test_a_busy_prefect_api_is_asked_again_not_a_failed_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Unit test of the retry decision: the Prefect call itself is replaced."""
+    import httpx
+    from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
+
+    import tasks.slots as slots
+
+    answers = [503, 502, None]
+
+    @contextlib.contextmanager
+    def flaky_concurrency(*args: object, **kwargs: object) -> Iterator[None]:
+        status = answers.pop(0)
+        if status is not None:
+            request = httpx.Request("POST", "http://prefect/api/v2/concurrency_limits/x")
+            response = httpx.Response(status, request=request)
+            cause = httpx.HTTPStatusError("busy", request=request, response=response)
+            raise ConcurrencySlotAcquisitionError("unavailable") from cause
+        yield
+
+    monkeypatch.setattr(slots, "concurrency", flaky_concurrency)
+    waits: list[float] = []
+    slot = slots.FairUseSlot("tag:any", sleep=waits.append)
+
+    slot.hold()
+
+    assert slot.held and answers == [] and len(waits) == 2
+    slot.release()
