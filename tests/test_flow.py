@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,31 @@ def test_a_malformed_dataset_submits_nothing(
         generate_dataset(options(dataset, sqlite_url))
 
     assert flow_env.stats()["jobs_created"] == 0
+
+
+def test_the_run_reports_a_summary_table_markdown_and_full_progress(
+    flow_env: EmulatorServer, tmp_path: Path, sqlite_url: str
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    dataset = write_prompts(tmp_path / "q.jsonl", 7)
+    summary = generate_dataset(options(dataset, sqlite_url))
+
+    def latest(key: str) -> object:
+        with get_client(sync_client=True) as client:
+            found = client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                sort="CREATED_DESC",
+                limit=1,
+            )
+        assert found, f"no artifact {key}"
+        return found[0].data
+
+    table = latest("generation-summary")
+    assert {"metric": "completed", "value": 7} in (
+        table if isinstance(table, list) else json.loads(str(table))
+    )
+    assert "| completed | 7 |" in str(latest("generation-report"))
+    assert float(str(latest("generation-progress"))) == 100.0
+    assert summary.completed == 7
