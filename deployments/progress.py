@@ -40,7 +40,7 @@ def _rich_bar(console: Console) -> Iterator[None]:
     bar = progress.add_task("rows", total=None, detail="")
 
     def update(done: int, total: int, tally: RunTally, in_flight: int) -> None:
-        detail = f"{in_flight} jobs in flight, {tally.failed + tally.unfinished} failed"
+        detail = f"jobs in flight: {in_flight}, failed: {tally.failed + tally.unfinished}"
         progress.update(bar, completed=done, total=total or None, detail=detail)
 
     add_progress_listener(update)
@@ -61,7 +61,7 @@ def _plain_lines(console: Console) -> Iterator[None]:
         if tenth > last_tenth:
             last_tenth = tenth
             failed = tally.failed + tally.unfinished
-            console.print(f"rows {done}/{total} done, {failed} failed, {in_flight} jobs in flight")
+            console.print(f"{done}/{total} rows done, {failed} failed, jobs in flight: {in_flight}")
 
     add_progress_listener(update)
     try:
