@@ -255,7 +255,8 @@ def generate_dataset(options: GenerateOptions) -> RunSummary:
         unfinished=tally.unfinished,
         jobs=tally.jobs,
         reattached=tally.reattached,
-        ambiguous_resubmitted=tally.ambiguous_resubmitted,
+        # Counted here too: a past run's POSTs whose outcome stayed unknown, resubmitted now.
+        ambiguous_resubmitted=tally.ambiguous_resubmitted + planner.counts.unknown_outcome,
         rate_limited_429=lane.stats.rate_limited,
         wall_time_s=round(time.monotonic() - started, 2),
         bad_rows=[str(bad) for bad in report.bad_rows],

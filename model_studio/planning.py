@@ -31,11 +31,9 @@ from model_studio.storage import completed_identities, get_shard
 class PlanCounts:
     """What planning found, for the run summary."""
 
-    rows_seen: int = 0
     already_done: int = 0
     rows_planned: int = 0
-    shards_planned: int = 0
-    reattached: int = 0
+    # Shards a past run left pending or ambiguous (POST outcome unknown): resubmitted now.
     unknown_outcome: int = 0
 
 
@@ -56,7 +54,6 @@ class Planner:
     def _plan_one(self, shard: Shard) -> WorkItem | None:
         done = completed_identities(self.engine, shard.identities)
         remaining = tuple(row for row in shard.rows if row.identity(shard.params) not in done)
-        self.counts.rows_seen += len(shard.rows)
         self.counts.already_done += len(shard.rows) - len(remaining)
         if not remaining:
             return None
@@ -66,10 +63,8 @@ class Planner:
             else Shard(dataset=shard.dataset, params=shard.params, rows=remaining)
         )
         self.counts.rows_planned += len(remaining)
-        self.counts.shards_planned += 1
         record = get_shard(self.engine, todo.shard_key)
         if record is not None and record.status == "submitted" and record.job_id:
-            self.counts.reattached += 1
             return WorkItem(todo, job_id=record.job_id)
         if record is not None and record.status in ("pending", "ambiguous"):
             self.counts.unknown_outcome += 1

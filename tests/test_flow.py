@@ -162,3 +162,25 @@ def test_the_run_reports_a_summary_table_markdown_and_full_progress(
     assert "| completed | 7 |" in str(latest("generation-report"))
     assert float(str(latest("generation-progress"))) == 100.0
     assert summary.completed == 7
+
+
+def test_a_shard_left_pending_by_a_crash_is_resubmitted_and_counted(
+    flow_env: EmulatorServer, tmp_path: Path, sqlite_url: str
+) -> None:
+    from model_studio.datasets import DatasetOptions, iter_good_rows, iter_shards
+    from model_studio.rows import GenerationParams
+    from model_studio.storage import record_shard_intent
+
+    dataset = write_prompts(tmp_path / "q.jsonl", 5)
+    run = options(dataset, sqlite_url)
+    params = GenerationParams(run.model_id, run.temperature, run.max_tokens)
+    rows = iter_good_rows(dataset, DatasetOptions())
+    (shard,) = iter_shards(rows, dataset="q.jsonl", params=params, shard_size=5)
+    engine = make_engine(sqlite_url)
+    record_shard_intent(engine, shard)  # a crash between the intent and the POST's answer
+    engine.dispose()
+
+    summary = generate_dataset(run)
+
+    assert (summary.completed, summary.ambiguous_resubmitted) == (5, 1)
+    assert flow_env.stats()["jobs_created"] == 1
