@@ -194,7 +194,7 @@ def submit_shard(
                     shard_key=shard.shard_key,
                 ) from err
             resubmits += 1
-            orphan_wait = client.history.predict(len(shard.rows)) or client.poll_interval_s
+            orphan_wait = _orphan_wait(client, len(shard.rows))
             logger.warning(
                 "shard %s: %s; resubmitting in %.1f s (%d)",
                 shard.shard_key,
@@ -206,6 +206,19 @@ def submit_shard(
             continue
         record_job_submitted(engine, shard.shard_key, created.job_id)
         return created.job_id, resubmits
+
+
+def _orphan_wait(client: ModelStudioClient, tasks: int) -> float:
+    """How long a job the lost POST may have created could still run.
+
+    Twice the predicted duration (predictions may run short: see polling's upper-bound
+    samples) plus one poll interval; with no job seen yet, the longest poll interval.
+    Waiting too little lets the lane's next job overlap the orphan: a 4th active job.
+    """
+    predicted = client.history.predict(tasks)
+    if predicted is None:
+        return client.poll_max_interval_s
+    return 2 * predicted + client.poll_interval_s
 
 
 def run_shard(
