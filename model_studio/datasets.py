@@ -55,7 +55,7 @@ from pydantic import ValidationError
 
 from model_studio.errors import DatasetError
 from model_studio.models import Message
-from model_studio.rows import BadRow, GenerationParams, Row, Shard
+from model_studio.rows import MAX_ROW_KEY_LENGTH, BadRow, GenerationParams, Row, Shard
 
 __all__ = [
     "DatasetFormat",
@@ -618,6 +618,10 @@ class _Scan:
                     )
                 elif not key or key.isspace():
                     return self._bad(line, f"missing id: {options.id_column!r} is empty")
+                elif len(key) > MAX_ROW_KEY_LENGTH:
+                    return self._bad(
+                        line, f"id is {len(key)} characters long; at most {MAX_ROW_KEY_LENGTH}"
+                    )
                 else:
                     if not key.isascii():
                         key.encode("utf-8")  # undecodable bytes raise, caught below

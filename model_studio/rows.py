@@ -24,6 +24,10 @@ from model_studio.models import GenerateRequest, Message
 
 Messages = tuple[Message, ...]
 
+# The longest row id the results table stores; a longer one is a bad row, refused before
+# any job is paid for (it could never be written back).
+MAX_ROW_KEY_LENGTH = 255
+
 
 def canonical_json(value: Any) -> str:
     """JSON with sorted keys and no whitespace: one spelling per value."""

@@ -37,6 +37,7 @@ from sqlalchemy.types import TypeDecorator
 from model_studio.errors import ConfigurationError
 from model_studio.models import FAILED_JOB_STATUSES
 from model_studio.rows import (
+    MAX_ROW_KEY_LENGTH,
     GenerationParams,
     ResultRecord,
     RowIdentity,
@@ -86,7 +87,7 @@ IDENTITY_COLUMNS: Final = ("row_key", "prompt_hash", "model_id", "params_hash")
 # Sizes: sha256 hex is 64 characters. The identity's unique index must also fit MySQL's
 # 3072-byte key limit under utf8mb4 (4 bytes a character): 255 + 64 + 128 + 64 = 511 chars.
 _HASH = 64
-_ROW_KEY = 255
+_ROW_KEY = MAX_ROW_KEY_LENGTH
 _MODEL_ID = 128
 _DATASET = 512
 _JOB_ID = 128

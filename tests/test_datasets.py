@@ -722,3 +722,16 @@ def test_a_million_rows_in_bounded_memory(tmp_path: Path) -> None:
     assert large_peak < 1.5 * small_peak, results
     # RSS also counts SQLite's page cache, capped at _DEDUP_CACHE_KIB: allow that, no more.
     assert large_rss < small_rss + datasets._DEDUP_CACHE_KIB + 16 * 1024, results
+
+
+def test_an_id_too_long_to_store_is_a_bad_row(tmp_path: Path) -> None:
+    path = tmp_path / "long.jsonl"
+    path.write_text(
+        json.dumps({"id": "x" * 256, "prompt": "a"})
+        + "\n"
+        + json.dumps({"id": "ok", "prompt": "b"})
+    )
+    items = list(read_rows(path, DatasetOptions(id_column="id")))
+    assert isinstance(items[0], BadRow) and items[0].line == 1
+    assert "256 characters long; at most 255" in items[0].reason
+    assert isinstance(items[1], Row) and items[1].row_key == "ok"
