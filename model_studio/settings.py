@@ -42,7 +42,6 @@ class Settings(BaseSettings):
     slot_turn_s: float = Field(
         default=60.0, gt=0, description="Re-acquire a slot at least this often"
     )
-    slot_wait_s: float = Field(default=30.0, gt=0, description="Longest back-off for a free slot")
 
     @model_validator(mode="after")
     def _poll_bounds(self) -> Settings:
