@@ -18,7 +18,7 @@ import contextlib
 import contextvars
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -35,13 +35,7 @@ from prefect.utilities.annotations import opaque
 from model_studio.blocks import resolve_settings
 from model_studio.client import ClientStats
 from model_studio.datasets import dataset_name, iter_good_rows, iter_shards
-from model_studio.errors import (
-    AuthenticationError,
-    ConfigurationError,
-    PermissionDeniedError,
-    UnprocessableEntityError,
-)
-from model_studio.jobs import WorkItem
+from model_studio.jobs import JobReport, WorkItem
 from model_studio.options import GenerateOptions
 from model_studio.planning import Planner, SharedIterator
 from model_studio.rows import GenerationParams
@@ -49,22 +43,17 @@ from model_studio.settings import Settings
 from model_studio.summary import RunSummary, RunTally
 from tasks.database import resolve_database_url
 from tasks.datasets import validate_dataset_task
-from tasks.jobs import engine_for, run_generation_job
+from tasks.jobs import FATAL_ERRORS, engine_for, run_generation_jobs
 from tasks.limits import ensure_concurrency_limit
 from tasks.preflight import check_model_studio_access
 from tasks.slots import FairUseSlot
 
-# Errors every other shard would hit too: stop all lanes instead of failing shard by shard.
-FATAL_ERRORS = (
-    AuthenticationError,
-    PermissionDeniedError,
-    UnprocessableEntityError,
-    ConfigurationError,
-)
-
 # How long a lane that holds its slot waits for the others before starting alone (another
 # flow run may hold the remaining slots for a long time).
 LANE_START_WAIT_S = 10.0
+# A task run carries consecutive jobs of its lane until it has lasted this long (see
+# jobs_of_one_task_run).
+TASK_RUN_TARGET_S = 1.0
 
 ProgressListener = Callable[[int, int, RunTally, int], None]
 _listeners: list[ProgressListener] = []
@@ -105,6 +94,10 @@ class _Progress:
     def job_ended(self) -> None:
         with self._lock:
             self.in_flight -= 1
+        self.changed()
+
+    def changed(self) -> None:
+        """Rows were done: tell the listeners, and the artifact at most once a second."""
         self._notify()
         now = time.monotonic()
         # One artifact update a second is plenty for a human and spares the API.
@@ -154,22 +147,22 @@ class _Lane:
                 raise
             with contextlib.suppress(threading.BrokenBarrierError):
                 self.start_together.wait(timeout=LANE_START_WAIT_S)
-            for item in self.work:
+            for first in self.work:
                 if self.stop.is_set():
                     return
                 slot.hold()
-                self._run_one(item)
+                self._run_task(jobs_of_one_task_run(first, self.work, self.stop))
 
-    def _run_one(self, item: WorkItem) -> None:
+    def _run_task(self, items: Iterator[WorkItem]) -> None:
         self.progress.job_started()
         try:
-            # opaque(): Prefect resolves the parameter without walking into it. Its default
-            # walk (visit_collection) over a 100-row shard cost ~15 ms per task call, three
-            # times the rest of the task run (bench/, issue 9: 23 ms -> 7 ms a call).
-            # One task run per job: submit or re-attach, wait, persist in one transaction.
-            outcome = run_generation_job(
-                opaque(item),  # type: ignore[arg-type]
+            # opaque(): Prefect resolves the parameter without walking into it (its default
+            # walk, visit_collection, over a 100-row shard cost ~15 ms per task call, bench/).
+            # Each job: submit or re-attach, wait, persist in one transaction.
+            run_generation_jobs(
+                opaque(items),  # type: ignore[arg-type]
                 database_url=self.database_url,
+                on_report=opaque(self._job_done),  # type: ignore[arg-type]
                 policy=self.options.ambiguous_policy,
                 stats=self.stats,
                 credentials_block=self.options.credentials_block,
@@ -178,12 +171,38 @@ class _Lane:
         except FATAL_ERRORS:
             self.stop.set()
             raise
-        except Exception as err:  # one shard's failure must not stop the others
-            self.tally.record_error(len(item.shard.rows), f"shard {item.shard.shard_key}: {err}")
-        else:
-            self.tally.record(outcome)
         finally:
             self.progress.job_ended()
+
+    def _job_done(self, report: JobReport) -> None:
+        self.tally.record(report)
+        self.progress.changed()
+
+
+def jobs_of_one_task_run(
+    first: WorkItem,
+    work: Iterator[WorkItem],
+    stop: threading.Event,
+    *,
+    target_s: float = TASK_RUN_TARGET_S,
+    clock: Callable[[], float] = time.monotonic,
+) -> Iterator[WorkItem]:
+    """``first``, then the lane's next jobs while the task run is under ``target_s``.
+
+    A task run costs this process ~10 ms and the Prefect API one more run to ingest:
+    nothing next to jobs of seconds, most of the time for jobs of milliseconds (the API
+    capped a run of 10,000 such jobs near 19 a second, bench/RESULTS.md). So a task run
+    carries consecutive jobs until it has lasted ``target_s``; a job of a second or more
+    has a task run of its own. Work is still pulled one job at a time, as the lane becomes
+    free, so the lanes stay balanced to the last job.
+    """
+    started = clock()
+    yield first
+    while clock() - started < target_s and not stop.is_set():
+        item = next(work, None)
+        if item is None:
+            return
+        yield item
 
 
 def _run_lanes(lane: _Lane, count: int) -> None:

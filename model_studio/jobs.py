@@ -104,6 +104,21 @@ class JobReport:
     reattached: bool = False
     ambiguous_resubmits: int = 0
     error: str | None = None
+    # Rows left for the next run: the shard's job could not be run or persisted.
+    unfinished: int = 0
+
+    @classmethod
+    def gave_up(cls, shard: Shard, error: str) -> JobReport:
+        """A shard given up on in this run: its rows stay unfinished for the next run."""
+        return cls(
+            shard_key=shard.shard_key,
+            job_id="",
+            job_status="NOT_RUN",
+            completed=0,
+            failed=0,
+            error=f"shard {shard.shard_key}: {error}",
+            unfinished=len(shard.rows),
+        )
 
 
 class AmbiguousShardError(AmbiguousSubmissionError):

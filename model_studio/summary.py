@@ -89,23 +89,19 @@ class RunTally:
     errors: list[str] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def record(self, outcome: JobReport) -> None:
-        """Count a persisted job."""
+    def record(self, report: JobReport) -> None:
+        """Count a persisted job, or a shard given up on (its rows stay unfinished)."""
         with self._lock:
-            self.completed += outcome.completed
-            self.failed += outcome.failed
-            self.jobs += 1
-            self.reattached += int(outcome.reattached)
-            self.ambiguous_resubmitted += outcome.ambiguous_resubmits
-            if outcome.error and len(self.errors) < 20:
-                self.errors.append(outcome.error)
-
-    def record_error(self, rows: int, error: str) -> None:
-        """Count a shard whose job task raised: its rows stay unfinished for the next run."""
-        with self._lock:
-            self.unfinished += rows
-            if len(self.errors) < 20:
-                self.errors.append(error)
+            if report.unfinished:
+                self.unfinished += report.unfinished
+            else:
+                self.completed += report.completed
+                self.failed += report.failed
+                self.jobs += 1
+                self.reattached += int(report.reattached)
+            self.ambiguous_resubmitted += report.ambiguous_resubmits
+            if report.error and len(self.errors) < 20:
+                self.errors.append(report.error)
 
     @property
     def rows_done(self) -> int:

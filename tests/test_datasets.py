@@ -35,7 +35,16 @@ from model_studio.datasets import (
 )
 from model_studio.errors import DatasetError
 from model_studio.models import Message
-from model_studio.rows import BadRow, GenerationParams, Row, RowIdentity
+from model_studio.rows import (
+    BadRow,
+    GenerationParams,
+    Row,
+    RowIdentity,
+    canonical_json,
+    messages_payload,
+    prompt_hash,
+    sha256_hex,
+)
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 BY_ID = DatasetOptions(id_column="id")
@@ -217,6 +226,16 @@ def test_custom_column_names(tmp_path: Path) -> None:
 
 
 # -- identities are stable ------------------------------------------------------------------
+
+
+def test_prompt_hash_is_the_hash_of_the_canonical_json_for_every_code_point() -> None:
+    """prompt_hash takes a fast path (orjson); its bytes must be canonical_json's exactly."""
+    characters = [chr(c) for c in range(0x110000) if not 0xD800 <= c < 0xE000]
+    for start in range(0, len(characters), 4096):
+        content = "".join(characters[start : start + 4096])
+        messages = [Message(role="user", content=content), Message(role="assistant", content='"\\')]
+        payload = canonical_json(messages_payload(messages))
+        assert prompt_hash(messages) == sha256_hex(payload), f"from U+{ord(content[0]):04X}"
 
 
 def test_identity_golden_values(tmp_path: Path) -> None:

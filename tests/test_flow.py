@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-from flows.generate import generate_dataset
+from flows.generate import generate_dataset, jobs_of_one_task_run
 from model_studio.emulator import EmulatorServer
 from model_studio.errors import DatasetError
+from model_studio.jobs import WorkItem
+from model_studio.models import Message
 from model_studio.options import GenerateOptions
+from model_studio.rows import GenerationParams, Row, Shard
 from model_studio.storage import iter_results, make_engine
 from tests.fixtures.harness import write_prompts
 
@@ -184,3 +188,45 @@ def test_a_shard_left_pending_by_a_crash_is_resubmitted_and_counted(
 
     assert (summary.completed, summary.ambiguous_resubmitted) == (5, 1)
     assert flow_env.stats()["jobs_created"] == 1
+
+
+# --------------------------------------------------------------------------- task runs
+
+
+def _work(count: int) -> list[WorkItem]:
+    params = GenerationParams(model_id="test-model")
+    asks = [Message(role="user", content=f"q{i}") for i in range(count)]
+    return [WorkItem(Shard("d", params, (Row.from_messages([ask], line=1),))) for ask in asks]
+
+
+@pytest.mark.parametrize(("job_s", "jobs_per_task_run"), [(0.25, 4), (1 / 64, 64), (2.0, 1)])
+def test_a_task_run_takes_the_lanes_next_jobs_until_it_has_lasted_its_target(
+    job_s: float, jobs_per_task_run: int
+) -> None:
+    """Short jobs share a task run (about 1 s of them); a long job has one of its own.
+
+    Jobs are pulled one at a time as the previous one ends, never ahead: what a task run
+    does not take stays in the shared work for the other lanes.
+    """
+    now = [0.0]
+    work = iter(_work(200))
+    first = next(work)
+    taken = []
+    for item in jobs_of_one_task_run(
+        first, work, threading.Event(), target_s=1.0, clock=lambda: now[0]
+    ):
+        taken.append(item)
+        now[0] += job_s  # the job runs
+    assert len(taken) == jobs_per_task_run
+    assert len(list(work)) == 200 - jobs_per_task_run
+
+
+def test_a_stopped_run_hands_a_task_run_no_further_job() -> None:
+    work = iter(_work(5))
+    stop = threading.Event()
+    taken = []
+    for item in jobs_of_one_task_run(next(work), work, stop, clock=lambda: 0.0):
+        taken.append(item)
+        stop.set()  # another lane hit a fatal error
+    assert len(taken) == 1
+    assert len(list(work)) == 4

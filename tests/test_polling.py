@@ -47,6 +47,23 @@ def test_first_delay_comes_from_history() -> None:
     assert plan.first_delay(tasks=20) > 4.0  # a little late rather than early
 
 
+def test_jobs_found_done_at_the_first_look_bring_the_first_poll_down_to_the_get_time() -> None:
+    """A job terminal at its first poll took at most the delay plus the GET: an upper bound.
+
+    The delay was chosen from the history, so recording the bound as the duration keeps the
+    prediction near itself; after jobs of 5 s the service answers at once (latency 0, a GET
+    taking 5 ms), and the first poll must come down to the order of that GET.
+    """
+    history = DurationHistory()
+    history.record(seconds=5.0, tasks=100)
+    plan = PollPlan(start=0.001, maximum=10.0, history=history)
+    get_s = 0.005
+    for _ in range(40):
+        waited = plan.first_delay(tasks=100) + get_s
+        history.record(seconds=waited, tasks=100, upper_bound=True)
+    assert plan.first_delay(tasks=100) <= 2 * get_s
+
+
 def test_first_delay_from_history_is_clamped_to_the_maximum() -> None:
     history = DurationHistory()
     history.record(seconds=100.0, tasks=10)

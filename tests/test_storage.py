@@ -539,11 +539,6 @@ def test_complete_shard_never_downgrades_earlier_answers(engine: Engine) -> None
     assert all(r["completed_at"] is not None for r in rows)
 
 
-def test_shard_key_shortcut_matches_rows(engine: Engine) -> None:
-    shard = make_shard(7)
-    assert storage._shard_key(shard) == shard.shard_key
-
-
 # --------------------------------------------------------------------------- lookups
 
 
