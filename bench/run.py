@@ -74,8 +74,8 @@ class Sizes:
     p2_latency_s: float = 0.5
     p3_rows: int = 1_000_000
     p4_small_rows: int = 10_000
-    # 1 M rows take ~14 min here (the Prefect API server is the bottleneck, see RESULTS.md):
-    # PostgreSQL and the profile run on fewer rows so `make bench` stays near 20 min.
+    # 1 M rows take a few minutes here: PostgreSQL and the profile run on fewer rows so
+    # `make bench` stays near 10 min.
     p3_postgres_rows: int = 100_000
     profile_rows: int = 30_000
     shard_size: int = 100

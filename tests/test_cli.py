@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -95,8 +96,9 @@ def test_demo_answers_every_example_and_a_second_run_pays_nothing(
 
     assert first.exit_code == 0, first.output
     assert "Emulator: 4 jobs created" in first.output
-    assert "│ completed                   │   40 │" in first.output
+    # The value column is as wide as the widest value (the wall time varies): match loosely.
+    assert re.search(r"│ completed +│ +40 │", first.output)
     assert second.exit_code == 0, second.output
     assert "Emulator: 0 jobs created" in second.output
-    assert "│ already done                │   40 │" in second.output
+    assert re.search(r"│ already done +│ +40 │", second.output)
     assert (tmp_path / "studio_flows.db").exists()
