@@ -283,6 +283,7 @@ class _Waiter:
     poll_now: bool
     last: tuple[str, int] | None = None
     delay: float = field(init=False)
+    last_running_s: float = field(default=0.0, init=False)  # last poll that saw it running
 
     def __post_init__(self) -> None:
         self.delay = 0.0 if self.poll_now else self.plan.first_delay(tasks=self.total_tasks)
@@ -300,6 +301,7 @@ class _Waiter:
             return False
         if final:
             raise self._deadline_error()
+        self.last_running_s = now - self.started
         self.delay = self.plan.next_delay(elapsed=now - self.started, completed=0, total=0)
         return True
 
@@ -309,12 +311,7 @@ class _Waiter:
         self._log_progress(status)
         if status.is_terminal:
             if not self.poll_now:  # a re-attached job's age is unknown: learn nothing
-                # Terminal at the first look: the job took at most this long (see polling).
-                self.history.record(
-                    seconds=now - self.started,
-                    tasks=status.total_tasks,
-                    upper_bound=not seen_running,
-                )
+                self._learn(now - self.started, status.total_tasks, seen_running)
             if status.is_failed:
                 raise JobFailedError(
                     f"Job {status.job_id} ended {status.job_status}",
@@ -324,12 +321,29 @@ class _Waiter:
             return status
         if final:
             raise self._deadline_error()
+        self.last_running_s = now - self.started
         self.delay = self.plan.next_delay(
             elapsed=now - self.started,
             completed=status.completed_tasks,
             total=status.total_tasks,
         )
         return None
+
+    def _learn(self, seen_done_s: float, tasks: int, seen_running: bool) -> None:
+        """Teach the history how long this job took.
+
+        It ended between the last poll that saw it running and this one; its progress
+        predicted where in between. Recording when we happened to look instead would teach
+        the next jobs our own lateness. Terminal at the first look, it took at most
+        ``seen_done_s`` (see polling's upper-bound samples).
+        """
+        took = seen_done_s
+        ends_by = self.plan.ends_by
+        if seen_running and ends_by is not None:
+            after = max(self.plan.ends_after, self.last_running_s)
+            by = min(ends_by, seen_done_s)
+            took = (after + by) / 2 if after <= by else seen_done_s
+        self.history.record(seconds=took, tasks=tasks, upper_bound=not seen_running)
 
     def _log_progress(self, status: JobStatus) -> None:
         current = (status.job_status, status.completed_tasks)

@@ -24,6 +24,7 @@ from model_studio.client import (
     AsyncModelStudioClient,
     ModelStudioClient,
     RetryPolicy,
+    _Waiter,
     parse_retry_after,
 )
 from model_studio.errors import (
@@ -45,7 +46,7 @@ from model_studio.errors import (
     UnprocessableEntityError,
 )
 from model_studio.models import GenerateRequest, JobStatus, Message
-from model_studio.polling import DurationHistory
+from model_studio.polling import DurationHistory, PollPlan
 from model_studio.settings import Settings
 
 TOKEN = "tok-Sup3rSecret-do-not-leak"
@@ -658,12 +659,13 @@ def test_wait_for_job_logs_progress_changes_within_one_state(
 
 
 def test_wait_for_job_plans_the_next_poll_from_the_progress(fake: FakeTime) -> None:
-    # After 10 of 50 tasks at t=1 s the job should end at t=5 s: wait ~4 s, not the maximum.
+    # After 10 of 50 tasks at t=1 s the job ends between 50/11 = 4.55 and 5 s: aim early
+    # in that range (4.7 s), so wait ~3.7 s, not the maximum.
     script = Script(job("RUNNING", completed=10, total=50), job("FINISHED", 50, total=50))
     with make_client(script, fake, poll_interval_s=1.0, poll_max_interval_s=30.0) as client:
         client.wait_for_job(JOB)
     assert fake.sleeps[0] == 1.0
-    assert fake.sleeps[1] == pytest.approx(4.0, abs=0.1)
+    assert fake.sleeps[1] == pytest.approx(50 / 11 + (5 - 50 / 11) / 3 - 1.0, abs=0.03)
 
 
 def test_wait_for_job_backs_off_without_progress_information(fake: FakeTime) -> None:
@@ -679,11 +681,54 @@ def test_wait_for_job_learns_the_first_delay_from_finished_jobs(fake: FakeTime) 
     with make_client(
         script, fake, poll_interval_s=1.0, poll_max_interval_s=30.0, history=history
     ) as client:
-        client.wait_for_job(JOB, total_tasks=10)  # takes 2 s for 10 tasks
+        # 5 of 10 at 1 s: ends between 1.67 and 2 s; looked at 1.8 s and found FINISHED.
+        client.wait_for_job(JOB, total_tasks=10)
         fake.sleeps.clear()
         script.requests.clear()
         client.wait_for_job(JOB, total_tasks=20)
-    assert fake.sleeps[0] == pytest.approx(4.0, abs=0.1)
+    # The history learnt when the job ended (between 1.67 and 1.8 s, so 1.73 s), not when
+    # the poller happened to look; 20 tasks take twice as long.
+    assert fake.sleeps[0] == pytest.approx(2 * 1.732 + 0.02, abs=0.02)
+
+
+@pytest.mark.parametrize("job_s", [5.0, 7.3, 30.0])
+def test_steady_jobs_are_seen_done_soon_after_their_end_in_few_requests(job_s: float) -> None:
+    """Three lanes of five jobs like the emulator's: task i of 10 done at job_s * (i + 1) / 10.
+
+    Seen late, a job idles its slot; polled often, it costs requests. The issue asks for
+    both at once at L = 5 s and up: the makespan within 5 % of the ideal, at most
+    2 + L/2 requests a job.
+    """
+    tasks, jobs = 10, 15
+    history = DurationHistory()
+    late, requests = 0.0, 0
+    for _ in range(jobs):
+        waiter = _Waiter(
+            job_id=JOB,
+            deadline_s=3600.0,
+            started=0.0,
+            plan=PollPlan(start=0.5, maximum=10.0, history=history),
+            history=history,
+            not_found_grace_s=0.0,
+            total_tasks=tasks,
+            poll_now=False,
+        )
+        now, requests = 0.0, requests + 1  # the POST
+        while True:
+            now += waiter.next_sleep(now)[0]
+            requests += 1
+            ended = now >= job_s
+            status = JobStatus(
+                job_id=JOB,
+                job_status="FINISHED" if ended else "RUNNING",
+                total_tasks=tasks,
+                completed_tasks=tasks if ended else min(tasks - 1, int(now * tasks / job_s)),
+            )
+            if waiter.seen(status, now, final=False) is not None:
+                break
+        late += now - job_s
+    assert late / jobs <= 0.03 * job_s
+    assert requests / jobs <= 2 + job_s / 2
 
 
 # --- secrets ------------------------------------------------------------------------------

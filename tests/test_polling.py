@@ -81,8 +81,9 @@ def test_backoff_without_information_doubles_to_the_maximum() -> None:
 def test_progress_predicts_the_end() -> None:
     plan = PollPlan(start=1.0, maximum=30.0)
     plan.first_delay(tasks=50)
-    # 10 of 50 after 1 s: done at 5 s, so wait ~4 s.
-    assert plan.next_delay(elapsed=1.0, completed=10, total=50) == pytest.approx(4.0, abs=0.05)
+    # 10 of 50 after 1 s: done between 50/11 = 4.55 s and 5 s; aim early in that range.
+    delay = plan.next_delay(elapsed=1.0, completed=10, total=50)
+    assert delay == pytest.approx(50 / 11 + (5 - 50 / 11) / 3 - 1.0, abs=0.03)
 
 
 def test_progress_prediction_is_clamped_to_the_maximum() -> None:
@@ -111,7 +112,8 @@ def test_new_progress_resets_the_overdue_backoff() -> None:
     assert plan.next_delay(elapsed=3.0, completed=0, total=10) == pytest.approx(0.05)
     assert plan.next_delay(elapsed=3.1, completed=0, total=10) == pytest.approx(0.1)
     # Progress arrives and predicts a later end: wait for it, then start fast again if late.
-    assert plan.next_delay(elapsed=4.0, completed=5, total=10) == pytest.approx(4.0, abs=0.05)
+    # 5 of 10 at 4 s: done between 6.67 and 8 s, aimed at 7.1 s.
+    assert plan.next_delay(elapsed=4.0, completed=5, total=10) == pytest.approx(3.13, abs=0.03)
     assert plan.next_delay(elapsed=9.0, completed=10, total=10) == pytest.approx(0.05)
 
 
