@@ -21,6 +21,9 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
+import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -235,6 +238,24 @@ def _normalise_url(raw: str) -> URL:
     return url
 
 
+def _enable_wal(cursor: sqlite3.Cursor) -> None:
+    """Switch the database to WAL (a no-op once it is), retrying while it is busy.
+
+    The switch needs the database to itself, and SQLite answers "database is locked" at
+    once, without its busy handler, while another process is opening it: four processes
+    creating one database failed this way about one start in five (tests/test_storage.py).
+    """
+    deadline = time.monotonic() + _SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -242,7 +263,7 @@ def _configure_sqlite(engine: Engine) -> None:
         try:
             # busy_timeout first: switching to WAL needs a lock another process may hold.
             cursor.execute(f"PRAGMA busy_timeout = {_SQLITE_BUSY_TIMEOUT_MS}")
-            cursor.execute("PRAGMA journal_mode = WAL")
+            _enable_wal(cursor)
             # In WAL mode NORMAL never corrupts and survives an application crash; only an OS
             # crash or power cut can roll back the last commits. Skipping the fsync per commit
             # is what makes a 100-row shard persist in about a millisecond.
@@ -258,7 +279,19 @@ def _configure_sqlite(engine: Engine) -> None:
         # BEGIN IMMEDIATE takes the write lock up front. A deferred transaction that reads
         # and then writes fails at once with "database is locked" when another writer got
         # in between (the busy timeout cannot help an upgrade); lanes write concurrently.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Reads (marked by _reading) need no lock: in WAL mode they never block a writer.
+        read_only = conn.get_execution_options().get(_READ_ONLY, False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+_READ_ONLY: Final = "studio_flows_read_only"
+
+
+@contextlib.contextmanager
+def _reading(engine: Engine) -> Iterator[Connection]:
+    """A read-only connection (SQLite: a deferred transaction, taking no write lock)."""
+    with engine.connect().execution_options(**{_READ_ONLY: True}) as conn:
+        yield conn
 
 
 def _json_text(value: Any) -> str:
@@ -518,19 +551,41 @@ def upsert_results(conn: Connection, records: Sequence[dict[str, Any]]) -> int:
         ...     upsert_results(conn, [row, row])
         1
     """
-    rows = _dedupe(records)
-    if not rows:
-        return 0
-    plan = _upsert_plan(conn.dialect)
-    now = utcnow()
-    for start in range(0, len(rows), _BATCH_ROWS):
-        batch = [
-            plan.parameters(row if "created_at" in row else {**row, "created_at": now})
-            for row in rows[start : start + _BATCH_ROWS]
+    return _execute_upsert(conn, _UpsertBatches.of(conn.dialect, records))
+
+
+@dataclass(frozen=True)
+class _UpsertBatches:
+    """The driver-ready parameters of an upsert, built before its transaction begins.
+
+    Converting values is most of an upsert's Python work; done before taking SQLite's
+    write lock, it no longer holds up the other lanes' writes.
+    """
+
+    sql: str
+    batches: list[list[tuple[Any, ...] | dict[str, Any]]]
+    rows: int
+
+    @classmethod
+    def of(cls, dialect: Dialect, records: Iterable[dict[str, Any]]) -> _UpsertBatches:
+        rows = _dedupe(records)
+        plan = _upsert_plan(dialect)
+        now = utcnow()
+        batches = [
+            [
+                plan.parameters(row if "created_at" in row else {**row, "created_at": now})
+                for row in rows[start : start + _BATCH_ROWS]
+            ]
+            for start in range(0, len(rows), _BATCH_ROWS)
         ]
+        return cls(plan.sql, batches, len(rows))
+
+
+def _execute_upsert(conn: Connection, upsert: _UpsertBatches) -> int:
+    for batch in upsert.batches:
         # A list of parameter sets is one executemany: psycopg pipelines it, sqlite3 loops in C.
-        conn.exec_driver_sql(plan.sql, batch)
-    return len(rows)
+        conn.exec_driver_sql(upsert.sql, batch)
+    return upsert.rows
 
 
 # --------------------------------------------------------------------------- ledger
@@ -594,7 +649,7 @@ def get_shard(engine: Engine, shard_key: str) -> ShardRecord | None:
         >>> get_shard(engine, "0" * 32) is None
         True
     """
-    with engine.connect() as conn:
+    with _reading(engine) as conn:
         return _select_shard(conn, shard_key)
 
 
@@ -804,8 +859,9 @@ def complete_shard(
         "updated_at": now,
     }
     rows = _result_rows(shard, shard_key, job_id, records, flow_run_id, now)
+    upsert = _UpsertBatches.of(engine.dialect, rows)
     with engine.begin() as conn:
-        upsert_results(conn, rows)
+        _execute_upsert(conn, upsert)
         if _between is not None:
             _between()
         closed = conn.execute(
@@ -842,7 +898,7 @@ def completed_identities(engine: Engine, identities: Sequence[RowIdentity]) -> s
     found: set[RowIdentity] = set()
     table = generation_results
     columns = [table.c[name] for name in IDENTITY_COLUMNS]
-    with engine.connect() as conn:
+    with _reading(engine) as conn:
         for start in range(0, len(wanted), LOOKUP_CHUNK):
             chunk = set(wanted[start : start + LOOKUP_CHUNK])
             keys = sorted({identity.row_key for identity in chunk})
@@ -867,7 +923,7 @@ def open_shards(engine: Engine, dataset: str | None = None) -> list[ShardRecord]
     )
     if dataset is not None:
         query = query.where(generation_jobs.c.dataset == dataset)
-    with engine.connect() as conn:
+    with _reading(engine) as conn:
         return [_shard_record(row) for row in conn.execute(query)]
 
 
@@ -912,7 +968,7 @@ def iter_results(
         .where(*_result_filters(dataset, model_id, status, flow_run_id))
         .order_by(generation_results.c.id)
     )
-    with engine.connect() as conn:
+    with _reading(engine) as conn:
         streamed = conn.execution_options(stream_results=True, yield_per=batch_size)
         for row in streamed.execute(query):
             yield dict(row._mapping)
@@ -938,6 +994,6 @@ def count_results(
         .group_by(table.c.status)
     )
     counts = dict.fromkeys(RESULT_STATUSES, 0)
-    with engine.connect() as conn:
+    with _reading(engine) as conn:
         counts.update({status: int(n) for status, n in conn.execute(query)})
     return counts

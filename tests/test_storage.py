@@ -620,3 +620,39 @@ def test_tables_declare_their_indexes() -> None:
     assert ("dataset", "model_id", "status") in results
     jobs = {tuple(c.name for c in index.columns) for index in generation_jobs.indexes}
     assert ("status", "dataset") in jobs
+
+
+def test_reading_results_out_does_not_hold_up_a_run_writing_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`studio-flows results` streams while a run persists: a reader takes no write lock.
+
+    SQLite in WAL mode lets readers and one writer work at once, unless the reader's
+    transaction began IMMEDIATE (as writes do); then the writer would wait the busy timeout.
+    """
+    monkeypatch.setattr(storage, "_SQLITE_BUSY_TIMEOUT_MS", 200)
+    engine = make_engine(f"sqlite:///{tmp_path / 'r.db'}")
+    try:
+        first, second = make_shard(3), make_shard(3, start=3)
+        complete_shard(
+            engine,
+            first,
+            job_id="j1",
+            job_status="FINISHED",
+            records=make_records(first),
+            flow_run_id=None,
+        )
+        reader = iter_results(engine)
+        next(reader)  # the read transaction is open
+        complete_shard(
+            engine,
+            second,
+            job_id="j2",
+            job_status="FINISHED",
+            records=make_records(second),
+            flow_run_id=None,
+        )
+        rest = list(reader)
+    finally:
+        engine.dispose()
+    assert len(rest) >= 2
