@@ -88,8 +88,10 @@ _UTF8_BOM = b"\xef\xbb\xbf"
 # one statement: per-statement overhead dominates SQLite at small batches, and the buffer
 # (a few MB of rows) is the only memory that scales with it.
 _DEDUP_BATCH = 2048
-# The seen-keys store's page cache (KiB). Beyond it SQLite spills pages to its temp file.
-_DEDUP_CACHE_KIB = 32 * 1024
+# The seen-keys store's page cache (KiB). Beyond it SQLite spills pages to its temp file
+# (the OS keeps them cached). Measured on 1 M rows: 32 MiB made the run's peak memory grow
+# with the file (29 MB more at 1 M rows than at 10 k, bench/ P4) for a 7 % faster pass.
+_DEDUP_CACHE_KIB = 4 * 1024
 _PARQUET_BATCH = 4096
 # Bad rows kept in a report / named in a "fail" error: enough to act on, never the file.
 _REPORT_BAD_ROWS = 20
