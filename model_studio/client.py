@@ -301,7 +301,6 @@ class _Waiter:
             return False
         if final:
             raise self._deadline_error()
-        self.last_running_s = now - self.started
         self.delay = self.plan.next_delay(elapsed=now - self.started, completed=0, total=0)
         return True
 

@@ -632,26 +632,18 @@ def test_reading_results_out_does_not_hold_up_a_run_writing_them(
     """
     monkeypatch.setattr(storage, "_SQLITE_BUSY_TIMEOUT_MS", 200)
     engine = make_engine(f"sqlite:///{tmp_path / 'r.db'}")
-    try:
-        first, second = make_shard(3), make_shard(3, start=3)
+
+    def persist(shard: Shard) -> None:
+        records = make_records(shard)
         complete_shard(
-            engine,
-            first,
-            job_id="j1",
-            job_status="FINISHED",
-            records=make_records(first),
-            flow_run_id=None,
+            engine, shard, job_id="j", job_status="FINISHED", records=records, flow_run_id=None
         )
+
+    try:
+        persist(make_shard(3))
         reader = iter_results(engine)
         next(reader)  # the read transaction is open
-        complete_shard(
-            engine,
-            second,
-            job_id="j2",
-            job_status="FINISHED",
-            records=make_records(second),
-            flow_run_id=None,
-        )
+        persist(make_shard(3, start=3))
         rest = list(reader)
     finally:
         engine.dispose()
