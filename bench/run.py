@@ -1005,6 +1005,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=HERE, help="where to write the reports")
     parser.add_argument("--no-postgres", action="store_true")
     parser.add_argument("--no-real-server", action="store_true")
+    parser.add_argument(
+        "--render-only",
+        action="store_true",
+        help="rewrite RESULTS.md from results.json (after editing NOTES.md), measure nothing",
+    )
     parser.add_argument("--child", choices=("emulator", "rows", "p1"), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--latency", type=float, default=0.0, help=argparse.SUPPRESS)
@@ -1025,6 +1030,12 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(child_p1(args.shards, args.latency, args.rows_per_shard, args.db)))
         return 0
     sizes = QUICK if args.quick else FULL
+    if args.render_only:
+        recorded = json.loads((args.out / "results.json").read_text())
+        details = recorded.pop("details")
+        results = Results(figures=recorded, details=details)
+        (args.out / "RESULTS.md").write_text(render(results, sizes, args.quick))
+        return 0
     results = run_all(
         sizes,
         args.out,
