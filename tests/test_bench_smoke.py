@@ -42,3 +42,16 @@ def test_every_benchmark_runs_at_a_tiny_size(tmp_path: Path) -> None:
     assert all(figures[key] > 0 for key in KEYS - {"machine", "date"})
     assert (tmp_path / "makespan.png").stat().st_size > 0
     assert "p1_makespan_ratio" in (tmp_path / "RESULTS.md").read_text()
+
+    # --render-only rewrites the page from results.json alone, identically.
+    written = (tmp_path / "RESULTS.md").read_text()
+    (tmp_path / "RESULTS.md").unlink()
+    rendered = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--quick", "--render-only", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert rendered.returncode == 0, rendered.stderr[-3000:]
+    assert (tmp_path / "RESULTS.md").read_text() == written
