@@ -94,10 +94,6 @@ class _Progress:
     def job_ended(self) -> None:
         with self._lock:
             self.in_flight -= 1
-        self.changed()
-
-    def changed(self) -> None:
-        """Rows were done: tell the listeners, and the artifact at most once a second."""
         self._notify()
         now = time.monotonic()
         # One artifact update a second is plenty for a human and spares the API.
@@ -154,13 +150,12 @@ class _Lane:
                 self._run_task(jobs_of_one_task_run(first, self.work, self.stop))
 
     def _run_task(self, items: Iterator[WorkItem]) -> None:
-        self.progress.job_started()
         try:
             # opaque(): Prefect resolves the parameter without walking into it (its default
             # walk, visit_collection, over a 100-row shard cost ~15 ms per task call, bench/).
             # Each job: submit or re-attach, wait, persist in one transaction.
             run_generation_jobs(
-                opaque(items),  # type: ignore[arg-type]
+                opaque(self._started(items)),  # type: ignore[arg-type]
                 database_url=self.database_url,
                 on_report=opaque(self._job_done),  # type: ignore[arg-type]
                 policy=self.options.ambiguous_policy,
@@ -171,12 +166,15 @@ class _Lane:
         except FATAL_ERRORS:
             self.stop.set()
             raise
-        finally:
-            self.progress.job_ended()
+
+    def _started(self, items: Iterator[WorkItem]) -> Iterator[WorkItem]:
+        for item in items:
+            self.progress.job_started()
+            yield item
 
     def _job_done(self, report: JobReport) -> None:
         self.tally.record(report)
-        self.progress.changed()
+        self.progress.job_ended()
 
 
 def jobs_of_one_task_run(
