@@ -357,7 +357,7 @@ def instrument(timers: Timers) -> None:
     timers.patch(datasets, "validate_dataset", "read_validate")
     timers.patch(generate.SharedIterator, "__next__", "read_next")  # read + shard + plan
     timers.patch(planning, "completed_identities", "db_plan")
-    timers.patch(planning, "get_shard", "db_plan")
+    timers.patch(planning, "get_shards", "db_plan")
     timers.patch(task_jobs, "run_shard", "job")  # ledger writes + HTTP + poll waits
     timers.patch(jobs, "record_shard_intent", "db_ledger")
     timers.patch(jobs, "record_job_submitted", "db_ledger")

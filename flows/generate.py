@@ -234,7 +234,7 @@ def generate_dataset(options: GenerateOptions) -> RunSummary:
     limit = ensure_concurrency_limit(settings.concurrency_limit)
 
     params = GenerationParams(options.model_id, options.temperature, options.max_tokens)
-    rows = iter_good_rows(options.dataset_path, options.dataset_options())
+    rows = iter_good_rows(options.dataset_path, options.dataset_options(), verdict=report.verdict)
     shards = iter_shards(
         rows,
         dataset=dataset_name(options.dataset_path),

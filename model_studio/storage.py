@@ -60,6 +60,7 @@ __all__ = [
     "generation_jobs",
     "generation_results",
     "get_shard",
+    "get_shards",
     "iter_results",
     "make_engine",
     "metadata",
@@ -883,6 +884,14 @@ def complete_shard(
             )
 
 
+_SELECT_COMPLETED: Final = sa.select(
+    *(generation_results.c[name] for name in IDENTITY_COLUMNS)
+).where(
+    generation_results.c.status == COMPLETED,
+    generation_results.c.row_key.in_(sa.bindparam("keys", expanding=True)),
+)
+
+
 def completed_identities(engine: Engine, identities: Sequence[RowIdentity]) -> set[RowIdentity]:
     """The subset of ``identities`` that already has a completed result.
 
@@ -896,16 +905,33 @@ def completed_identities(engine: Engine, identities: Sequence[RowIdentity]) -> s
     """
     wanted = list(dict.fromkeys(RowIdentity(*identity) for identity in identities))
     found: set[RowIdentity] = set()
-    table = generation_results
-    columns = [table.c[name] for name in IDENTITY_COLUMNS]
     with _reading(engine) as conn:
         for start in range(0, len(wanted), LOOKUP_CHUNK):
             chunk = set(wanted[start : start + LOOKUP_CHUNK])
             keys = sorted({identity.row_key for identity in chunk})
-            rows = conn.execute(
-                sa.select(*columns).where(table.c.status == COMPLETED, table.c.row_key.in_(keys))
-            )
+            rows = conn.execute(_SELECT_COMPLETED, {"keys": keys})
             found.update(hit for hit in (RowIdentity(*row) for row in rows) if hit in chunk)
+    return found
+
+
+_SELECT_SHARDS: Final = sa.select(*_SHARD_COLUMNS).where(
+    generation_jobs.c.shard_key.in_(sa.bindparam("keys", expanding=True))
+)
+
+
+def get_shards(engine: Engine, shard_keys: Sequence[str]) -> dict[str, ShardRecord]:
+    """The ledger rows of those ``shard_keys`` that have one, by key (a query per 500 keys).
+
+    Example:
+        >>> get_shards(make_engine("sqlite://"), ["0" * 32, "1" * 32])
+        {}
+    """
+    keys = sorted(set(shard_keys))
+    found: dict[str, ShardRecord] = {}
+    with _reading(engine) as conn:
+        for start in range(0, len(keys), LOOKUP_CHUNK):
+            rows = conn.execute(_SELECT_SHARDS, {"keys": keys[start : start + LOOKUP_CHUNK]})
+            found.update((record.shard_key, record) for record in map(_shard_record, rows))
     return found
 
 

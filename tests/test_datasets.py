@@ -540,6 +540,54 @@ def test_duplicate_verdicts_do_not_depend_on_batch_boundaries(tmp_path: Path) ->
     assert report.rows == 3 * batch - 4
 
 
+def _no_seen_keys_store(*args: object) -> None:
+    raise AssertionError("the seen-keys store was opened: the pass looked keys up again")
+
+
+def test_a_validated_file_is_not_deduplicated_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batch = datasets._DEDUP_BATCH
+    rows: list[dict[str, Any]] = [{"id": f"r{i}", "prompt": f"Q{i}"} for i in range(2 * batch)]
+    rows[batch + 5] = {"id": "r1", "prompt": "Q1"}  # exact duplicate of line 2
+    rows[batch + 6] = {"id": "r2", "prompt": "other"}  # conflict with line 3
+    path = write_jsonl(tmp_path / "big.jsonl", rows)
+    report = validate_dataset(path, BY_ID, on_bad_rows="skip")
+    looked_up: list[BadRow] = []
+    expected = [r.line for r in iter_good_rows(path, BY_ID, on_bad_row=looked_up.append)]
+
+    monkeypatch.setattr(datasets, "_SeenKeys", _no_seen_keys_store)
+    judged: list[BadRow] = []
+    lines = [
+        r.line
+        for r in iter_good_rows(path, BY_ID, on_bad_row=judged.append, verdict=report.verdict)
+    ]
+    assert lines == expected and len(lines) == report.rows
+    assert [b.line for b in judged] == [b.line for b in looked_up] == [batch + 7]
+    assert judged[0].reason.startswith("duplicate id 'r2' with different content")
+
+
+def test_a_verdict_is_not_used_once_the_file_changed(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "A"}, {"prompt": "B"}, {"prompt": "A"}])
+    report = validate_dataset(path)
+    # Now line 1 is new and the duplicate of "A" is on line 4: an old verdict would drop
+    # line 3 ("B") and send "A" twice.
+    write_jsonl(path, [{"prompt": "C"}, {"prompt": "A"}, {"prompt": "B"}, {"prompt": "A"}])
+    rows = list(iter_good_rows(path, verdict=report.verdict))
+    assert [r.line for r in rows] == [1, 2, 3]
+
+
+def test_a_file_changed_while_validated_leaves_no_verdict(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "A"}, {"prompt": "B"}])
+    scan = datasets._Scan(path, DatasetOptions(), dedup=True)
+    items = iter(scan)
+    next(items)
+    with path.open("a") as handle:
+        handle.write('{"prompt": "A"}\n')
+    list(items)
+    assert scan.verdict is None
+
+
 # -- validate: fail or skip ----------------------------------------------------------------------
 
 

@@ -31,6 +31,7 @@ from model_studio.storage import (
     generation_jobs,
     generation_results,
     get_shard,
+    get_shards,
     iter_results,
     make_engine,
     open_shards,
@@ -572,6 +573,23 @@ def test_completed_identities_uses_batched_queries(engine: Engine) -> None:
     assert found == {identity for i, identity in enumerate(identities) if i % 2 == 0}
     assert 1 <= len(statements) <= math.ceil(2010 / storage.LOOKUP_CHUNK)
     assert completed_identities(engine, []) == set()
+
+
+def test_get_shards_reads_many_ledger_rows_in_batched_queries(engine: Engine) -> None:
+    shards = [make_shard(2, start=10 * i) for i in range(6)]
+    for shard in shards[:4]:
+        record_shard_intent(engine, shard)
+    record_job_submitted(engine, shards[1].shard_key, "job-1")
+    keys = [shard.shard_key for shard in shards] + ["f" * 32] * 600
+
+    with counting_selects(engine) as statements:
+        found = get_shards(engine, keys)
+
+    assert set(found) == {shard.shard_key for shard in shards[:4]}
+    assert found[shards[1].shard_key] == get_shard(engine, shards[1].shard_key)
+    assert found[shards[1].shard_key].job_id == "job-1"
+    assert len(statements) == 1  # 606 keys, 7 distinct: one chunk
+    assert get_shards(engine, []) == {}
 
 
 # --------------------------------------------------------------------------- read-back
