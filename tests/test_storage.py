@@ -157,6 +157,77 @@ def test_newer_schema_version_is_refused(engine: Engine, database_url: str) -> N
         make_engine(database_url)
 
 
+def _create_schema_1(url: str, rows: list[dict[str, Any]]) -> None:
+    """A database as schema 1 left it: unique on the four identity columns, no identity_key."""
+    old = sa.MetaData(naming_convention=storage.metadata.naming_convention)
+    versions = storage.schema_version.to_metadata(old)
+    results = sa.Table(
+        "generation_results",
+        old,
+        *(c._copy() for c in storage.generation_results.columns if c.name != "identity_key"),
+        sa.UniqueConstraint(*storage.IDENTITY_COLUMNS),
+    )
+    storage.generation_jobs.to_metadata(old)
+    engine = sa.create_engine(url)
+    try:
+        old.create_all(engine)
+        with engine.begin() as conn:
+            conn.execute(versions.insert().values(version=1))
+            conn.execute(results.insert(), rows)
+    finally:
+        engine.dispose()
+
+
+def test_a_schema_1_database_is_upgraded_in_place(database_url: str) -> None:
+    old_rows = [result_row(i, status="completed" if i % 3 else "failed") for i in range(2500)]
+    _create_schema_1(database_url, old_rows)
+
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            versions = conn.execute(sa.select(storage.schema_version.c.version)).scalars().all()
+            keys = dict(
+                conn.execute(
+                    sa.select(
+                        storage.generation_results.c.row_key,
+                        storage.generation_results.c.identity_key,
+                    )
+                ).all()
+            )
+        assert sorted(versions) == [1, storage.SCHEMA_VERSION]
+        identities = [
+            RowIdentity(*(r[name] for name in storage.IDENTITY_COLUMNS)) for r in old_rows
+        ]
+        assert keys == {identity.row_key: identity.key for identity in identities}
+        assert completed_identities(engine, identities) == {
+            identity for i, identity in enumerate(identities) if i % 3
+        }
+        # Upserts of old identities update their rows; a completed one still is never undone.
+        assert (
+            write(engine, [result_row(0, result="now done"), result_row(1, status="failed")]) == 2
+        )
+        failed_before = sum(1 for row in old_rows if row["status"] == "failed")
+        assert count_results(engine) == {
+            "completed": len(old_rows) - failed_before + 1,
+            "failed": failed_before - 1,
+        }
+        by_key = {row["row_key"]: row for row in all_results(engine)}
+        assert by_key["row-0"]["result"] == "now done" and by_key["row-1"]["status"] == "completed"
+        inspector = sa.inspect(engine)
+        unique = [
+            i["column_names"] for i in inspector.get_indexes("generation_results") if i["unique"]
+        ]
+        assert ["identity_key"] in unique
+        if engine.dialect.name == "postgresql":
+            constraints = inspector.get_unique_constraints("generation_results")
+            assert [c["column_names"] for c in constraints] == []
+            columns = {c["name"]: c for c in inspector.get_columns("generation_results")}
+            assert columns["identity_key"]["nullable"] is False
+    finally:
+        engine.dispose()
+    make_engine(database_url).dispose()  # a second start finds schema 2: nothing to do
+
+
 def _start_engine(url: str, barrier: Any) -> None:
     barrier.wait(timeout=60)
     make_engine(url).dispose()
@@ -342,7 +413,7 @@ def test_postgresql_and_sqlite_statements_are_conditional() -> None:
 
     for dialect in (postgresql.dialect(), sqlite.dialect()):
         sql = str(upsert_statement(dialect).compile(dialect=dialect))
-        assert "ON CONFLICT (row_key, prompt_hash, model_id, params_hash) DO UPDATE" in sql
+        assert "ON CONFLICT (identity_key) DO UPDATE" in sql
         assert (
             "WHERE generation_results.status != 'completed' OR excluded.status = 'completed'" in sql
         )
