@@ -427,6 +427,16 @@ def test_unsupported_dialect_is_named() -> None:
 # --------------------------------------------------------------------------- ledger
 
 
+@pytest.fixture(params=["upsert", "update-then-insert"])
+def intent_statement(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Intents through the one-statement upsert, then through the portable path of other
+    dialects (MySQL/MariaDB), on each backend."""
+    if request.param == "update-then-insert":
+        monkeypatch.setattr(storage, "_INTENT_UPSERTS", {})
+    return str(request.param)
+
+
+@pytest.mark.usefixtures("intent_statement")
 def test_ledger_intent_submitted_complete(engine: Engine) -> None:
     shard = make_shard(3)
     record = record_shard_intent(engine, shard)
@@ -465,6 +475,7 @@ def test_ledger_intent_submitted_complete(engine: Engine) -> None:
     assert first["completed_at"] is not None and first["completed_at"].tzinfo is not None
 
 
+@pytest.mark.usefixtures("intent_statement")
 def test_ledger_ambiguous_then_new_intent_counts_attempts(engine: Engine) -> None:
     shard = make_shard(2)
     record_shard_intent(engine, shard)
