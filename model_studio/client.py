@@ -304,13 +304,22 @@ class _Waiter:
         self.delay = self.plan.next_delay(elapsed=now - self.started, completed=0, total=0)
         return True
 
-    def seen(self, status: JobStatus, now: float, final: bool) -> JobStatus | None:
-        """The finished job, or None to poll again; raise if it failed or time is up."""
+    def seen(
+        self, status: JobStatus, now: float, final: bool, asked: float | None = None
+    ) -> JobStatus | None:
+        """The finished job, or None to poll again; raise if it failed or time is up.
+
+        ``asked``: when the GET that returned ``status`` was sent (default: ``now``).
+        """
         seen_running = self.last is not None
         self._log_progress(status)
         if status.is_terminal:
             if not self.poll_now:  # a re-attached job's age is unknown: learn nothing
-                self._learn(now - self.started, status.total_tasks, seen_running)
+                # Terminal at the first look: the job took at most until the GET was sent.
+                # Counting the GET's own time in, jobs that end at once taught the next
+                # first polls to wait a GET's time (bench/: ~4 ms a job at latency 0).
+                done = now if seen_running or asked is None else asked
+                self._learn(done - self.started, status.total_tasks, seen_running)
             if status.is_failed:
                 raise JobFailedError(
                     f"Job {status.job_id} ended {status.job_status}",
@@ -516,13 +525,14 @@ class ModelStudioClient(_BaseClient):
         while True:
             delay, final = waiter.next_sleep(self._clock())
             self._sleep(delay)
+            asked = self._clock()
             try:
                 status = self.get_job(job_id)
             except NotFoundError:
                 if waiter.keep_polling_after_404(self._clock(), final):
                     continue
                 raise
-            finished = waiter.seen(status, self._clock(), final)
+            finished = waiter.seen(status, self._clock(), final, asked)
             if finished is not None:
                 return finished
 
@@ -615,12 +625,13 @@ class AsyncModelStudioClient(_BaseClient):
         while True:
             delay, final = waiter.next_sleep(self._clock())
             await self._sleep(delay)
+            asked = self._clock()
             try:
                 status = await self.get_job(job_id)
             except NotFoundError:
                 if waiter.keep_polling_after_404(self._clock(), final):
                     continue
                 raise
-            finished = waiter.seen(status, self._clock(), final)
+            finished = waiter.seen(status, self._clock(), final, asked)
             if finished is not None:
                 return finished

@@ -31,7 +31,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -112,6 +112,10 @@ _BATCH_ROWS: Final = 1000
 
 _PG_SCHEMA_LOCK: Final = 0x5F_F1_05  # any constant; only studio-flows takes this advisory lock
 _SQLITE_BUSY_TIMEOUT_MS: Final = 30_000
+# A checkpoint after this many write transactions of an engine (~1,000 WAL pages, SQLite's
+# default threshold, at 100-row shards), and SQLite's own at this many pages if ours lag.
+_SQLITE_CHECKPOINT_EVERY: Final = 8
+_SQLITE_BACKSTOP_CHECKPOINT_PAGES: Final = 20_000
 _PG_CONNECT_TIMEOUT_S: Final = 10
 
 
@@ -279,6 +283,11 @@ def _configure_sqlite(engine: Engine) -> None:
             # crash or power cut can roll back the last commits. Skipping the fsync per commit
             # is what makes a 100-row shard persist in about a millisecond.
             cursor.execute("PRAGMA synchronous = NORMAL")
+            # Checkpoints run after our write transactions, outside the write lock (see
+            # _writing); SQLite's own, in the commit that crosses the threshold, would hold
+            # every other writer for its fsync. Its threshold stays as a backstop for writes
+            # made through the engine directly.
+            cursor.execute(f"PRAGMA wal_autocheckpoint = {_SQLITE_BACKSTOP_CHECKPOINT_PAGES}")
             cursor.execute("PRAGMA foreign_keys = ON")
         finally:
             cursor.close()
@@ -297,12 +306,28 @@ def _configure_sqlite(engine: Engine) -> None:
 
 _READ_ONLY: Final = "studio_flows_read_only"
 
-# SQLite lets one writer in at a time, and a writer that finds the lock taken sleeps in
-# SQLite's busy handler (1, 2, 5, 10 ms ...) even if the lock frees a moment later. The
-# threads of one process queue on a Python lock instead and go in as soon as it is free:
-# at latency 0 three lanes spent a fifth of their time in that handler (bench/). Writers in
-# other processes still meet the busy handler, which is what it is for.
-_WRITE_LOCKS: weakref.WeakKeyDictionary[Engine, threading.Lock] = weakref.WeakKeyDictionary()
+
+@dataclass
+class _SQLiteWriters:
+    """How the writers of one SQLite engine take turns, in this process.
+
+    SQLite lets one writer in at a time, and a writer that finds the lock taken sleeps in
+    SQLite's busy handler (1, 2, 5, 10 ms ...) even if the lock frees a moment later. The
+    threads of one process queue on a Python lock instead and go in as soon as it is free:
+    at latency 0 three lanes spent a fifth of their time in that handler (bench/). Writers
+    in other processes still meet the busy handler, which is what it is for.
+    """
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    commits: int = 0
+
+    def checkpoint_due(self) -> bool:
+        """Count a commit (under the lock); True every _SQLITE_CHECKPOINT_EVERY commits."""
+        self.commits += 1
+        return self.commits % _SQLITE_CHECKPOINT_EVERY == 0
+
+
+_WRITERS: weakref.WeakKeyDictionary[Engine, _SQLiteWriters] = weakref.WeakKeyDictionary()
 
 
 @contextlib.contextmanager
@@ -315,8 +340,23 @@ def _reading(engine: Engine) -> Iterator[Connection]:
 @contextlib.contextmanager
 def _writing(engine: Engine) -> Iterator[Connection]:
     """``engine.begin()``, queued behind this process's other writers on SQLite."""
-    with _WRITE_LOCKS.get(engine) or contextlib.nullcontext(), engine.begin() as conn:
-        yield conn
+    writers = _WRITERS.get(engine)
+    if writers is None:
+        with engine.begin() as conn:
+            yield conn
+        return
+    with writers.lock:
+        with engine.begin() as conn:
+            yield conn
+        due = writers.checkpoint_due()
+    if due:
+        # PASSIVE: copies what it can without blocking writers; the other lanes write on
+        # while this thread waits for the copy and its fsync.
+        # On the driver's connection: outside a transaction (no BEGIN from our listener).
+        with engine.connect() as conn:
+            driver = conn.connection.driver_connection
+            assert driver is not None
+            driver.execute("PRAGMA wal_checkpoint(PASSIVE)").close()
 
 
 def _json_text(value: Any) -> str:
@@ -344,7 +384,7 @@ def make_engine(url: str) -> Engine:
                 # orjson writes the JSON columns (a conversation per row) 15x faster.
                 engine = sa.create_engine(parsed, json_serializer=_json_text)
                 _configure_sqlite(engine)
-                _WRITE_LOCKS[engine] = threading.Lock()
+                _WRITERS[engine] = _SQLiteWriters()
             case "postgresql":
                 connect_args: dict[str, Any] = {"application_name": "studio-flows"}
                 if "connect_timeout" not in parsed.query:

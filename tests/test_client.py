@@ -731,6 +731,36 @@ def test_steady_jobs_are_seen_done_soon_after_their_end_in_few_requests(job_s: f
     assert requests / jobs <= 2 + job_s / 2
 
 
+def test_jobs_that_end_at_once_are_soon_polled_at_once() -> None:
+    """At latency 0 every job is terminal at its first look, after a GET of ``get_s``.
+
+    The job took at most until the GET was sent; the GET's own time is not the job's. The
+    first delay must fall far below one GET (it settled near one GET while the samples
+    counted it: a lane slept a GET's time per job, bench/).
+    """
+    history = DurationHistory()
+    history.record(seconds=0.5, tasks=100)
+    get_s = 0.005
+    delays = []
+    for _ in range(30):
+        waiter = _Waiter(
+            job_id=JOB,
+            deadline_s=3600.0,
+            started=0.0,
+            plan=PollPlan(start=0.001, maximum=10.0, history=history),
+            history=history,
+            not_found_grace_s=0.0,
+            total_tasks=100,
+            poll_now=False,
+        )
+        asked = waiter.next_sleep(0.0)[0]
+        delays.append(asked)
+        done = JobStatus(job_id=JOB, job_status="FINISHED", total_tasks=100, completed_tasks=100)
+        assert waiter.seen(done, asked + get_s, final=False, asked=asked) is done
+    assert delays[-1] < get_s / 10
+    assert delays == sorted(delays, reverse=True)
+
+
 # --- secrets ------------------------------------------------------------------------------
 
 
