@@ -217,7 +217,7 @@ def test_a_schema_1_database_is_upgraded_in_place(database_url: str) -> None:
         unique = [
             i["column_names"] for i in inspector.get_indexes("generation_results") if i["unique"]
         ]
-        assert ["identity_key"] in unique
+        assert ["row_key", "identity_key"] in unique
         if engine.dialect.name == "postgresql":
             constraints = inspector.get_unique_constraints("generation_results")
             assert [c["column_names"] for c in constraints] == []
@@ -413,7 +413,7 @@ def test_postgresql_and_sqlite_statements_are_conditional() -> None:
 
     for dialect in (postgresql.dialect(), sqlite.dialect()):
         sql = str(upsert_statement(dialect).compile(dialect=dialect))
-        assert "ON CONFLICT (identity_key) DO UPDATE" in sql
+        assert "ON CONFLICT (row_key, identity_key) DO UPDATE" in sql
         assert (
             "WHERE generation_results.status != 'completed' OR excluded.status = 'completed'" in sql
         )
