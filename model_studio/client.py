@@ -178,12 +178,15 @@ class _BaseClient:
             "poll_max_interval_s": settings.poll_max_interval_s,
         }
 
-    def _headers(self) -> dict[str, str]:
-        return {
+    def _headers(self, body: bytes | None = None) -> dict[str, str]:
+        headers = {
             "Authorization": f"Bearer {self._token.get_secret_value()}",
             "Accept": "application/json",
             "User-Agent": "studio-flows",
         }
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        return headers
 
     def _generate_path(self, job_id: str | None = None) -> str:
         path = f"/organizations/{self.organization_id}/generate"
@@ -192,7 +195,9 @@ class _BaseClient:
     @staticmethod
     def _parse(response: httpx.Response, model: type[ModelT]) -> ModelT:
         try:
-            return model.model_validate(response.json())
+            # Parsed and validated in one pass by pydantic's JSON parser: a 100-task job's
+            # answer cost several times more through json.loads and model_validate.
+            return model.model_validate_json(response.content)
         except (ValueError, ValidationError) as err:
             raise UnexpectedResponseError(
                 f"{response.request.method} {response.request.url.path} returned "
@@ -263,6 +268,11 @@ class _BaseClient:
             total_tasks=total_tasks,
             poll_now=poll_now,
         )
+
+
+def _body(request: GenerateRequest) -> bytes:
+    """The JSON body of a POST, written by pydantic (not json.dumps over a dict of it)."""
+    return request.model_dump_json().encode()
 
 
 @dataclass
@@ -459,14 +469,16 @@ class ModelStudioClient(_BaseClient):
         if self._owns_http:
             self._http.close()
 
-    def _send(self, method: str, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
+    def _send(self, method: str, path: str, body: bytes | None = None) -> httpx.Response:
         is_post = method == "POST"
         attempt = 0
         while True:
             attempt += 1
             self.stats.count_request()
             try:
-                response = self._http.request(method, path, json=body, headers=self._headers())
+                response = self._http.request(
+                    method, path, content=body, headers=self._headers(body)
+                )
                 self._decide_response(response, is_post=is_post, attempt=attempt)
                 return response
             except httpx.HTTPError as exc:
@@ -490,7 +502,7 @@ class ModelStudioClient(_BaseClient):
             >>> job.job_id  # doctest: +SKIP
             'a1b2...'
         """
-        response = self._send("POST", self._generate_path(), request.model_dump(mode="json"))
+        response = self._send("POST", self._generate_path(), _body(request))
         return self._parse(response, JobCreated)
 
     def get_job(self, job_id: str) -> JobStatus:
@@ -575,9 +587,7 @@ class AsyncModelStudioClient(_BaseClient):
         """Close the connection pool."""
         await self._http.aclose()
 
-    async def _send(
-        self, method: str, path: str, body: dict[str, Any] | None = None
-    ) -> httpx.Response:
+    async def _send(self, method: str, path: str, body: bytes | None = None) -> httpx.Response:
         is_post = method == "POST"
         attempt = 0
         while True:
@@ -585,7 +595,7 @@ class AsyncModelStudioClient(_BaseClient):
             self.stats.count_request()
             try:
                 response = await self._http.request(
-                    method, path, json=body, headers=self._headers()
+                    method, path, content=body, headers=self._headers(body)
                 )
                 self._decide_response(response, is_post=is_post, attempt=attempt)
                 return response
@@ -604,7 +614,7 @@ class AsyncModelStudioClient(_BaseClient):
 
     async def create_job(self, request: GenerateRequest) -> JobCreated:
         """Submit one generation job; see :meth:`ModelStudioClient.create_job`."""
-        response = await self._send("POST", self._generate_path(), request.model_dump(mode="json"))
+        response = await self._send("POST", self._generate_path(), _body(request))
         return self._parse(response, JobCreated)
 
     async def get_job(self, job_id: str) -> JobStatus:
