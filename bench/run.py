@@ -46,7 +46,7 @@ import threading  # noqa: E402
 import time  # noqa: E402
 import urllib.request  # noqa: E402
 import uuid  # noqa: E402
-from collections import Counter  # noqa: E402
+from collections import Counter, defaultdict  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from datetime import UTC, datetime  # noqa: E402
@@ -235,7 +235,7 @@ def _recording_persists(ends: list[float]) -> Iterator[None]:
     """Record when each shard's persist transaction committed (the makespan's end)."""
     import tasks.jobs as task_jobs
 
-    inner = task_jobs.complete_shard
+    inner = getattr(task_jobs, "complete_shard")  # noqa: B009
 
     def recorded(*args: Any, **kwargs: Any) -> Any:
         try:
@@ -243,11 +243,11 @@ def _recording_persists(ends: list[float]) -> Iterator[None]:
         finally:
             ends.append(time.monotonic())
 
-    task_jobs.complete_shard = recorded  # type: ignore[assignment]
+    setattr(task_jobs, "complete_shard", recorded)  # noqa: B010 - where the task looks it up
     try:
         yield
     finally:
-        task_jobs.complete_shard = inner  # type: ignore[assignment]
+        setattr(task_jobs, "complete_shard", inner)  # noqa: B010
 
 
 def _naive_parts() -> tuple[Any, Any]:
@@ -311,8 +311,9 @@ class Timers:
     """Thread-seconds spent in wrapped functions, summed over every thread."""
 
     def __init__(self) -> None:
-        self.seconds: Counter[str] = Counter()
-        self.cpu: Counter[str] = Counter()  # CPU seconds of the calling thread (no GIL waits)
+        self.seconds: defaultdict[str, float] = defaultdict(float)
+        # CPU seconds of the calling thread (no GIL waits)
+        self.cpu: defaultdict[str, float] = defaultdict(float)
         self._active = threading.local()  # names of the timed calls running in this thread
         self.calls: Counter[str] = Counter()
         self._lock = threading.Lock()
@@ -355,7 +356,7 @@ def instrument(timers: Timers) -> None:
     import tasks.slots as slots
 
     timers.patch(datasets, "validate_dataset", "read_validate")
-    timers.patch(generate.SharedIterator, "__next__", "read_next")  # read + shard + plan
+    timers.patch(planning.SharedIterator, "__next__", "read_next")  # read + shard + plan
     timers.patch(planning, "completed_identities", "db_plan")
     timers.patch(planning, "get_shards", "db_plan")
     timers.patch(task_jobs, "run_shard", "job")  # ledger writes + HTTP + poll waits
@@ -367,7 +368,7 @@ def instrument(timers: Timers) -> None:
     timers.patch(slots.FairUseSlot, "hold", "slot")
 
 
-def _parts(s: Counter[str]) -> dict[str, float]:
+def _parts(s: defaultdict[str, float]) -> dict[str, float]:
     return {
         "reading": s["read_validate"] + s["read_next"] - s["db_plan"],
         "persisting": s["db_persist"] + s["db_ledger"] + s["db_plan"],

@@ -15,13 +15,17 @@ import sys  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Annotated, Literal  # noqa: E402
+from typing import TYPE_CHECKING, Annotated, Literal  # noqa: E402
 
 import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from model_studio.errors import ConfigurationError, DatasetError, StudioFlowsError  # noqa: E402
+
+if TYPE_CHECKING:  # imported where used: Prefect loads slowly, and only runs need it
+    from model_studio.options import GenerateOptions
+    from model_studio.summary import RunSummary
 
 app = typer.Typer(
     name="studio-flows",
@@ -50,10 +54,7 @@ def _clear_errors() -> Iterator[None]:
         raise typer.Exit(2) from None
 
 
-def _print_summary(summary: object) -> None:
-    from model_studio.summary import RunSummary
-
-    assert isinstance(summary, RunSummary)
+def _print_summary(summary: RunSummary) -> None:
     table = Table(title=f"{summary.dataset} → {summary.model_id}", show_header=False)
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -67,12 +68,12 @@ def _print_summary(summary: object) -> None:
                 console.print(f"  {item}", highlight=False, soft_wrap=True)
 
 
-def _run_flow(options: object, show_progress: bool) -> object:
+def _run_flow(options: GenerateOptions, show_progress: bool) -> RunSummary:
     from deployments.progress import progress_display
     from flows.generate import generate_dataset
 
     with progress_display(console, enabled=show_progress):
-        return generate_dataset(options)  # type: ignore[arg-type]
+        return generate_dataset(options)
 
 
 @app.command()
@@ -108,8 +109,8 @@ def generate(
                 temperature=temperature,
                 max_tokens=max_tokens,
                 system_prompt=system_prompt,
-                on_bad_rows=on_bad_rows,  # type: ignore[arg-type]
-                ambiguous_policy=ambiguous_policy,  # type: ignore[arg-type]
+                on_bad_rows=on_bad_rows,
+                ambiguous_policy=ambiguous_policy,
                 prompt_column=prompt_column,
                 messages_column=messages_column,
                 id_column=id_column,
@@ -119,7 +120,7 @@ def generate(
             raise ConfigurationError(describe_validation_error(err)) from None
         summary = _run_flow(options, show_progress=progress)
     _print_summary(summary)
-    if not summary.all_completed:  # type: ignore[attr-defined]
+    if not summary.all_completed:
         raise typer.Exit(1)
 
 
@@ -155,7 +156,7 @@ def demo(
         f"at most {stats['max_active_jobs']} active at once."
     )
     _print_samples(database_url, dataset.name)
-    if not summary.all_completed:  # type: ignore[attr-defined]
+    if not summary.all_completed:
         raise typer.Exit(1)
 
 

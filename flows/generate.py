@@ -154,10 +154,10 @@ class _Lane:
             # opaque(): Prefect resolves the parameter without walking into it (its default
             # walk, visit_collection, over a 100-row shard cost ~15 ms per task call, bench/).
             # Each job: submit or re-attach, wait, persist in one transaction.
-            run_generation_jobs(
-                opaque(self._started(items)),  # type: ignore[arg-type]
+            run_generation_jobs(  # type: ignore[call-overload]
+                opaque(self._started(items)),
                 database_url=self.database_url,
-                on_report=opaque(self._job_done),  # type: ignore[arg-type]
+                on_report=opaque(self._job_done),
                 policy=self.options.ambiguous_policy,
                 stats=self.stats,
                 credentials_block=self.options.credentials_block,

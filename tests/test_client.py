@@ -691,6 +691,20 @@ def test_wait_for_job_learns_the_first_delay_from_finished_jobs(fake: FakeTime) 
     assert fake.sleeps[0] == pytest.approx(2 * 1.732 + 0.02, abs=0.02)
 
 
+def _new_waiter(history: DurationHistory, *, start: float, tasks: int) -> _Waiter:
+    """A waiter for a job POSTed at time 0, learning from and into ``history``."""
+    return _Waiter(
+        job_id=JOB,
+        deadline_s=3600.0,
+        started=0.0,
+        plan=PollPlan(start=start, maximum=10.0, history=history),
+        history=history,
+        not_found_grace_s=0.0,
+        total_tasks=tasks,
+        poll_now=False,
+    )
+
+
 @pytest.mark.parametrize("job_s", [5.0, 7.3, 30.0])
 def test_steady_jobs_are_seen_done_soon_after_their_end_in_few_requests(job_s: float) -> None:
     """Three lanes of five jobs like the emulator's: task i of 10 done at job_s * (i + 1) / 10.
@@ -703,16 +717,7 @@ def test_steady_jobs_are_seen_done_soon_after_their_end_in_few_requests(job_s: f
     history = DurationHistory()
     late, requests = 0.0, 0
     for _ in range(jobs):
-        waiter = _Waiter(
-            job_id=JOB,
-            deadline_s=3600.0,
-            started=0.0,
-            plan=PollPlan(start=0.5, maximum=10.0, history=history),
-            history=history,
-            not_found_grace_s=0.0,
-            total_tasks=tasks,
-            poll_now=False,
-        )
+        waiter = _new_waiter(history, start=0.5, tasks=tasks)
         now, requests = 0.0, requests + 1  # the POST
         while True:
             now += waiter.next_sleep(now)[0]
@@ -743,16 +748,7 @@ def test_jobs_that_end_at_once_are_soon_polled_at_once() -> None:
     get_s = 0.005
     delays = []
     for _ in range(30):
-        waiter = _Waiter(
-            job_id=JOB,
-            deadline_s=3600.0,
-            started=0.0,
-            plan=PollPlan(start=0.001, maximum=10.0, history=history),
-            history=history,
-            not_found_grace_s=0.0,
-            total_tasks=100,
-            poll_now=False,
-        )
+        waiter = _new_waiter(history, start=0.001, tasks=100)
         asked = waiter.next_sleep(0.0)[0]
         delays.append(asked)
         done = JobStatus(job_id=JOB, job_status="FINISHED", total_tasks=100, completed_tasks=100)
