@@ -746,13 +746,9 @@ def _select_shard(conn: Connection, shard_key: str) -> ShardRecord | None:
     return None if row is None else _shard_record(row)
 
 
-def _update_shard(conn: Connection, shard_key: str, **values: Any) -> None:
-    result = conn.execute(
-        generation_jobs.update()
-        .where(generation_jobs.c.shard_key == shard_key)
-        .values(updated_at=utcnow(), **values)
-    )
-    if result.rowcount == 0:
+def _update_shard(conn: Connection, update: sa.Update, shard_key: str, **values: Any) -> None:
+    """Run a ledger ``update`` (bound to ``key``); raise LookupError if the shard has no row."""
+    if conn.execute(update, {"key": shard_key, **values}).rowcount == 0:
         raise LookupError(f"no intent recorded for shard {shard_key}")
 
 
@@ -764,8 +760,7 @@ def get_shard(engine: Engine, shard_key: str) -> ShardRecord | None:
         >>> get_shard(engine, "0" * 32) is None
         True
     """
-    with _reading(engine) as conn:
-        return _select_shard(conn, shard_key)
+    return get_shards(engine, [shard_key]).get(shard_key)
 
 
 # Ledger statements built once: building an UPDATE per call cost more than running it.
@@ -882,6 +877,18 @@ _SUBMITTED: Final = (
 )
 
 
+_AMBIGUOUS: Final = (
+    generation_jobs.update()
+    .where(generation_jobs.c.shard_key == sa.bindparam("key"))
+    .values(
+        status=AMBIGUOUS,
+        ambiguous_count=generation_jobs.c.ambiguous_count + 1,
+        error=sa.bindparam("new_error"),
+        updated_at=sa.bindparam("new_now"),
+    )
+)
+
+
 def record_job_submitted(engine: Engine, shard_key: str, job_id: str) -> None:
     """Record the job created for ``shard_key`` at once after its POST returned.
 
@@ -890,11 +897,8 @@ def record_job_submitted(engine: Engine, shard_key: str, job_id: str) -> None:
     Example:
         >>> record_job_submitted(engine, shard.shard_key, created.job_id)  # doctest: +SKIP
     """
-    now = utcnow()
     with _writing(engine) as conn:
-        result = conn.execute(_SUBMITTED, {"key": shard_key, "new_job_id": job_id, "new_now": now})
-        if result.rowcount == 0:
-            raise LookupError(f"no intent recorded for shard {shard_key}")
+        _update_shard(conn, _SUBMITTED, shard_key, new_job_id=job_id, new_now=utcnow())
 
 
 def record_ambiguous(engine: Engine, shard_key: str, cause: str) -> None:
@@ -906,13 +910,7 @@ def record_ambiguous(engine: Engine, shard_key: str, cause: str) -> None:
         >>> record_ambiguous(engine, shard.shard_key, err.cause)  # doctest: +SKIP
     """
     with _writing(engine) as conn:
-        _update_shard(
-            conn,
-            shard_key,
-            status=AMBIGUOUS,
-            ambiguous_count=generation_jobs.c.ambiguous_count + 1,
-            error=cause,
-        )
+        _update_shard(conn, _AMBIGUOUS, shard_key, new_error=cause, new_now=utcnow())
 
 
 def _result_rows(
@@ -995,9 +993,7 @@ def complete_shard(
         _execute_upsert(conn, upsert)
         if _between is not None:
             _between()
-        closed = conn.execute(
-            _CLOSE_SHARD, {"key": shard_key, **{f"new_{k}": v for k, v in closing.items()}}
-        )
+        closed = conn.execute(_CLOSE_SHARD, {"key": shard_key, **_fresh(closing)})
         if closed.rowcount == 0:
             conn.execute(
                 generation_jobs.insert().values(
