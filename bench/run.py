@@ -349,9 +349,9 @@ def instrument(timers: Timers) -> None:
     """Wrap the flow's parts where the flow looks them up (module globals, methods)."""
     import flows.generate as generate
     import model_studio.client as client
+    import model_studio.datasets as datasets
     import model_studio.jobs as jobs
     import model_studio.planning as planning
-    import tasks.datasets as datasets
     import tasks.jobs as task_jobs
     import tasks.slots as slots
 
@@ -365,7 +365,7 @@ def instrument(timers: Timers) -> None:
     timers.patch(client.ModelStudioClient, "_send", "http")
     timers.patch(task_jobs, "complete_shard", "db_persist")
     timers.patch(generate._Lane, "_run_task", "lane_job")  # the job task runs, Prefect included
-    timers.patch(slots.FairUseSlot, "hold", "slot")
+    timers.patch(slots.SlotPool, "acquire", "slot")
 
 
 def _parts(s: defaultdict[str, float]) -> dict[str, float]:

@@ -10,7 +10,8 @@ from deployments.quiet import quiet_environment
 
 quiet_environment()
 
-import os  # noqa: E402 - the environment must be quiet before Prefect is imported
+import logging  # noqa: E402 - the environment must be quiet before Prefect is imported
+import os  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
@@ -69,11 +70,68 @@ def _print_summary(summary: RunSummary) -> None:
 
 
 def _run_flow(options: GenerateOptions, show_progress: bool) -> RunSummary:
+    """Run the flow on a checked or local Prefect API, stopping cleanly on a signal."""
+    from deployments.local_server import prefect_api
     from deployments.progress import progress_display
+    from deployments.run_control import exit_code_for, run_until_signal
     from flows.generate import generate_dataset
+    from model_studio.errors import RunInterrupted
+    from model_studio.preflight import check_run_inputs
 
-    with progress_display(console, enabled=show_progress):
-        return generate_dataset(options)
+    check_run_inputs(options)  # bad input is reported before any Prefect server starts
+
+    def run() -> RunSummary:
+        with progress_display(console, enabled=show_progress):
+            return generate_dataset(options)
+
+    with prefect_api(notify=_notice), _slot_notices():
+        try:
+            return run_until_signal(run, on_stop=_stopping, on_force_exit=_exiting_now)
+        except RunInterrupted as err:
+            summary = err.summary
+            line = summary.stopped_line() if summary is not None else f"interrupted: {err}"
+            err_console.print(line, highlight=False, soft_wrap=True)
+            raise typer.Exit(exit_code_for(summary.interrupted_by if summary else None)) from None
+
+
+def _notice(message: str) -> None:
+    err_console.print(f"[yellow]{message}[/]", highlight=False, soft_wrap=True)
+
+
+def _stopping(signal_name: str) -> None:
+    from tasks.slots import release_all_slots
+
+    _notice(
+        f"{signal_name}: stopping (no new jobs; jobs in flight stay recorded). "
+        "Press Ctrl-C again to exit at once."
+    )
+    release_all_slots()
+
+
+def _exiting_now(signal_name: str) -> None:
+    err_console.print(
+        f"{signal_name}: exiting now; jobs in flight are recorded and the next run "
+        "re-attaches to them.",
+        highlight=False,
+    )
+
+
+class _NoticeHandler(logging.Handler):
+    """Show the fair-use pool's warnings (waiting for a slot) on the terminal."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        _notice(record.getMessage())
+
+
+@contextmanager
+def _slot_notices() -> Iterator[None]:
+    slot_logger = logging.getLogger("studio_flows.slots")
+    handler = _NoticeHandler(level=logging.WARNING)
+    slot_logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        slot_logger.removeHandler(handler)
 
 
 @app.command()

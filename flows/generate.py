@@ -19,7 +19,7 @@ import contextvars
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from prefect import flow, get_run_logger
@@ -32,9 +32,11 @@ from prefect.artifacts import (
 from prefect.runtime import flow_run
 from prefect.utilities.annotations import opaque
 
+from model_studio import interrupts
 from model_studio.blocks import resolve_settings
 from model_studio.client import ClientStats
 from model_studio.datasets import dataset_name, iter_good_rows, iter_shards
+from model_studio.errors import RunInterrupted
 from model_studio.jobs import JobReport, WorkItem
 from model_studio.options import GenerateOptions
 from model_studio.planning import Planner, SharedIterator
@@ -46,7 +48,7 @@ from tasks.datasets import validate_dataset_task
 from tasks.jobs import FATAL_ERRORS, engine_for, run_generation_jobs
 from tasks.limits import ensure_concurrency_limit
 from tasks.preflight import check_model_studio_access
-from tasks.slots import FairUseSlot
+from tasks.slots import Lease, SlotPool, release_all_slots, slot_pool
 
 # How long a lane that holds its slot waits for the others before starting alone (another
 # flow run may hold the remaining slots for a long time).
@@ -54,6 +56,7 @@ LANE_START_WAIT_S = 10.0
 # A task run carries consecutive jobs of its lane until it has lasted this long (see
 # jobs_of_one_task_run).
 TASK_RUN_TARGET_S = 1.0
+TURN_PAUSE_S = 1.0
 
 ProgressListener = Callable[[int, int, RunTally, int], None]
 _listeners: list[ProgressListener] = []
@@ -130,24 +133,36 @@ class _Lane:
     start_together: threading.Barrier = field(default_factory=lambda: threading.Barrier(1))
 
     def run(self) -> None:
-        """Hold a fair-use slot and run jobs until the work is done or a fatal error."""
-        with FairUseSlot(turn_s=self.settings.slot_turn_s) as slot:
-            # Take the slot before the first job and wait (briefly) for the other lanes to
-            # take theirs. Measured (bench/, issue 9): an acquisition made while other lanes
-            # already run task runs waits 2-5 s on the ephemeral API server, so lanes started
-            # staggered and at most 2 of 3 jobs were in flight for the first seconds.
-            try:
-                slot.hold()
-            except BaseException:
-                self.start_together.abort()  # the other lanes need not wait for this one
-                raise
+        """Hold a fair-use slot and run jobs until the work is done, a stop or a fatal error."""
+        pool = slot_pool(
+            turn_s=self.settings.slot_turn_s, wait_limit_s=self.settings.slot_wait_limit_s
+        )
+        # Take the slot before the first job and wait (briefly) for the other lanes to
+        # take theirs, so the first jobs start together.
+        try:
+            lease = pool.acquire()
+        except BaseException:
+            self.start_together.abort()  # the other lanes need not wait for this one
+            raise
+        try:
             with contextlib.suppress(threading.BrokenBarrierError):
                 self.start_together.wait(timeout=LANE_START_WAIT_S)
             for first in self.work:
-                if self.stop.is_set():
+                if self.stop.is_set() or interrupts.stop_requested():
                     return
-                slot.hold()
+                lease = self._take_turn(pool, lease)
                 self._run_task(jobs_of_one_task_run(first, self.work, self.stop))
+        finally:
+            pool.release(lease)
+
+    def _take_turn(self, pool: SlotPool, lease: Lease) -> Lease:
+        """Every ``slot_turn_s``, give the slot back and ask again: other runs get a turn."""
+        if time.monotonic() - lease.since < pool.turn_s:
+            return lease
+        pool.release(lease)
+        # Longer than a waiting run's poll interval, so it sees the free slot first.
+        interrupts.sleep(TURN_PAUSE_S)
+        return pool.acquire()
 
     def _run_task(self, items: Iterator[WorkItem]) -> None:
         try:
@@ -204,14 +219,30 @@ def jobs_of_one_task_run(
 
 
 def _run_lanes(lane: _Lane, count: int) -> None:
-    """Run ``count`` lanes in threads of this flow run; re-raise the first lane error."""
+    """Run ``count`` lanes in threads of this flow run; re-raise the first lane error.
+
+    Anything that ends the wait early (Prefect's cancellation signal in a deployment) stops
+    the lanes and gives their slots back before it goes on.
+    """
     lane.start_together = threading.Barrier(count)
-    with ThreadPoolExecutor(max_workers=count, thread_name_prefix="lane") as pool:
-        # Each thread runs in a copy of this context, so task calls belong to the flow run.
-        futures = [pool.submit(contextvars.copy_context().run, lane.run) for _ in range(count)]
+    pool = ThreadPoolExecutor(max_workers=count, thread_name_prefix="lane")
+    # Each thread runs in a copy of this context, so task calls belong to the flow run.
+    futures = [pool.submit(contextvars.copy_context().run, lane.run) for _ in range(count)]
+    try:
+        wait(futures)
+    except BaseException as err:
+        interrupts.request_stop(type(err).__name__)
+        lane.stop.set()
+        release_all_slots()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     errors = [f.exception() for f in futures if f.exception() is not None]
-    if errors:
-        raise errors[0]  # type: ignore[misc]
+    interrupted = [e for e in errors if isinstance(e, RunInterrupted)]
+    if len(interrupted) < len(errors):
+        raise next(e for e in errors if not isinstance(e, RunInterrupted))  # type: ignore[misc]
+    if interrupted:
+        raise interrupted[0]
 
 
 @flow(name="generate-dataset", description="Batch generation with IONOS AI Model Studio")
@@ -254,8 +285,11 @@ def generate_dataset(options: GenerateOptions) -> RunSummary:
         options=options,
         flow_run_id=str(flow_run.id) if flow_run.id else None,
     )
+    interrupted: RunInterrupted | None = None
     try:
         _run_lanes(lane, limit)
+    except RunInterrupted as err:
+        interrupted = err
     finally:
         lane.progress.finish()
 
@@ -278,8 +312,12 @@ def generate_dataset(options: GenerateOptions) -> RunSummary:
         wall_time_s=round(time.monotonic() - started, 2),
         bad_rows=[str(bad) for bad in report.bad_rows],
         errors=tally.errors,
+        interrupted_by=interrupts.stop_reason() if interrupted else None,
     )
     _report(summary)
+    if interrupted is not None:
+        interrupted.summary = summary
+        raise interrupted
     return summary
 
 

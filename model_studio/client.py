@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel, SecretStr, ValidationError
 
+from model_studio import interrupts
 from model_studio.errors import (
     AmbiguousSubmissionError,
     APIConnectionError,
@@ -438,7 +439,7 @@ class ModelStudioClient(_BaseClient):
         *,
         transport: httpx.BaseTransport | None = None,
         shared_pool: bool = False,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] = interrupts.sleep,
         clock: Callable[[], float] = time.monotonic,
         **kwargs: Any,
     ) -> None:

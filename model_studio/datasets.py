@@ -842,3 +842,31 @@ def _json_error_reason(raw: bytes, err: orjson.JSONDecodeError) -> str:
 
 def _single_line(text: str) -> str:
     return " ".join(text.split())
+
+
+_last_validation: list[tuple[tuple[object, ...], DatasetReport]] = []
+
+
+def validate_dataset_once(
+    path: PathLike, options: DatasetOptions | None = None, on_bad_rows: OnBadRows = "fail"
+) -> DatasetReport:
+    """:func:`validate_dataset`, remembered for the same unchanged file and options.
+
+    The command line validates before it starts a Prefect server (errors in about a
+    second), and the flow validates again in its own task: the second pass is free.
+
+    Example:
+        >>> validate_dataset_once("examples/prompts.jsonl").rows  # doctest: +SKIP
+        40
+    """
+    file = Path(path).resolve()
+    try:
+        key: tuple[object, ...] = (file, _FileStamp.of(file), options, on_bad_rows)
+    except OSError:
+        return validate_dataset(path, options, on_bad_rows)  # let it report the missing file
+    for seen, report in _last_validation:
+        if seen == key:
+            return report
+    report = validate_dataset(path, options, on_bad_rows)
+    _last_validation[:] = [(key, report)]
+    return report

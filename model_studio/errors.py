@@ -5,6 +5,10 @@ The whole tree::
     StudioFlowsError
     ├── ConfigurationError            a setting is missing or invalid (CLI exit code 2)
     ├── DatasetError                  the input file has bad rows (CLI exit code 2)
+    ├── RunInterrupted                a signal asked this process to stop (CLI exit 130/143)
+    ├── FairUseError                  the fair-use slots of the Prefect concurrency limit
+    │   ├── SlotWaitTimeoutError          no slot came free within the wait limit (exit 2)
+    │   └── PrefectUnavailableError       the Prefect API cannot be started or reached (exit 2)
     └── ModelStudioError              anything that went wrong talking to Model Studio
         ├── APIConnectionError        no HTTP response at all
         │   └── APITimeoutError       the request timed out
@@ -38,6 +42,28 @@ class ConfigurationError(StudioFlowsError):
 
 class DatasetError(StudioFlowsError):
     """The dataset cannot be used as it is; the message names file, line and reason."""
+
+
+class RunInterrupted(StudioFlowsError):
+    """A signal (Ctrl-C, ``kill``, a container stop) asked this process to stop.
+
+    Jobs in flight keep their recorded job_id, so the next run re-attaches to them. A
+    flow that stops this way sets ``summary`` to what it did so far.
+    """
+
+    summary: Any = None
+
+
+class FairUseError(StudioFlowsError):
+    """The fair-use guard (the Prefect concurrency limit) could not give a slot."""
+
+
+class SlotWaitTimeoutError(FairUseError):
+    """Every slot stayed taken for longer than the wait limit; the message says how to look."""
+
+
+class PrefectUnavailableError(FairUseError):
+    """The Prefect API could not be started or reached; the message names PREFECT_API_URL."""
 
 
 class ModelStudioError(StudioFlowsError):

@@ -19,13 +19,13 @@ Example:
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 from sqlalchemy.engine import Engine
 
+from model_studio import interrupts
 from model_studio.client import ModelStudioClient
 from model_studio.errors import AmbiguousSubmissionError, JobFailedError, NotFoundError
 from model_studio.models import JobStatus
@@ -186,7 +186,7 @@ def submit_shard(
     shard: Shard,
     *,
     policy: AmbiguousPolicy = "resubmit",
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], None] = interrupts.sleep,
 ) -> tuple[str, int]:
     """POST the shard's job, recording intent and job_id; return ``(job_id, resubmits)``.
 

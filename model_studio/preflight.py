@@ -10,6 +10,7 @@ Example:
 from __future__ import annotations
 
 from model_studio.client import ModelStudioClient
+from model_studio.datasets import DatasetReport, validate_dataset_once
 from model_studio.errors import (
     APIConnectionError,
     APIStatusError,
@@ -18,6 +19,9 @@ from model_studio.errors import (
     NotFoundError,
     PermissionDeniedError,
 )
+from model_studio.options import GenerateOptions
+from model_studio.settings import load_settings
+from model_studio.storage import make_engine
 
 # No job has this id: a 404 proves the host answers and the token was accepted.
 PROBE_JOB_ID = "studio-flows-preflight"
@@ -47,3 +51,26 @@ def check_access(client: ModelStudioClient) -> None:
 
 def _cause(err: Exception) -> str:
     return str(err).rsplit(": ", 1)[-1]
+
+
+def check_run_inputs(options: GenerateOptions) -> DatasetReport:
+    """Find a run's configuration and input errors without any Prefect server.
+
+    Settings and credentials from the environment, the results database, the whole
+    dataset: each raises one sentence (:class:`ConfigurationError` or
+    :class:`~model_studio.errors.DatasetError`). What lives in blocks needs the Prefect
+    API and is checked by the flow.
+
+    Example:
+        >>> options = GenerateOptions(dataset_path="p.jsonl", model_id="m")
+        >>> check_run_inputs(options)  # doctest: +SKIP
+        DatasetReport(path=PosixPath('p.jsonl'), rows=40, ...)
+    """
+    settings = load_settings()
+    if options.credentials_block is None:
+        settings.require_credentials()
+    if options.database_block is None:
+        make_engine(options.database_url or settings.database_url).dispose()
+    return validate_dataset_once(
+        options.dataset_path, options.dataset_options(), on_bad_rows=options.on_bad_rows
+    )

@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     slot_turn_s: float = Field(
         default=60.0, gt=0, description="Re-acquire a slot at least this often"
     )
+    slot_wait_limit_s: float = Field(
+        default=600.0, gt=0, description="Give up when no fair-use slot comes free in this time"
+    )
 
     @model_validator(mode="after")
     def _poll_bounds(self) -> Settings:

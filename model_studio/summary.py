@@ -36,6 +36,28 @@ class RunSummary(BaseModel):
     wall_time_s: float = 0.0
     bad_rows: list[str] = Field(default_factory=list, description="first bad rows skipped")
     errors: list[str] = Field(default_factory=list, description="first shard errors")
+    interrupted_by: str | None = Field(default=None, description="the signal that stopped it")
+
+    @property
+    def rows_to_do(self) -> int:
+        """Rows of the dataset this run had to answer (not bad, duplicate or done before)."""
+        return max(
+            self.rows_in_dataset - self.bad_rows_skipped - self.duplicates - self.already_done, 0
+        )
+
+    @property
+    def rows_left(self) -> int:
+        """Rows still without an answer, for the next run."""
+        return max(self.rows_to_do - self.completed - self.failed, 0)
+
+    def stopped_line(self) -> str:
+        """One line for a run a signal stopped: what is done and what is left."""
+        return (
+            f"interrupted by {self.interrupted_by}: {self.completed + self.failed:,} of "
+            f"{self.rows_to_do:,} rows done ({self.completed:,} completed, {self.failed:,} "
+            f"failed), {self.rows_left:,} left; run the same command again to finish "
+            "(jobs in flight are recorded and re-attached, not paid again)"
+        )
 
     @property
     def all_completed(self) -> bool:

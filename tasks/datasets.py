@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from model_studio.datasets import DatasetReport, validate_dataset
+from model_studio.datasets import DatasetReport, validate_dataset_once
 from model_studio.options import GenerateOptions
 
 
@@ -17,7 +17,7 @@ def validate_dataset_task(options: GenerateOptions) -> DatasetReport:
         >>> validate_dataset_task(options)  # doctest: +SKIP
         DatasetReport(rows=40, bad_count=0, ...)
     """
-    report = validate_dataset(
+    report = validate_dataset_once(
         options.dataset_path, options.dataset_options(), on_bad_rows=options.on_bad_rows
     )
     log = get_run_logger()

@@ -7,7 +7,6 @@ Retries live in one layer per failure kind: the HTTP client retries transport er
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -15,12 +14,14 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from sqlalchemy.engine import Engine
 
+from model_studio import interrupts
 from model_studio.blocks import resolve_settings
 from model_studio.client import ClientStats, ModelStudioClient
 from model_studio.errors import (
     AuthenticationError,
     ConfigurationError,
     PermissionDeniedError,
+    RunInterrupted,
     UnprocessableEntityError,
 )
 from model_studio.jobs import (
@@ -68,7 +69,7 @@ FATAL_ERRORS = (
 )
 # Retrying cannot help these: bad credentials, a bad request, a configuration error, or an
 # ambiguous POST the policy forbids resubmitting.
-NOT_RETRYABLE = (*FATAL_ERRORS, AmbiguousShardError)
+NOT_RETRYABLE = (*FATAL_ERRORS, AmbiguousShardError, RunInterrupted)
 JOB_RETRIES = 2
 JOB_RETRY_DELAY_S = 5.0
 
@@ -153,6 +154,7 @@ def run_generation_jobs(
     with job_client(settings, stats) as client:  # one client for the task run's jobs
         runner = _JobRunner(client, settings, database_url, policy, flow_run_id)
         for work in works:
+            interrupts.check()  # a stopping run starts no new job
             report = runner.run_with_retries(work)
             completed += report.completed
             on_report(report)
@@ -186,7 +188,7 @@ class _JobRunner:
         for attempt in range(JOB_RETRIES + 1):
             try:
                 return self.run(work)
-            except FATAL_ERRORS:
+            except (*FATAL_ERRORS, RunInterrupted):
                 raise
             except AmbiguousShardError as err:
                 return JobReport.gave_up(work.shard, str(err))
@@ -199,7 +201,7 @@ class _JobRunner:
                     err,
                     JOB_RETRY_DELAY_S,
                 )
-                time.sleep(JOB_RETRY_DELAY_S)
+                interrupts.sleep(JOB_RETRY_DELAY_S)
         raise AssertionError("unreachable")
 
 

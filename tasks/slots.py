@@ -1,44 +1,61 @@
-"""The fair-use slot: one slot of the ``tag:model-studio`` concurrency limit, held by a lane.
+"""The fair-use slot pool: one per process and limit, the only part that asks Prefect for slots.
 
-Why not tag the job task with ``model-studio``? Measured on Prefect 3.9 (DESIGN, rule 1):
-30 jobs of 0.5 s in a window of 3 took 39 s tagged against 6.1 s untagged. The cause is in
-how a refused holder waits. When the limit is full the server answers ``423 Locked`` with
-a ``Retry-After`` of about the limit's average slot occupancy times the queue length
-(capped at 30 s, with Poisson jitter), and the client-side acquisition service, one per
-limit name per process, sleeps through it while the other waiters of the process queue
-behind it. A slot freed a moment later sits idle until some waiter's timer fires. Each job
-paid that idle time.
+A slot of the ``tag:model-studio`` concurrency limit is a lease on the Prefect server,
+held from before a job's POST until the job is terminal. Why a pool and not a tag on the
+job task? Measured on Prefect 3.9: a tagged task run per job lost ~3 s per turn, because a
+refused holder sleeps through the server's ``Retry-After`` while a freed slot idles. The
+pool instead:
 
-So each lane takes its slot once and keeps it across consecutive jobs (nothing nested:
-the job tasks carry no tag). A slot is given back and taken again at least every
-``turn_s`` seconds, with a short pause between, so other flow runs sharing the limit get
-their turn. A refused acquisition is retried by us every ``poll_s`` (one request each,
-``max_retries=0``) instead of sleeping through the server's ``Retry-After``. The lease
-(60 s, the server's minimum) is renewed by Prefect while held, so a SIGKILLed process's
-slot comes back when its lease expires.
+- hands a lease a job gives back straight to the next local waiter (no server round trip,
+  no idle slot), unless the lease has been held ``turn_s`` already;
+- asks the server itself (one request every ``poll_s``, no ``Retry-After`` sleep) only when
+  a local waiter needs one more slot;
+- renews every lease it holds, and writes them to a holder file that the operating system
+  unlocks when this process dies, so a later process gives them back at once
+  (:mod:`tasks.slot_holders`); leases also expire on a server with a repossessor;
+- gives every lease back at once when the process is asked to stop (:meth:`release_all`);
+- says within seconds that it waits, then every 30 s, and gives up with a clear error after
+  ``wait_limit_s``.
 
 Example:
-    >>> with FairUseSlot() as slot:  # doctest: +SKIP
-    ...     for work in lane_work:
-    ...         slot.hold()           # acquires, or takes a turn if held for turn_s
-    ...         run_generation_job(work)
+    >>> pool = slot_pool()  # doctest: +SKIP
+    >>> lease = pool.acquire()  # doctest: +SKIP
+    >>> ...  # POST the job, wait for it
+    >>> pool.release(lease)  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
+import threading
 import time
+import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
 
 import httpx
-from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
-from prefect.concurrency.sync import concurrency
+
+from model_studio import interrupts
+from model_studio.errors import FairUseError, PrefectUnavailableError, SlotWaitTimeoutError
+from tasks.slot_holders import HolderFile, holders_directory, live_holders, reclaim_dead_holders
 
 FAIR_USE_TAG = "model-studio"
 FAIR_USE_LIMIT_NAME = f"tag:{FAIR_USE_TAG}"
 MIN_LEASE_S = 60.0  # the server refuses shorter leases
+# How long the pool keeps asking a Prefect API that does not answer before the run fails.
+SERVER_UNAVAILABLE_LIMIT_S = 300.0
+FIRST_WAIT_NOTICE_S = 3.0
+WAIT_NOTICE_EVERY_S = 30.0
+# A waiting pool looks for slots of dead holders this often.
+RECLAIM_EVERY_S = 5.0
+LEAK_RECHECK_S = 1.0
+# Set by the command line when it started the local Prefect server of this machine.
+LOCAL_SERVER_ENV = "STUDIO_FLOWS_LOCAL_PREFECT_API"
 
 logger = logging.getLogger("studio_flows.slots")
 
@@ -51,124 +68,413 @@ class SlotServerUnavailable(Exception):
     """The Prefect API could not answer (5xx, 429, no connection): ask again later."""
 
 
-# How long a lane keeps asking a Prefect API that does not answer before its run fails.
-SERVER_UNAVAILABLE_LIMIT_S = 300.0
+class SlotApi(Protocol):
+    """The four calls the pool makes to the Prefect API."""
+
+    server: str
+
+    def acquire(self, limit_name: str, lease_s: float) -> uuid.UUID:
+        """A new lease on one slot; raises SlotRefused or SlotServerUnavailable."""
+
+    def renew(self, lease_id: uuid.UUID, lease_s: float) -> None:
+        """Extend a lease."""
+
+    def release(self, lease_id: uuid.UUID) -> None:
+        """Give a lease back (a lease the server no longer knows is fine)."""
+
+    def occupancy(self, limit_name: str) -> tuple[int, int]:
+        """``(active_slots, limit)`` of the limit."""
 
 
-class _DropRefusalNoise(logging.Filter):
-    """Prefect's acquisition service logs every refused attempt as an error; ours are expected."""
+class PrefectSlotApi:
+    """:class:`SlotApi` over Prefect's client (one sync client, used under a lock)."""
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args if isinstance(record.args, tuple) else ()
-        return not (
-            record.msg == "Service %r failed to process item %r"
-            and args[:1] == ("ConcurrencySlotAcquisitionWithLeaseService",)
+    def __init__(self) -> None:
+        from prefect.client.orchestration import get_client
+
+        self._client = get_client(sync_client=True)
+        self._client.__enter__()
+        self._lock = threading.Lock()
+        self.server = str(self._client.api_url).rstrip("/")
+
+    def acquire(self, limit_name: str, lease_s: float) -> uuid.UUID:
+        response = self._call(
+            self._client.increment_concurrency_slots_with_lease,
+            names=[limit_name],
+            slots=1,
+            mode="concurrency",
+            lease_duration=lease_s,
+        )
+        body = response.json()
+        if not body.get("limits"):
+            self._call(self._client.release_concurrency_slots_with_lease, body["lease_id"])
+            raise FairUseError(
+                f"The Prefect concurrency limit {limit_name!r} does not exist: it must be "
+                "created before jobs are submitted (studio-flows creates it on first use)."
+            )
+        return uuid.UUID(body["lease_id"])
+
+    def renew(self, lease_id: uuid.UUID, lease_s: float) -> None:
+        self._call(self._client.renew_concurrency_lease, lease_id, lease_duration=lease_s)
+
+    def release(self, lease_id: uuid.UUID) -> None:
+        self._call(self._client.release_concurrency_slots_with_lease, lease_id)
+
+    def occupancy(self, limit_name: str) -> tuple[int, int]:
+        limit = self._call(self._client.read_global_concurrency_limit_by_name, limit_name)
+        return int(limit.active_slots), int(limit.limit)
+
+    def limit_id(self, limit_name: str) -> uuid.UUID:
+        """The limit's id (lease files name limits by id)."""
+        limit = self._call(self._client.read_global_concurrency_limit_by_name, limit_name)
+        return uuid.UUID(str(limit.id))
+
+    def decrement(self, limit_name: str, slots: int) -> None:
+        """Take ``slots`` off the limit's active count (slots no lease accounts for)."""
+        self._call(
+            self._client.release_concurrency_slots,
+            names=[limit_name],
+            slots=slots,
+            occupancy_seconds=0.0,
         )
 
+    def _call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            with self._lock:
+                return method(*args, **kwargs)
+        except httpx.HTTPStatusError as err:
+            status = err.response.status_code
+            if status == 423:
+                raise SlotRefused from None
+            if status == 429 or status >= 500:
+                raise SlotServerUnavailable(f"HTTP {status}") from None
+            raise
+        except httpx.TransportError as err:
+            raise SlotServerUnavailable(type(err).__name__) from None
 
-logging.getLogger("prefect._internal.concurrency").addFilter(_DropRefusalNoise())
+
+@dataclass
+class Lease:
+    """One slot this process holds; ``since`` is when the server granted it."""
+
+    lease_id: uuid.UUID
+    since: float
 
 
-class FairUseSlot:
-    """One slot of the fair-use limit, held across jobs and turned over every ``turn_s``."""
+@dataclass
+class _Waiting:
+    """How long this pool has waited, for the notices and the wait limit."""
+
+    since: float
+    since_wall: datetime = field(default_factory=datetime.now)
+    next_notice: float = 0.0
+    next_reclaim: float = 0.0
+    unavailable_since: float | None = None
+    backoff: float = 0.0
+
+
+class SlotPool:
+    """The fair-use slots of one limit held by this process (see the module docstring)."""
 
     def __init__(
         self,
         limit_name: str = FAIR_USE_LIMIT_NAME,
         *,
+        api: SlotApi,
+        holders: HolderFile | None = None,
+        reclaim: Callable[[], int] | None = None,
         turn_s: float = 60.0,
-        poll_s: float = 0.5,
-        pause_s: float = 1.0,
+        poll_s: float = 0.25,
         lease_s: float = MIN_LEASE_S,
+        wait_limit_s: float = 600.0,
         clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.limit_name = limit_name
         self.turn_s = turn_s
         self.poll_s = poll_s
-        # Longer than a waiter's poll interval, so a waiting flow run sees the free slot.
-        self.pause_s = max(pause_s, 2 * poll_s)
         self.lease_s = max(lease_s, MIN_LEASE_S)
-        self._clock = clock
-        self._sleep = sleep
-        self._held: contextlib.ExitStack | None = None
-        self._held_since = 0.0
-        self.turns = 0
+        self.wait_limit_s = wait_limit_s
         self.refusals = 0
-
-    def __enter__(self) -> FairUseSlot:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
+        self._api = api
+        self._holders = holders
+        self._reclaim = reclaim
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._held: dict[uuid.UUID, Lease] = {}
+        self._unreturned: set[uuid.UUID] = set()
+        self._idle: list[Lease] = []
+        self._waiters = 0
+        self._renewer: threading.Thread | None = None
 
     @property
-    def held(self) -> bool:
-        """True while this lane holds its slot."""
-        return self._held is not None
+    def held(self) -> int:
+        """Leases this process holds now (in use or about to be handed over)."""
+        with self._cond:
+            return len(self._held)
 
-    def hold(self) -> None:
-        """Make sure the slot is held; take a turn first if it was held for ``turn_s``."""
-        if self._held is not None and self._clock() - self._held_since >= self.turn_s:
-            self.release()
-            self._sleep(self.pause_s)
-        if self._held is None:
-            self._acquire()
+    def acquire(self) -> Lease:
+        """A slot for one job: a lease handed over locally, or a new one from the server.
 
-    def release(self) -> None:
-        """Give the slot back (a no-op when not held)."""
-        if self._held is not None:
-            held, self._held = self._held, None
-            held.close()
-
-    def _acquire(self) -> None:
-        waited_since = self._clock()
-        backoff = self.poll_s
-        while True:
-            try:
-                self._held = self._try_acquire()
-            except SlotRefused:
-                self.refusals += 1
-                self._sleep(self.poll_s * random.uniform(0.5, 1.0))
-                continue
-            except SlotServerUnavailable as err:
-                # A busy or restarting Prefect server (503 was seen under a 10,000-job run)
-                # must not fail a run that holds no slot; a server gone for minutes does.
-                if self._clock() - waited_since > SERVER_UNAVAILABLE_LIMIT_S:
-                    raise err.__cause__ or err from None
-                logger.warning("Prefect API unavailable (%s); asking again", err)
-                backoff = min(backoff * 2, 10.0)
-                self._sleep(backoff * random.uniform(0.5, 1.0))
-                continue
-            self._held_since = self._clock()
-            self.turns += 1
-            waited = self._held_since - waited_since
-            if waited >= 1.0:
-                logger.info("fair-use slot acquired after %.1f s", waited)
-            return
-
-    def _try_acquire(self) -> contextlib.ExitStack:
-        stack = contextlib.ExitStack()
+        Raises :class:`RunInterrupted` when the process is asked to stop and
+        :class:`SlotWaitTimeoutError` after ``wait_limit_s`` without a slot.
+        """
+        with self._cond:
+            if self._idle:
+                return self._idle.pop()
+            self._waiters += 1
         try:
-            stack.enter_context(
-                concurrency(
-                    self.limit_name,
-                    occupy=1,
-                    strict=True,
-                    max_retries=0,
-                    lease_duration=self.lease_s,
-                    raise_on_lease_renewal_failure=False,
-                )
+            return self._wait_for_slot(_Waiting(since=self._clock()))
+        finally:
+            with self._cond:
+                self._waiters -= 1
+
+    def release(self, lease: Lease) -> None:
+        """Done with ``lease``: hand it to a local waiter, or give it back to the server."""
+        with self._cond:
+            if lease.lease_id not in self._held:
+                return  # already given back (release_all)
+            fresh = self._clock() - lease.since < self.turn_s
+            if self._waiters and fresh and not interrupts.stop_requested():
+                self._idle.append(lease)
+                self._cond.notify()
+                return
+            del self._held[lease.lease_id]
+        self._give_back(lease.lease_id)
+
+    def release_all(self) -> int:
+        """Give every lease back at once (the process is stopping); return how many."""
+        with self._cond:
+            leases = list(self._held)
+            self._held.clear()
+            self._idle.clear()
+            self._cond.notify_all()
+        for lease_id in leases:
+            self._give_back(lease_id)
+        return len(leases)
+
+    @contextlib.contextmanager
+    def slot(self):  # type: ignore[no-untyped-def]
+        """``with pool.slot():`` holds one slot for the block."""
+        lease = self.acquire()
+        try:
+            yield lease
+        finally:
+            self.release(lease)
+
+    # ----------------------------------------------------------------- waiting
+
+    def _wait_for_slot(self, waiting: _Waiting) -> Lease:
+        waiting.next_notice = waiting.since + FIRST_WAIT_NOTICE_S
+        while True:
+            interrupts.check()
+            lease = self._ask_server(waiting)
+            if lease is not None:
+                return lease
+            self._on_refused(waiting)
+            with self._cond:
+                self._cond.wait(timeout=self.poll_s * random.uniform(0.5, 1.0))
+                if self._idle:
+                    return self._idle.pop()
+
+    def _ask_server(self, waiting: _Waiting) -> Lease | None:
+        try:
+            lease_id = self._api.acquire(self.limit_name, self.lease_s)
+        except SlotRefused:
+            self.refusals += 1
+            return None
+        except SlotServerUnavailable as err:
+            self._server_unavailable(waiting, str(err))
+            return None
+        lease = Lease(lease_id, self._clock())
+        with self._cond:
+            self._held[lease_id] = lease
+            self._unreturned.add(lease_id)
+            self._record_holders()
+            self._start_renewer()
+        waited = lease.since - waiting.since
+        if waited >= FIRST_WAIT_NOTICE_S:
+            logger.warning("fair-use slot acquired after waiting %.0f s", waited)
+        return lease
+
+    def _server_unavailable(self, waiting: _Waiting, cause: str) -> None:
+        """A busy or restarting Prefect server is asked again; one gone for minutes fails."""
+        now = self._clock()
+        if waiting.unavailable_since is None:
+            waiting.unavailable_since = now
+        if now - waiting.unavailable_since > SERVER_UNAVAILABLE_LIMIT_S:
+            raise PrefectUnavailableError(
+                f"The Prefect API ({self._api.server}) did not answer for "
+                f"{SERVER_UNAVAILABLE_LIMIT_S:.0f} s ({cause}); check PREFECT_API_URL."
             )
-        except ConcurrencySlotAcquisitionError as err:
-            cause = err.__cause__
-            if isinstance(cause, httpx.HTTPStatusError):
-                status = cause.response.status_code
-                if status == 423:
-                    raise SlotRefused from err
-                if status == 429 or status >= 500:
-                    raise SlotServerUnavailable(f"HTTP {status}") from err
-            if isinstance(cause, httpx.TransportError):
-                raise SlotServerUnavailable(type(cause).__name__) from err
-            raise
-        return stack
+        logger.warning("Prefect API unavailable (%s); asking again", cause)
+        waiting.backoff = min(max(waiting.backoff * 2, self.poll_s), 10.0)
+        interrupts.sleep(waiting.backoff * random.uniform(0.5, 1.0))
+
+    def _on_refused(self, waiting: _Waiting) -> None:
+        now = self._clock()
+        waiting.unavailable_since = None
+        if self._reclaim is not None and now >= waiting.next_reclaim:
+            waiting.next_reclaim = now + RECLAIM_EVERY_S
+            with contextlib.suppress(SlotServerUnavailable):
+                if self._reclaim():
+                    return
+        if now - waiting.since >= self.wait_limit_s:
+            raise SlotWaitTimeoutError(self._describe_wait(waiting, timed_out=True))
+        if now >= waiting.next_notice:
+            waiting.next_notice = now + WAIT_NOTICE_EVERY_S
+            logger.warning(self._describe_wait(waiting, timed_out=False))
+
+    def _describe_wait(self, waiting: _Waiting, *, timed_out: bool) -> str:
+        try:
+            active, limit = self._api.occupancy(self.limit_name)
+            taken = f"{active} of {limit} slots are taken"
+        except Exception:  # a notice must never fail the wait it describes
+            taken = "every slot is taken"
+        others = ""
+        if self._holders is not None:
+            count = live_holders(self._holders.path.parent, exclude=self._holders.path)
+            others = f" ({count} other studio-flows process(es) on this machine)"
+        since = waiting.since_wall.strftime("%H:%M:%S")
+        if not timed_out:
+            return (
+                f"waiting for a fair-use slot since {since}: {taken} of the Prefect "
+                f"concurrency limit {self.limit_name!r}{others}"
+            )
+        return (
+            f"No fair-use slot came free in {self.wait_limit_s:.0f} s (waiting since {since}): "
+            f"{taken} of the Prefect concurrency limit {self.limit_name!r}{others}. "
+            f"See who holds them with `prefect gcl inspect {self.limit_name}`; "
+            "wait longer with MODEL_STUDIO_SLOT_WAIT_LIMIT_S."
+        )
+
+    # ----------------------------------------------------------------- leases
+
+    def _give_back(self, lease_id: uuid.UUID) -> None:
+        try:
+            self._api.release(lease_id)
+        except Exception as err:  # its lease expires; the run must not fail for it
+            logger.warning("could not give a fair-use slot back (%s); its lease expires", err)
+            return
+        with self._cond:
+            self._unreturned.discard(lease_id)
+            self._record_holders()
+
+    def _record_holders(self) -> None:
+        # A lease stays in the holder file until the server took it back: a process that
+        # dies while giving it back leaves it for the next one to give back.
+        if self._holders is not None:
+            self._holders.record(sorted(self._unreturned))
+
+    def _start_renewer(self) -> None:
+        if self._renewer is None:
+            self._renewer = threading.Thread(
+                target=self._renew_forever, name="slot-lease-renewer", daemon=True
+            )
+            self._renewer.start()
+
+    def _renew_forever(self) -> None:
+        # Renew well before expiry: a third of the lease leaves two tries to spare.
+        while True:
+            time.sleep(self.lease_s / 3)
+            with self._cond:
+                leases = list(self._held)
+            for lease_id in leases:
+                try:
+                    self._api.renew(lease_id, self.lease_s)
+                except Exception as err:
+                    logger.warning("fair-use lease renewal failed (%s)", err)
+
+
+_pools: dict[tuple[str, str], SlotPool] = {}
+_pools_lock = threading.Lock()
+
+
+def slot_pool(
+    limit_name: str = FAIR_USE_LIMIT_NAME, *, turn_s: float = 60.0, wait_limit_s: float = 600.0
+) -> SlotPool:
+    """This process's pool for ``limit_name`` on the Prefect API it points at now.
+
+    Example:
+        >>> with slot_pool().slot():  # doctest: +SKIP
+        ...     run_one_job()
+    """
+    api = PrefectSlotApi()
+    key = (api.server, limit_name)
+    with _pools_lock:
+        pool = _pools.get(key)
+        if pool is None:
+            pool = _new_pool(api, limit_name, turn_s=turn_s, wait_limit_s=wait_limit_s)
+            _pools[key] = pool
+        pool.turn_s, pool.wait_limit_s = turn_s, wait_limit_s
+        return pool
+
+
+def release_all_slots() -> int:
+    """Give back every lease of every pool of this process (a stop was requested)."""
+    with _pools_lock:
+        pools = list(_pools.values())
+    return sum(pool.release_all() for pool in pools)
+
+
+def _new_pool(
+    api: PrefectSlotApi, limit_name: str, *, turn_s: float, wait_limit_s: float
+) -> SlotPool:
+    directory = holders_directory()
+    server = _server_key(api.server)
+
+    def reclaim() -> int:
+        return reclaim_dead_holders(directory, server, api.release) + _reclaim_local(
+            api, limit_name, server
+        )
+
+    reclaim()
+    return SlotPool(
+        limit_name,
+        api=api,
+        holders=HolderFile(directory, server),
+        reclaim=reclaim,
+        turn_s=turn_s,
+        wait_limit_s=wait_limit_s,
+    )
+
+
+def _server_key(api_url: str) -> str:
+    """The local server's port changes every run; its leases live in this PREFECT_HOME."""
+    local = os.environ.get(LOCAL_SERVER_ENV, "").rstrip("/")
+    return "local" if local and local == api_url.rstrip("/") else api_url
+
+
+def _reclaim_local(api: PrefectSlotApi, limit_name: str, server: str) -> int:
+    """On the local server (no repossessor), give back leases that expired, and slots no
+    lease accounts for (left by a server that kept its leases in memory and died)."""
+    if server != "local":
+        return 0
+    from tasks.local_leases import expired_lease_ids, slots_under_lease
+
+    expired = expired_lease_ids()
+    for lease_id in expired:
+        api.release(lease_id)
+    try:
+        limit_id = api.limit_id(limit_name)
+    except Exception:  # no limit yet: nothing can be leaked
+        return len(expired)
+    leaked = _leaked(api, limit_name, limit_id, slots_under_lease)
+    if leaked:
+        # Seen twice a second apart: a slot counted a moment before its lease is written
+        # is not mistaken for a leaked one.
+        interrupts.sleep(LEAK_RECHECK_S)
+        leaked = min(leaked, _leaked(api, limit_name, limit_id, slots_under_lease))
+    if leaked:
+        api.decrement(limit_name, leaked)
+        logger.warning("gave back %d fair-use slot(s) that no live lease held", leaked)
+    return len(expired) + leaked
+
+
+def _leaked(
+    api: PrefectSlotApi,
+    limit_name: str,
+    limit_id: uuid.UUID,
+    slots_under_lease: Callable[[uuid.UUID], int],
+) -> int:
+    active, _ = api.occupancy(limit_name)
+    return max(active - slots_under_lease(limit_id), 0)

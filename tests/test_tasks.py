@@ -12,8 +12,9 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
 
+from model_studio.errors import FairUseError
 from tasks.limits import ensure_concurrency_limit
-from tasks.slots import FairUseSlot
+from tasks.slots import PrefectSlotApi, SlotPool
 
 
 @pytest.fixture
@@ -43,81 +44,34 @@ def test_an_operators_limit_is_kept_not_overwritten(tag: str) -> None:
     assert limit_of(tag) == 5
 
 
+def test_a_second_process_pool_waits_for_the_slot_and_gets_it_when_freed(tag: str) -> None:
+    """Two pools (as two processes would have) on a limit of 1, against a Prefect API."""
+    ensure_concurrency_limit(limit=1, tag=tag)
+    first = SlotPool(f"tag:{tag}", api=PrefectSlotApi(), poll_s=0.05)
+    second = SlotPool(f"tag:{tag}", api=PrefectSlotApi(), poll_s=0.05)
+    held = first.acquire()
+    got: list[object] = []
+
+    waiter = threading.Thread(target=lambda: got.append(second.acquire()))
+    waiter.start()
+    wait_until(lambda: second.refusals >= 2)
+    assert not got
+
+    first.release(held)
+    waiter.join(timeout=20)
+
+    assert got and second.held == 1 and first.held == 0
+    second.release_all()
+
+
+def test_a_missing_limit_is_an_error_not_a_free_pass(prefect_harness: None) -> None:
+    pool = SlotPool(f"tag:missing-{uuid.uuid4().hex[:8]}", api=PrefectSlotApi())
+    with pytest.raises(FairUseError, match="does not exist"):
+        pool.acquire()
+
+
 def wait_until(condition: object, timeout_s: float = 20.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():  # type: ignore[operator]
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.01)  # polling a condition, not waiting for luck
-
-
-def test_a_second_holder_waits_for_the_slot_and_gets_it_when_freed(tag: str) -> None:
-    ensure_concurrency_limit(limit=1, tag=tag)
-    first = FairUseSlot(f"tag:{tag}", poll_s=0.05)
-    second = FairUseSlot(f"tag:{tag}", poll_s=0.05)
-    first.hold()
-
-    waiter = threading.Thread(target=second.hold)
-    waiter.start()
-    wait_until(lambda: second.refusals >= 2)
-    assert not second.held
-
-    first.release()
-    waiter.join(timeout=20)
-
-    assert second.held and not first.held
-    second.release()
-
-
-def test_a_holder_gives_its_slot_back_every_turn(tag: str) -> None:
-    ensure_concurrency_limit(limit=1, tag=tag)
-    pauses: list[float] = []
-    slot = FairUseSlot(f"tag:{tag}", turn_s=0.0, poll_s=0.05, sleep=pauses.append)
-
-    slot.hold()
-    slot.hold()
-    slot.hold()
-
-    assert slot.turns == 3
-    assert pauses == [slot.pause_s, slot.pause_s]
-    slot.release()
-    # Released for good: another holder gets the only slot at once.
-    with FairUseSlot(f"tag:{tag}") as other:
-        other.hold()
-        assert other.refusals == 0
-
-
-def test_a_missing_limit_is_an_error_not_a_free_pass(prefect_harness: None) -> None:
-    slot = FairUseSlot(f"tag:missing-{uuid.uuid4().hex[:8]}")
-    with pytest.raises(Exception, match="must be created"):
-        slot.hold()
-
-
-def test_a_busy_prefect_api_is_asked_again_not_a_failed_run(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Unit test of the retry decision: the Prefect call itself is replaced."""
-    import httpx
-    from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
-
-    import tasks.slots as slots
-
-    answers = [503, 502, None]
-
-    @contextlib.contextmanager
-    def flaky_concurrency(*args: object, **kwargs: object) -> Iterator[None]:
-        status = answers.pop(0)
-        if status is not None:
-            request = httpx.Request("POST", "http://prefect/api/v2/concurrency_limits/x")
-            response = httpx.Response(status, request=request)
-            cause = httpx.HTTPStatusError("busy", request=request, response=response)
-            raise ConcurrencySlotAcquisitionError("unavailable") from cause
-        yield
-
-    monkeypatch.setattr(slots, "concurrency", flaky_concurrency)
-    waits: list[float] = []
-    slot = slots.FairUseSlot("tag:any", sleep=waits.append)
-
-    slot.hold()
-
-    assert slot.held and answers == [] and len(waits) == 2
-    slot.release()

@@ -1,0 +1,41 @@
+"""The lease files of the local Prefect server this machine's runs share.
+
+The command line's local server keeps its concurrency leases in files under
+``$PREFECT_HOME/concurrency_leases`` (Prefect's filesystem lease storage) and runs no
+repossessor, so nobody else gives back a lease that expired or a slot that no lease
+accounts for. These read that storage the way the server itself does.
+
+Example:
+    >>> expired_lease_ids()  # doctest: +SKIP
+    []
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from prefect.server.concurrency.lease_storage.filesystem import ConcurrencyLeaseStorage
+from prefect.utilities.asyncutils import run_coro_as_sync
+
+
+def expired_lease_ids() -> list[uuid.UUID]:
+    """Leases whose holder stopped renewing them (the slot they count is leaked)."""
+    ids = run_coro_as_sync(ConcurrencyLeaseStorage().read_expired_lease_ids(limit=1000))
+    return list(ids or [])
+
+
+def slots_under_lease(limit_id: uuid.UUID) -> int:
+    """Slots of ``limit_id`` that live (unexpired) leases account for."""
+    return run_coro_as_sync(_slots_under_lease(limit_id)) or 0
+
+
+async def _slots_under_lease(limit_id: uuid.UUID) -> int:
+    storage = ConcurrencyLeaseStorage()
+    now = datetime.now(UTC)
+    total = 0
+    for lease_id in await storage.read_active_lease_ids(limit=10_000):
+        lease = await storage.read_lease(lease_id)
+        if lease and limit_id in lease.resource_ids and lease.expiration > now:
+            total += lease.metadata.slots if lease.metadata else 0
+    return total

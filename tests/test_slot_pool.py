@@ -1,0 +1,222 @@
+"""The fair-use slot pool's decisions, against an in-memory limit (no Prefect server)."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from model_studio import interrupts
+from model_studio.errors import RunInterrupted, SlotWaitTimeoutError
+from tasks.slot_holders import HolderFile, live_holders, reclaim_dead_holders
+from tasks.slots import SlotPool, SlotRefused, SlotServerUnavailable
+
+
+class FakeLimit:
+    """A limit of ``size`` slots that counts what the pool asked of it."""
+
+    server = "fake"
+
+    def __init__(self, size: int, unavailable: int = 0) -> None:
+        self.size = size
+        self.leases: set[uuid.UUID] = set()
+        self.acquired = 0
+        self.released: list[uuid.UUID] = []
+        self.unavailable = unavailable
+        self._lock = threading.Lock()
+
+    def acquire(self, limit_name: str, lease_s: float) -> uuid.UUID:
+        with self._lock:
+            if self.unavailable:
+                self.unavailable -= 1
+                raise SlotServerUnavailable("HTTP 503")
+            if len(self.leases) >= self.size:
+                raise SlotRefused
+            lease = uuid.uuid4()
+            self.leases.add(lease)
+            self.acquired += 1
+            return lease
+
+    def renew(self, lease_id: uuid.UUID, lease_s: float) -> None:
+        pass
+
+    def release(self, lease_id: uuid.UUID) -> None:
+        with self._lock:
+            self.leases.discard(lease_id)
+            self.released.append(lease_id)
+
+    def occupancy(self, limit_name: str) -> tuple[int, int]:
+        return len(self.leases), self.size
+
+
+@pytest.fixture(autouse=True)
+def no_stop_request() -> Iterator[None]:
+    interrupts.reset()
+    yield
+    interrupts.reset()
+
+
+def wait_until(condition: object, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.005)  # polling a condition, not waiting for luck
+
+
+def test_a_freed_slot_goes_straight_to_a_local_waiter_without_the_server() -> None:
+    limit = FakeLimit(1)
+    pool = SlotPool(api=limit, poll_s=0.01)
+    first = pool.acquire()
+    got: list[object] = []
+    waiter = threading.Thread(target=lambda: got.append(pool.acquire()))
+    waiter.start()
+    wait_until(lambda: pool.refusals >= 1)
+
+    pool.release(first)
+    waiter.join(timeout=10)
+
+    assert got == [first], "the waiter got another lease than the one handed over"
+    assert limit.acquired == 1 and limit.released == []
+
+
+def test_a_lease_held_for_a_turn_goes_back_to_the_server_not_to_a_local_waiter() -> None:
+    limit = FakeLimit(1)
+    pool = SlotPool(api=limit, poll_s=0.01, turn_s=0.0)
+    first = pool.acquire()
+    got: list[object] = []
+    waiter = threading.Thread(target=lambda: got.append(pool.acquire()))
+    waiter.start()
+    wait_until(lambda: pool.refusals >= 1)
+
+    pool.release(first)
+    waiter.join(timeout=10)
+
+    assert limit.released == [first.lease_id]
+    assert got and got[0] != first and limit.acquired == 2
+
+
+def test_release_all_gives_every_lease_back_and_the_holder_file_empties(tmp_path: Path) -> None:
+    limit = FakeLimit(3)
+    holders = HolderFile(tmp_path, server="fake")
+    pool = SlotPool(api=limit, holders=holders)
+    leases = [pool.acquire() for _ in range(3)]
+    assert set(_recorded(holders)) == {str(lease.lease_id) for lease in leases}
+
+    assert pool.release_all() == 3
+
+    assert limit.leases == set() and pool.held == 0
+    assert _recorded(holders) == []
+    pool.release(leases[0])  # a job ending after the stop gives nothing back twice
+    assert len(limit.released) == 3
+
+
+def test_a_wait_past_the_limit_is_a_clear_error_naming_the_limit() -> None:
+    pool = SlotPool(api=FakeLimit(0), poll_s=0.01, wait_limit_s=0.1)
+
+    with pytest.raises(SlotWaitTimeoutError) as caught:
+        pool.acquire()
+
+    message = str(caught.value)
+    assert "0 of 0 slots are taken" in message
+    assert "prefect gcl inspect tag:model-studio" in message
+    assert "MODEL_STUDIO_SLOT_WAIT_LIMIT_S" in message
+
+
+def test_a_waiting_pool_says_so_within_seconds(caplog: pytest.LogCaptureFixture) -> None:
+    ticks = iter(range(0, 10_000))
+    pool = SlotPool(api=FakeLimit(0), poll_s=0.001, wait_limit_s=8, clock=lambda: next(ticks))
+
+    with (
+        caplog.at_level(logging.WARNING, "studio_flows.slots"),
+        pytest.raises(SlotWaitTimeoutError),
+    ):
+        pool.acquire()
+
+    notices = [r.getMessage() for r in caplog.records if "waiting for a fair-use slot" in r.message]
+    assert len(notices) == 1  # at 3 ticks; the next is due after 30
+    assert "0 of 0 slots are taken" in notices[0]
+
+
+def test_a_busy_prefect_api_is_asked_again_not_a_failed_run() -> None:
+    limit = FakeLimit(1, unavailable=2)
+    pool = SlotPool(api=limit, poll_s=0.001)
+
+    lease = pool.acquire()
+
+    assert limit.unavailable == 0 and lease.lease_id in limit.leases
+
+
+def test_a_stop_request_ends_a_wait_at_once() -> None:
+    pool = SlotPool(api=FakeLimit(0), poll_s=0.05, wait_limit_s=60)
+    errors: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            pool.acquire()
+        except RunInterrupted as err:
+            errors.append(err)
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    wait_until(lambda: pool.refusals >= 1)
+    interrupts.request_stop("SIGINT")
+    waiter.join(timeout=5)
+
+    assert not waiter.is_alive() and len(errors) == 1
+
+
+def _hold_and_die(directory: str, lease: str, ready: multiprocessing.synchronize.Event) -> None:
+    holder = HolderFile(Path(directory), server="local")
+    holder.record([uuid.UUID(lease)])
+    ready.set()
+    time.sleep(60)  # killed long before
+
+
+def test_the_leases_of_a_killed_process_are_given_back_and_a_live_ones_are_not(
+    tmp_path: Path,
+) -> None:
+    mine = HolderFile(tmp_path, server="local")
+    my_lease, dead_lease = uuid.uuid4(), uuid.uuid4()
+    mine.record([my_lease])
+    ready = multiprocessing.get_context("fork").Event()
+    child = multiprocessing.get_context("fork").Process(
+        target=_hold_and_die, args=(str(tmp_path), str(dead_lease), ready)
+    )
+    child.start()
+    assert ready.wait(10)
+    assert live_holders(tmp_path, exclude=mine.path) == 1
+    released: list[uuid.UUID] = []
+
+    assert reclaim_dead_holders(tmp_path, "local", released.append) == 0  # alive: kept
+    os.kill(child.pid, signal.SIGKILL)  # type: ignore[arg-type]
+    child.join()
+    assert reclaim_dead_holders(tmp_path, "local", released.append) == 1
+
+    assert released == [dead_lease]
+    assert live_holders(tmp_path, exclude=mine.path) == 0
+    assert [p.name for p in tmp_path.glob("*.json")] == [mine.path.name]
+
+
+def test_leases_of_another_server_are_left_to_that_server(tmp_path: Path) -> None:
+    other = HolderFile(tmp_path, server="http://elsewhere/api")
+    other.record([uuid.uuid4()])
+    other._file.close()  # type: ignore[union-attr]  # as if its process died
+    released: list[uuid.UUID] = []
+
+    assert reclaim_dead_holders(tmp_path, "local", released.append) == 0
+    assert released == [] and other.path.exists()
+
+
+def _recorded(holders: HolderFile) -> list[str]:
+    import json
+
+    leases: list[str] = json.loads(holders.path.read_text())["leases"]
+    return leases
