@@ -1,6 +1,6 @@
 """The fair-use slot: one slot of the ``tag:model-studio`` concurrency limit, held by a lane.
 
-Why not tag the job task with ``model-studio``? Measured on Prefect 3.9 (DESIGN, rule 1):
+Why not tag the job task with ``model-studio``? Measured on Prefect 3.9:
 30 jobs of 0.5 s in a window of 3 took 39 s tagged against 6.1 s untagged. The cause is in
 how a refused holder waits. When the limit is full the server answers ``423 Locked`` with
 a ``Retry-After`` of about the limit's average slot occupancy times the queue length
