@@ -23,6 +23,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from model_studio.errors import ConfigurationError, DatasetError, StudioFlowsError  # noqa: E402
+from model_studio.resources import examples_dir  # noqa: E402
 
 if TYPE_CHECKING:  # imported where used: Prefect loads slowly, and only runs need it
     from model_studio.options import GenerateOptions
@@ -38,7 +39,7 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True)
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = examples_dir()  # inside the installed wheel, or the clone's examples/
 DEMO_TOKEN = "studio-flows-demo-token"
 
 

@@ -3,19 +3,24 @@
 ``prefect.serve`` registers the deployments with the Prefect API this process points at
 (``PREFECT_API_URL``, or a Cloud login) and runs their flow runs as subprocesses of this
 process until it is stopped. Use it for one machine; use ``prefect deploy --all`` and a
-``process`` worker when several machines share the work (see docs/schedules.md).
+``process`` worker when several machines share the work (README, "Run on a schedule").
 
 The two deployments mirror ``prefect.yaml`` (tests/test_deployments.py checks that they
-agree): the nightly cron generation and the ad-hoc one. As there, no secret is passed:
-credentials come from this process's environment or a block named in the parameters.
+agree) under their own names, ``nightly-generation-served`` and ``adhoc-generation-served``:
+a served deployment has no work pool and no pull step, and ``prefect.serve`` pauses it when
+the process stops, so a shared name would overwrite the worker's deployment and leave it
+paused. As in ``prefect.yaml``, the nightly one has no dataset until one is named (its
+schedule stays off until then) and no secret is passed: credentials come from this
+process's environment or a block named in the parameters.
 
 Example:
     >>> from deployments.serve import serve
-    >>> serve(limit=2)  # doctest: +SKIP
+    >>> serve(limit=2, nightly_dataset="data/prompts.jsonl")  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import argparse
 from typing import Any
 
 from prefect import serve as prefect_serve
@@ -28,50 +33,81 @@ TAGS = ["studio-flows"]
 DEFAULT_MODEL_ID = "meta-llama/Llama-3.3-70B-Instruct"
 NIGHTLY_CRON = "0 2 * * *"
 NIGHTLY_TIMEZONE = "UTC"
+NIGHTLY_NAME = "nightly-generation"
+ADHOC_NAME = "adhoc-generation"
+SERVED_SUFFIX = "-served"
 
-NIGHTLY_PARAMETERS: dict[str, Any] = {
-    "options": {
-        "dataset_path": "data/prompts.jsonl",
-        "model_id": DEFAULT_MODEL_ID,
-        "temperature": 0.7,
-        "max_tokens": 512,
-        "on_bad_rows": "skip",
-        "ambiguous_policy": "resubmit",
-    }
+# No dataset_path: the nightly run's dataset is the operator's to name, never a guess.
+NIGHTLY_OPTIONS: dict[str, Any] = {
+    "model_id": DEFAULT_MODEL_ID,
+    "temperature": 0.7,
+    "max_tokens": 512,
+    "on_bad_rows": "skip",
+    "ambiguous_policy": "resubmit",
 }
 ADHOC_PARAMETERS: dict[str, Any] = {
     "options": {"dataset_path": "examples/prompts.jsonl", "model_id": DEFAULT_MODEL_ID}
 }
+NIGHTLY_DESCRIPTION = (
+    "Every night at 02:00 UTC, generate answers for the rows of options.dataset_path that "
+    "have none yet (re-runs are incremental) and keep them in the results database. The "
+    "dataset has no default: the schedule is off until an operator names one."
+)
+ADHOC_DESCRIPTION = (
+    'Run on demand (UI "Run" button, `prefect deployment run`, or run_deployment) '
+    "with the dataset, model and options of your choice; no schedule."
+)
 
 
-def build_deployments() -> list[RunnerDeployment]:
-    """The nightly and ad-hoc deployments of ``prefect.yaml``, ready for ``prefect.serve``.
+def served_name(name: str) -> str:
+    """The name ``serve`` registers for the ``prefect.yaml`` deployment called ``name``.
+
+    Example:
+        >>> served_name("nightly-generation")
+        'nightly-generation-served'
+    """
+    return f"{name}{SERVED_SUFFIX}"
+
+
+def nightly_parameters(dataset_path: str | None) -> dict[str, Any]:
+    """The nightly deployment's parameters, with ``dataset_path`` only when one is named.
+
+    Example:
+        >>> nightly_parameters("data/prompts.jsonl")["options"]["dataset_path"]
+        'data/prompts.jsonl'
+        >>> "dataset_path" in nightly_parameters(None)["options"]
+        False
+    """
+    dataset = {} if dataset_path is None else {"dataset_path": dataset_path}
+    return {"options": {**dataset, **NIGHTLY_OPTIONS}}
+
+
+def build_deployments(nightly_dataset: str | None = None) -> list[RunnerDeployment]:
+    """The nightly and ad-hoc deployments of ``prefect.yaml``, under their served names.
+
+    Without ``nightly_dataset`` the nightly schedule is registered inactive, as in
+    ``prefect.yaml``: a run would have no dataset to read.
 
     Example:
         >>> [d.name for d in build_deployments()]  # doctest: +SKIP
-        ['nightly-generation', 'adhoc-generation']
+        ['nightly-generation-served', 'adhoc-generation-served']
     """
     nightly = _deployment(
-        name="nightly-generation",
-        schedules=[Cron(NIGHTLY_CRON, timezone=NIGHTLY_TIMEZONE)],
-        parameters=NIGHTLY_PARAMETERS,
+        name=served_name(NIGHTLY_NAME),
+        schedules=[
+            Cron(NIGHTLY_CRON, timezone=NIGHTLY_TIMEZONE, active=nightly_dataset is not None)
+        ],
+        parameters=nightly_parameters(nightly_dataset),
         tags=[*TAGS, "nightly"],
-        description=(
-            "Every night at 02:00 UTC, generate answers for the rows of data/prompts.jsonl "
-            "that have none yet (re-runs are incremental) and keep them in the results "
-            "database."
-        ),
+        description=NIGHTLY_DESCRIPTION,
         # One nightly run at a time: a run that overruns makes the next one wait.
         concurrency_limit=1,
     )
     adhoc = _deployment(
-        name="adhoc-generation",
+        name=served_name(ADHOC_NAME),
         parameters=ADHOC_PARAMETERS,
         tags=[*TAGS, "adhoc"],
-        description=(
-            'Run on demand (UI "Run" button, `prefect deployment run`, or run_deployment) '
-            "with the dataset, model and options of your choice; no schedule."
-        ),
+        description=ADHOC_DESCRIPTION,
     )
     return [nightly, adhoc]
 
@@ -83,17 +119,36 @@ def _deployment(**kwargs: Any) -> RunnerDeployment:
     return built
 
 
-def serve(limit: int | None = None) -> None:
+def serve(limit: int | None = None, nightly_dataset: str | None = None) -> None:
     """Serve both deployments until interrupted; run at most ``limit`` flow runs at once.
 
-    Blocks. Every flow run of every process still shares the ``model-studio`` fair-use
-    limit on the Prefect server, so ``limit`` bounds local load, not jobs in flight.
+    Blocks. The nightly schedule is on only when ``nightly_dataset`` names its dataset.
+    Every flow run of every process still shares the ``model-studio`` fair-use limit on
+    the Prefect server, so ``limit`` bounds local load, not jobs in flight.
 
     Example:
-        >>> serve()  # doctest: +SKIP
+        >>> serve(nightly_dataset="/data/prompts.jsonl")  # doctest: +SKIP
     """
-    prefect_serve(*build_deployments(), limit=limit)
+    prefect_serve(*build_deployments(nightly_dataset), limit=limit)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m deployments.serve [--nightly-dataset PATH] [--limit N]``.
+
+    Example:
+        >>> main(["--nightly-dataset", "/data/prompts.jsonl"])  # doctest: +SKIP
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m deployments.serve",
+        description="Serve the nightly and ad-hoc deployments from this process.",
+    )
+    parser.add_argument(
+        "--nightly-dataset", metavar="PATH", help="dataset of the nightly run; turns it on"
+    )
+    parser.add_argument("--limit", type=int, metavar="N", help="at most N flow runs at once")
+    args = parser.parse_args(argv)
+    serve(limit=args.limit, nightly_dataset=args.nightly_dataset)
 
 
 if __name__ == "__main__":
-    serve()
+    main()

@@ -1,6 +1,6 @@
 """The Model Studio credentials as a Prefect Block, and how a run picks its settings.
 
-This is the one module of :mod:`model_studio` that imports Prefect (see DESIGN "Layers"):
+This is the one module of :mod:`model_studio` that imports Prefect:
 the rest of the core stays usable without a Prefect server.
 
 Register the block type once per Prefect server or workspace, then create a document in

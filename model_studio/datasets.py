@@ -6,7 +6,7 @@ becomes one user message), plus an optional id column. Files are read one record
 (JSONL line by line, CSV through :mod:`csv`, Parquet by record batches), so memory stays
 bounded whatever the file size.
 
-Decisions (see DESIGN, "Inputs"):
+Decisions:
 
 - A malformed record becomes a :class:`~model_studio.rows.BadRow` ``(file, line, reason)``;
   a problem with the whole file (missing, a directory, corrupt Parquet, a missing column)

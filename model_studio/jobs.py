@@ -1,6 +1,6 @@
 """Run one shard as one Model Studio job, with the ledger writes that make it exactly-once.
 
-The order of writes is the whole point (DESIGN, rule 2):
+The order of writes is the whole point (never pay twice for a row, never lose one):
 
 1. an intent row for the shard (status ``pending``) before the POST;
 2. the ``job_id`` the moment the POST returns (status ``submitted``);

@@ -1,6 +1,6 @@
 """The values that flow between datasets, the client and storage: rows, identities, shards.
 
-A row's identity is ``(row_key, prompt_hash, model_id, params_hash)`` (DESIGN, rule 2):
+A row's identity is ``(row_key, prompt_hash, model_id, params_hash)``:
 the same conversation sent to the same model with the same parameters is the same paid
 work, whichever run, process or machine sends it. Hashes are sha256 of canonical JSON
 (sorted keys, no whitespace, UTF-8), so they are stable across runs and machines.

@@ -1,6 +1,6 @@
 """Result and job tables, the dialect-aware upsert and the job ledger (SQLAlchemy 2 Core).
 
-Two tables hold everything a run must not lose (DESIGN, "Rule 2" and "Tables"):
+Two tables hold everything a run must not lose (never pay twice for a row, never lose one):
 
 - ``generation_results``: one row per row identity ``(row_key, prompt_hash, model_id,
   params_hash)``, written by :func:`upsert_results`, which never turns a ``completed`` result

@@ -11,7 +11,9 @@ import asyncio
 import contextlib
 import os
 import re
+import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -31,10 +33,13 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.schedules import CronSchedule
 from prefect.deployments import run_deployment
+from prefect.deployments.runner import RunnerDeployment
+from prefect.exceptions import ObjectNotFound
 from prefect.flows import load_flow_from_entrypoint
 from prefect_sqlalchemy import ConnectionComponents, SqlAlchemyConnector, SyncDriver
 from pydantic import SecretStr
 
+from deployments.serve import build_deployments, served_name
 from model_studio.blocks import ModelStudioCredentials, resolve_settings
 from model_studio.emulator import EmulatorServer
 from model_studio.errors import ConfigurationError
@@ -116,19 +121,43 @@ def test_the_nightly_cron_schedule_parses_and_fires_at_two_utc() -> None:
     assert next(fires) == datetime(2025, 1, 3, 2, 0, tzinfo=UTC)
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED_DEPLOYMENTS))
+def declared_options(name: str, **extra: Any) -> dict[str, Any]:
+    """The ``options`` parameter ``prefect.yaml`` declares for ``name``, plus ``extra``."""
+    options: dict[str, Any] = deployments()[name]["parameters"]["options"]
+    return {**options, **extra}
+
+
+@pytest.mark.parametrize(
+    ("name", "extra"),
+    [
+        ("adhoc-generation", {}),
+        # The nightly deployment is complete once the operator names its dataset.
+        ("nightly-generation", {"dataset_path": "/srv/data/prompts.jsonl"}),
+    ],
+)
 def test_deployment_parameters_validate_against_the_flow(
-    name: str, monkeypatch: pytest.MonkeyPatch
+    name: str, extra: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(REPO_ROOT)
-    deployment = deployments()[name]
-    flow = load_flow_from_entrypoint(deployment["entrypoint"], use_placeholder_flow=False)
+    flow = load_flow_from_entrypoint(deployments()[name]["entrypoint"], use_placeholder_flow=False)
+    parameters = {"options": declared_options(name, **extra)}
 
-    options = GenerateOptions.model_validate(deployment["parameters"]["options"])
-    validated = flow.validate_parameters(deployment["parameters"])
+    options = GenerateOptions.model_validate(parameters["options"])
+    validated = flow.validate_parameters(parameters)
 
     assert validated["options"] == options
     assert options.model_id
+
+
+def test_the_nightly_deployment_names_no_dataset_and_its_schedule_is_off() -> None:
+    # Nothing ships a nightly dataset: a default path would fail every night at 02:00.
+    nightly = deployments()["nightly-generation"]
+    (schedule,) = nightly["schedules"]
+
+    assert "dataset_path" not in nightly["parameters"]["options"]
+    assert schedule["active"] is False
+    with pytest.raises(ValueError, match="dataset_path"):
+        GenerateOptions.model_validate(declared_options("nightly-generation"))
 
 
 def test_parameters_that_break_the_options_model_are_refused() -> None:
@@ -141,41 +170,86 @@ def test_parameters_that_break_the_options_model_are_refused() -> None:
 # -- deployments/serve.py mirrors prefect.yaml ---------------------------------------------
 
 
-def test_served_deployments_match_prefect_yaml(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(REPO_ROOT)
-    from deployments.serve import build_deployments
+def schedules_of(runner: RunnerDeployment) -> list[tuple[str, str, bool]]:
+    return [
+        (s.schedule.cron, s.schedule.timezone, s.active)  # type: ignore[union-attr]
+        for s in runner.schedules or []
+    ]
 
+
+def test_served_deployments_match_prefect_yaml_under_their_own_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(REPO_ROOT)
     served = {d.name: d for d in build_deployments()}
 
-    assert set(served) == EXPECTED_DEPLOYMENTS
+    assert set(served) == {served_name(n) for n in EXPECTED_DEPLOYMENTS}
+    assert not set(served) & EXPECTED_DEPLOYMENTS  # serve never overwrites `prefect deploy`
     for name, declared in deployments().items():
-        runner = served[name]
+        runner = served[served_name(name)]
         assert runner.entrypoint == declared["entrypoint"]
         assert runner.parameters == declared["parameters"]
         assert sorted(runner.tags) == sorted(declared["tags"])
         assert runner.concurrency_limit == declared.get("concurrency_limit")
         assert runner.description == declared["description"]
-        crons = [
-            (s.schedule.cron, s.schedule.timezone)  # type: ignore[union-attr]
-            for s in runner.schedules or []
+        assert schedules_of(runner) == [
+            (c["cron"], c["timezone"], c["active"]) for c in declared.get("schedules") or []
         ]
-        assert crons == [(c["cron"], c["timezone"]) for c in declared.get("schedules") or []]
+
+
+def test_naming_the_nightly_dataset_sets_it_and_turns_the_schedule_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(REPO_ROOT)
+    nightly, _ = build_deployments(nightly_dataset="/srv/data/prompts.jsonl")
+
+    assert nightly.parameters == {
+        "options": declared_options("nightly-generation", dataset_path="/srv/data/prompts.jsonl")
+    }
+    assert schedules_of(nightly) == [("0 2 * * *", "UTC", True)]
+
+
+def fake_prefect_serve(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Replace ``prefect.serve`` in deployments.serve; the dict records what it was given."""
+    import deployments.serve as serve_module
+
+    seen: dict[str, Any] = {}
+
+    def fake_serve(*served: RunnerDeployment, limit: int | None = None) -> None:
+        seen.update(
+            names=[d.name for d in served],
+            limit=limit,
+            nightly=served[0].parameters["options"].get("dataset_path"),
+        )
+
+    monkeypatch.setattr(serve_module, "prefect_serve", fake_serve)
+    return seen
 
 
 def test_serve_hands_both_deployments_and_the_limit_to_prefect(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import deployments.serve as serve_module
+    from deployments.serve import serve
 
-    seen: dict[str, Any] = {}
+    seen = fake_prefect_serve(monkeypatch)
+    serve(limit=2)
 
-    def fake_serve(*served: Any, limit: int | None = None) -> None:
-        seen.update(names=[d.name for d in served], limit=limit)
+    assert seen == {
+        "names": ["nightly-generation-served", "adhoc-generation-served"],
+        "limit": 2,
+        "nightly": None,
+    }
 
-    monkeypatch.setattr(serve_module, "prefect_serve", fake_serve)
-    serve_module.serve(limit=2)
 
-    assert seen == {"names": ["nightly-generation", "adhoc-generation"], "limit": 2}
+def test_python_m_deployments_serve_takes_the_nightly_dataset_and_the_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from deployments.serve import main
+
+    seen = fake_prefect_serve(monkeypatch)
+    main(["--nightly-dataset", "/srv/data/prompts.jsonl", "--limit", "3"])
+
+    assert (seen["limit"], seen["nightly"]) == (3, "/srv/data/prompts.jsonl")
 
 
 # -- 3. no secret in prefect.yaml ------------------------------------------------------------
@@ -394,6 +468,106 @@ def worker_process(env: dict[str, str], log_path: Path) -> Iterator[subprocess.P
             yield process
         finally:
             stop_process_group(process)
+
+
+async def deployment_snapshot(name: str) -> dict[str, Any]:
+    """What ``serve`` clobbered before: the work pool, pull steps, pause and schedule state."""
+    async with get_client() as client:
+        found = await client.read_deployment_by_name(f"generate-dataset/{name}")
+        return {
+            "work_pool": found.work_pool_name,
+            "pull_steps": found.pull_steps,
+            "paused": found.paused,
+            "schedules": [(s.schedule.cron, s.active) for s in found.schedules],  # type: ignore[union-attr]
+            "parameters": found.parameters,
+            "description": found.description,
+        }
+
+
+async def deployment_status(name: str) -> str | None:
+    """``READY`` once a runner or worker polls for the deployment's runs; None if missing."""
+    async with get_client() as client:
+        try:
+            found = await client.read_deployment_by_name(f"generate-dataset/{name}")
+        except ObjectNotFound:
+            return None
+        return None if found.status is None else found.status.value
+
+
+def wait_until_served(names: set[str], serve: subprocess.Popen[bytes], log: Path) -> None:
+    """Return once ``serve`` has registered every deployment of ``names`` and polls for runs."""
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        assert serve.poll() is None, f"serve exited early:\n{log.read_text(errors='replace')}"
+        if all(asyncio.run(deployment_status(name)) == "READY" for name in names):
+            return
+        time.sleep(1)
+    pytest.fail(f"serve was not polling after 180 s:\n{log.read_text(errors='replace')}")
+
+
+@pytest.mark.slow
+def test_serve_and_deploy_on_one_server_leave_each_other_alone(
+    prefect_server_process: PrefectServer, prefect_api: str, tmp_path: Path
+) -> None:
+    # The reported sequence: `prefect deploy --all`, then `studio-flows serve`, then Ctrl-C.
+    env = prefect_server_process.env(PWD=str(REPO_ROOT))
+    run_cli(["work-pool", "create", "studio-flows", "--type", "process", "--overwrite"], env)
+    run_cli(["--no-prompt", "deploy", "--all"], env)
+    before = {name: asyncio.run(deployment_snapshot(name)) for name in EXPECTED_DEPLOYMENTS}
+
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        serve = subprocess.Popen(
+            [str(Path(sys.executable).with_name("studio-flows")), "serve"],
+            cwd=REPO_ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            wait_until_served({served_name(n) for n in EXPECTED_DEPLOYMENTS}, serve, log)
+            os.killpg(serve.pid, signal.SIGINT)  # what Ctrl-C sends to a terminal's job
+            assert serve.wait(timeout=60) == 0
+        finally:
+            stop_process_group(serve)
+    served_log = log.read_text(errors="replace")
+
+    after = {name: asyncio.run(deployment_snapshot(name)) for name in EXPECTED_DEPLOYMENTS}
+    assert after == before, served_log
+    assert before["nightly-generation"]["work_pool"] == "studio-flows"
+    assert before["nightly-generation"]["pull_steps"]
+    for name in EXPECTED_DEPLOYMENTS:  # what serve paused on Ctrl-C is its own
+        mine = asyncio.run(deployment_snapshot(served_name(name)))
+        assert (mine["work_pool"], mine["paused"]) == (None, True)
+    assert "Traceback" not in served_log, served_log
+
+
+@pytest.mark.slow
+def test_a_run_of_the_nightly_deployment_without_a_dataset_is_refused_by_name(
+    prefect_server_process: PrefectServer, prefect_api: str
+) -> None:
+    env = prefect_server_process.env(PWD=str(REPO_ROOT))
+    run_cli(["work-pool", "create", "studio-flows", "--type", "process", "--overwrite"], env)
+    run_cli(["--no-prompt", "deploy", "--name", "nightly-generation"], env)
+    assert asyncio.run(deployment_snapshot("nightly-generation"))["schedules"] == [
+        ("0 2 * * *", False)
+    ]
+
+    refused = subprocess.run(
+        [*PREFECT_CLI, "deployment", "run", "generate-dataset/nightly-generation"],
+        cwd=REPO_ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert refused.returncode != 0
+    assert "'dataset_path' is a required property" in refused.stdout, refused
 
 
 async def flow_run_state_and_logs(flow_run_id: Any) -> tuple[Any, dict[str, Any], str]:

@@ -1,4 +1,4 @@
-"""Wire models: strict requests, lenient responses, status helpers per DESIGN."""
+"""Wire models: strict requests, lenient responses, status helpers for every job status."""
 
 from __future__ import annotations
 

@@ -1,0 +1,113 @@
+"""What a user installs: the wheel carries the example datasets and runs ``studio-flows demo``.
+
+The slow test is the whole path of a plain ``pip install``: build the wheel from this clone,
+install it with its dependencies into a fresh virtual environment outside the clone (no
+``--system-site-packages``, so a file the wheel forgets is missing there too), and run that
+environment's ``studio-flows demo`` from a folder outside the clone.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import tomllib
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from model_studio.resources import EXAMPLE_DATASETS, examples_dir
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_examples_dir_holds_every_example_dataset() -> None:
+    found = examples_dir()
+
+    assert sorted(p.name for p in found.iterdir() if p.name.startswith("prompts.")) == sorted(
+        EXAMPLE_DATASETS
+    )
+    # From this editable install, the clone's own top-level folder (not a copy).
+    assert found == REPO_ROOT / "examples"
+
+
+def test_the_wheel_force_includes_exactly_the_example_datasets() -> None:
+    pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    included = pyproject["tool"]["hatch"]["build"]["targets"]["wheel"]["force-include"]
+    on_disk = sorted(p.name for p in (REPO_ROOT / "examples").glob("prompts.*"))
+
+    assert sorted(EXAMPLE_DATASETS) == on_disk  # a new example file must be shipped too
+    assert included == {f"examples/{n}": f"model_studio/examples/{n}" for n in EXAMPLE_DATASETS}
+
+
+def run(args: list[str], *, cwd: Path, timeout_s: float, env: dict[str, str] | None = None) -> str:
+    """Run a command to completion; fail the test with its output when it exits non-zero."""
+    done = subprocess.run(
+        args,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+    assert done.returncode == 0, f"{args} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+    return done.stdout + done.stderr
+
+
+def build_wheel(out: Path) -> Path:
+    """``pip wheel --no-deps`` of this clone, as a user or a CI job would build it."""
+    run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out), "."],
+        cwd=REPO_ROOT,
+        timeout_s=300,
+    )
+    (wheel,) = out.glob("studio_flows-*.whl")
+    return wheel
+
+
+def user_env(home: Path) -> dict[str, str]:
+    """A shell with nothing of this test run: no Prefect or Model Studio settings, a new home."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PREFECT_", "MODEL_STUDIO_", "VIRTUAL_ENV", "PYTHON"))
+    }
+    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1")
+    return env
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_a_pip_installed_wheel_runs_the_demo_from_outside_the_clone(tmp_path: Path) -> None:
+    wheel = build_wheel(tmp_path / "dist")
+    with zipfile.ZipFile(wheel) as archive:
+        shipped = set(archive.namelist())
+    assert {f"model_studio/examples/{n}" for n in EXAMPLE_DATASETS} <= shipped
+
+    venv = tmp_path / "user-venv"
+    started = time.monotonic()
+    run([sys.executable, "-m", "venv", str(venv)], cwd=tmp_path, timeout_s=120)
+    pip_install = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", str(wheel)]
+    run(pip_install, cwd=tmp_path, timeout_s=900)
+    print(f"fresh venv + pip install of the wheel: {time.monotonic() - started:.1f} s")
+
+    workdir = tmp_path / "somewhere-else"
+    workdir.mkdir()
+    started = time.monotonic()
+    output = run(
+        [str(venv / "bin" / "studio-flows"), "demo"],
+        cwd=workdir,
+        env=user_env(tmp_path / "prefect-home"),
+        timeout_s=600,
+    )
+    print(f"studio-flows demo from the installed wheel: {time.monotonic() - started:.1f} s")
+
+    # Exit 0 means every row completed; the summary and the emulator's line say so too.
+    assert "rows in dataset" in output and "completed" in output, output
+    assert "Emulator: 4 jobs created, at most 3 active at once." in output, output
+    assert "Traceback" not in output and "Warning" not in output, output
+    assert (workdir / "studio_flows.db").is_file()  # the results landed where the user is
