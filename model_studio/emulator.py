@@ -68,6 +68,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.config import LOGGING_CONFIG
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from model_studio.errors import ConfigurationError
+
 DEFAULT_TOKEN = "studio-flows-emulator-token"
 CONTROL_PREFIX = "/_emulator"
 # The ASGI scope extension through which a request can close its own connection unanswered.
@@ -650,13 +652,44 @@ def _uvicorn_config(app: FastAPI, host: str, port: int, *, quiet: bool) -> uvico
     )
 
 
-def serve(config: EmulatorConfig, host: str, port: int) -> None:
-    """Run the emulator in the foreground until interrupted (``studio-flows emulator``).
+def serve(
+    config: EmulatorConfig, host: str, port: int, *, on_listening: Callable[[], None] | None = None
+) -> None:
+    """Run the emulator in the foreground until Ctrl-C or SIGTERM (``studio-flows emulator``).
+
+    ``on_listening`` is called once the port is bound, before requests are served.
 
     Example:
         >>> serve(EmulatorConfig(), "127.0.0.1", 8000)  # doctest: +SKIP
     """
-    uvicorn.Server(_uvicorn_config(create_app(config), host, port, quiet=False)).run()
+    sock = _listening_socket(host, port)
+    if on_listening is not None:
+        on_listening()
+    server = uvicorn.Server(_uvicorn_config(create_app(config), host, port, quiet=False))
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        # uvicorn shuts down on Ctrl-C, then re-raises the signal: stopping is the normal end.
+        pass
+    finally:
+        sock.close()
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``(host, port)``; a port in use is a :class:`ConfigurationError`."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY on accepted sockets only when
+    # the listener says TCP, and without it Nagle's algorithm adds ~40 ms per response.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        raise ConfigurationError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+    # Listening at once queues early connections until uvicorn serves, instead of refusing them.
+    sock.listen(2048)
+    return sock
 
 
 class EmulatorServer:
@@ -714,13 +747,8 @@ class EmulatorServer:
         """Start serving; return once the port accepts connections."""
         if self._thread is not None:
             raise RuntimeError("the emulator is already running")
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY on accepted sockets only when
-        # the listener says TCP, and without it Nagle's algorithm adds ~40 ms per response.
-        sock = self._socket = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         # Binding here, not in uvicorn, tells us the free port the OS chose for port 0.
-        sock.bind((self.host, self.port))
+        sock = self._socket = _listening_socket(self.host, self.port)
         self.port = sock.getsockname()[1]
         server = uvicorn.Server(_uvicorn_config(self.app, self.host, self.port, quiet=True))
         thread = threading.Thread(
