@@ -262,6 +262,10 @@ def emulator(
     fair_use_limit: Annotated[int, typer.Option(help="Active jobs allowed per token")] = 3,
     retry_after_s: Annotated[float, typer.Option(help="Retry-After sent with every 429")] = 1.0,
     seed: Annotated[int | None, typer.Option(help="Seed of the fault generator")] = None,
+    known_models: Annotated[
+        list[str] | None,
+        typer.Option("--known-model", help="A model id it serves (repeat; default: any)"),
+    ] = None,
 ) -> None:
     """Run the Model Studio emulator as a server (for scripts and manual tries)."""
     from pydantic import ValidationError
@@ -286,6 +290,7 @@ def emulator(
                 fair_use_limit=fair_use_limit,
                 retry_after_s=retry_after_s,
                 seed=seed,
+                known_models=known_models or None,
             )
         except ValidationError as err:
             flags = {**_option_flags("emulator"), "tokens": "--token"}

@@ -23,7 +23,8 @@ Behaviour worth knowing when you read a test:
   A failed task still counts in ``completed_tasks`` (it is done) but has status
   ``failed``, result ``null`` and an ``error``.
 * Answers are ``"<model_id> answers: <last user message>"``, so a test can prove which
-  conversation a result belongs to.
+  conversation a result belongs to. With ``known_models`` set, a POST naming another
+  model gets 404 ``Model '<id>' not found`` and creates nothing.
 * Fair use: a POST that would make a ``fair_use_limit + 1``-th active job (created, end
   not reached) for its token gets 429 with ``Retry-After: retry_after_s``.
 * Request faults come from one draw per API request of a seeded ``random.Random``: the
@@ -127,6 +128,9 @@ class EmulatorConfig(BaseModel):
     fair_use_limit: int = Field(3, ge=1, description="Active jobs allowed per token.")
     seed: int | None = Field(None, description="Seed of the fault generator (None: random).")
     retry_after_s: float = Field(1.0, ge=0.0, description="Retry-After sent with every 429.")
+    known_models: list[str] | None = Field(
+        None, description="Model ids a POST may name (None: any); another id is a 404."
+    )
     prefix: str = Field("/api/v1", description="Path prefix of the API routes.")
     tokens: list[str] = Field(
         default_factory=lambda: [DEFAULT_TOKEN],
@@ -433,6 +437,10 @@ class EmulatorState:
                 request = _GenerateBody.model_validate_json(body)
             except ValidationError as err:
                 return self._respond(CREATE_ROUTE, 422, {"detail": readable_errors(err)})
+            known = self.config.known_models
+            if known is not None and request.model_id not in known:
+                detail = f"Model {request.model_id!r} not found"
+                return self._respond(CREATE_ROUTE, 404, {"detail": detail})
             token = self._token(authorization)
             assert token is not None  # _reject_request checked it
             counts = self._tokens.setdefault(token_key(token), _TokenCounts())

@@ -345,3 +345,30 @@ def test_bad_configuration_is_one_line_and_exit_2_with_nothing_written(
     assert not problems, "\n\n".join(problems)
     assert emulator.stats()["jobs_created"] == 0
     assert not (tmp_path / "no-such-folder").exists()
+
+
+@pytest.mark.slow
+def test_a_model_the_service_does_not_know_stops_the_run_at_once_with_exit_2(
+    emulator: EmulatorServer, prefect_server: str, tmp_path: Path
+) -> None:
+    """A 404 on the POST that names the model: one line, exit 2, no job, no retry."""
+    emulator.configure(tokens=[SECRET_TOKEN], known_models=["the-real-model"])
+    dataset = tmp_path / "many.jsonl"
+    dataset.write_text("".join(json.dumps(_good(i)) + "\n" for i in range(200)), "utf-8")
+    database_url = f"sqlite:///{tmp_path}/wrong-model.db"
+    env = cli_env(emulator, tmp_path / "prefect-wrong-model", api_url=prefect_server)
+    args = generate_args(dataset, database_url, "--id-column", "id", "--shard-size", "10")
+
+    result = finish_cli(start_cli(args, env, tmp_path), time.monotonic())
+
+    assert result.returncode == 2, result
+    assert "Traceback" not in result.output
+    assert result.stderr.strip().splitlines() == [
+        f"error: Model Studio refused the generation request for model '{MODEL}' "
+        f"(HTTP 404: Model '{MODEL}' not found); no job was created."
+    ]
+    stats = emulator.stats()
+    assert stats["jobs_created"] == 0
+    # Each of the run's lanes (3) may have sent its first POST; none was retried.
+    assert 1 <= stats["rejections"]["POST /generate"]["404"] <= 3
+    assert {row["status"] for row in ledger(database_url)} <= {"pending"}  # nothing paid
