@@ -231,7 +231,7 @@ def results(
             limit=limit,
         )
     if output is not None:
-        err_console.print(f"wrote {count} rows to {output}")
+        err_console.print(f"wrote {count} rows to {output}", highlight=False, soft_wrap=True)
 
 
 @app.command()
