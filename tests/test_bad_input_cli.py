@@ -195,12 +195,28 @@ def test_a_bad_file_fails_with_exit_2_naming_file_and_line_and_submits_nothing(
     output = result.stdout + result.stderr
     assert cli.stats()["jobs_created"] == 0
     assert ledger(database_url) == []
-    if bad.empty:  # an empty file is a dataset of zero rows: a no-op, not an error
-        assert result.exit_code == 0, output
-        assert "Traceback" not in output
-        return
     assert result.exit_code == 2, (bad.kind, output, result.exception)
     _check_error(output, result.stderr, bad)
+    if bad.empty:  # a file without rows is a mistake, not a run of nothing
+        assert result.stderr.strip() == f"error: {bad.path}: no rows"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [("empty.jsonl", b""), ("blank.jsonl", b"\n \n\n"), ("header.csv", b"id,prompt\n")],
+)
+def test_a_dataset_without_rows_is_exit_2_naming_the_file(
+    cli: EmulatorServer, tmp_path: Path, name: str, content: bytes
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    database_url = f"sqlite:///{tmp_path}/none.db"
+    args = ["generate", str(path), "--model-id", MODEL, "--database-url", database_url]
+    result = CliRunner().invoke(app, [*args, "--id-column", "id", "--no-progress"])
+    assert result.exit_code == 2, result.stdout + result.stderr
+    assert result.stderr.strip() == f"error: {path}: no rows"
+    assert cli.stats()["jobs_created"] == 0
 
 
 @pytest.mark.slow
