@@ -16,13 +16,13 @@ import sys  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import TYPE_CHECKING, Annotated, Literal  # noqa: E402
+from typing import TYPE_CHECKING, Annotated, Literal, NoReturn  # noqa: E402
 
 import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from model_studio.errors import ConfigurationError, DatasetError, StudioFlowsError  # noqa: E402
+from model_studio.errors import ConfigurationError, StudioFlowsError  # noqa: E402
 from model_studio.resources import examples_dir  # noqa: E402
 
 if TYPE_CHECKING:  # imported where used: Prefect loads slowly, and only runs need it
@@ -35,6 +35,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # Plain click help: Rich's boxed layout cut option names at 80 columns and showed <str>.
+    rich_markup_mode=None,
+    context_settings={"max_content_width": 100},
 )
 console = Console()
 err_console = Console(stderr=True)
@@ -45,15 +48,32 @@ DEMO_TOKEN = "studio-flows-demo-token"
 
 @contextmanager
 def _clear_errors() -> Iterator[None]:
-    """Turn the errors a user can fix into one paragraph and exit code 2."""
+    """Turn the errors a user can fix into one paragraph and exit code 2.
+
+    Example:
+        >>> with _clear_errors():  # doctest: +SKIP
+        ...     raise ConfigurationError("Set MODEL_STUDIO_TOKEN")
+        error: Set MODEL_STUDIO_TOKEN
+    """
     try:
         yield
-    except (ConfigurationError, DatasetError) as err:
-        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
-    except StudioFlowsError as err:
-        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+    except StudioFlowsError as err:  # bad input, configuration, or a request the API refused
+        _fail(str(err))
+
+
+def _fail(message: str) -> NoReturn:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2) from None
+
+
+def _option_flags(command: str) -> dict[str, str]:
+    """``command``'s options by parameter name: ``{"shard_size": "--shard-size"}``."""
+    group = typer.main.get_group(app)
+    return {
+        param.name: param.opts[0]
+        for param in group.commands[command].params
+        if param.name and param.opts and param.opts[0].startswith("--")
+    }
 
 
 def _print_summary(summary: RunSummary) -> None:
@@ -176,7 +196,9 @@ def generate(
                 credentials_block=credentials_block,
             )
         except ValidationError as err:
-            raise ConfigurationError(describe_validation_error(err)) from None
+            raise ConfigurationError(
+                describe_validation_error(err, flags=_option_flags("generate"))
+            ) from None
         summary = _run_flow(options, show_progress=progress)
     _print_summary(summary)
     if not summary.all_completed:
@@ -268,26 +290,41 @@ def results(
             limit=limit,
         )
     if output is not None:
-        err_console.print(f"wrote {count} rows to {output}")
+        err_console.print(f"wrote {count} rows to {output}", highlight=False, soft_wrap=True)
 
 
 @app.command()
 def emulator(
-    host: str = "127.0.0.1",
-    port: int = 8000,
+    host: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on")] = 8000,
     token: Annotated[str, typer.Option(help="Bearer token the emulator accepts")] = DEMO_TOKEN,
-    job_latency_s: float = 2.0,
-    task_latency_s: float = 0.0,
-    error_5xx_rate: float = 0.0,
-    rate_429: float = 0.0,
-    drop_connection_rate: float = 0.0,
-    lost_post_response_rate: float = 0.0,
-    failed_job_rate: float = 0.0,
-    task_failure_rate: float = 0.0,
-    not_found_window_s: float = 0.0,
-    shuffle_results: bool = False,
-    fair_use_limit: int = 3,
-    seed: int | None = None,
+    job_latency_s: Annotated[float, typer.Option(help="Seconds every job takes")] = 0.2,
+    task_latency_s: Annotated[float, typer.Option(help="Extra seconds per conversation")] = 0.0,
+    error_5xx_rate: Annotated[
+        float, typer.Option(help="Share of API requests answered 500/502/503/504")
+    ] = 0.0,
+    rate_429: Annotated[float, typer.Option(help="Share of API requests answered 429")] = 0.0,
+    drop_connection_rate: Annotated[
+        float, typer.Option(help="Share of API requests closed without a response")
+    ] = 0.0,
+    lost_post_response_rate: Annotated[
+        float, typer.Option(help="Share of created jobs whose POST response is dropped")
+    ] = 0.0,
+    failed_job_rate: Annotated[float, typer.Option(help="Share of jobs that end FAILED")] = 0.0,
+    task_failure_rate: Annotated[float, typer.Option(help="Share of tasks that end failed")] = 0.0,
+    not_found_window_s: Annotated[
+        float, typer.Option(help="Seconds after creation during which a GET of the job is 404")
+    ] = 0.0,
+    shuffle_results: Annotated[
+        bool, typer.Option(help="List results in a seeded random order")
+    ] = False,
+    fair_use_limit: Annotated[int, typer.Option(help="Active jobs allowed per token")] = 3,
+    retry_after_s: Annotated[float, typer.Option(help="Retry-After sent with every 429")] = 1.0,
+    seed: Annotated[int | None, typer.Option(help="Seed of the fault generator")] = None,
+    known_models: Annotated[
+        list[str] | None,
+        typer.Option("--known-model", help="A model id it serves (repeat; default: any)"),
+    ] = None,
 ) -> None:
     """Run the Model Studio emulator as a server (for scripts and manual tries)."""
     from pydantic import ValidationError
@@ -295,18 +332,38 @@ def emulator(
     from model_studio.emulator import EmulatorConfig, serve
     from model_studio.settings import describe_validation_error
 
-    knobs = {k: v for k, v in locals().items() if k not in ("host", "port", "token")}
     with _clear_errors():
         try:
-            config = EmulatorConfig(tokens=[token], **knobs)
+            config = EmulatorConfig(
+                tokens=[token],
+                job_latency_s=job_latency_s,
+                task_latency_s=task_latency_s,
+                error_5xx_rate=error_5xx_rate,
+                rate_429=rate_429,
+                drop_connection_rate=drop_connection_rate,
+                lost_post_response_rate=lost_post_response_rate,
+                failed_job_rate=failed_job_rate,
+                task_failure_rate=task_failure_rate,
+                not_found_window_s=not_found_window_s,
+                shuffle_results=shuffle_results,
+                fair_use_limit=fair_use_limit,
+                retry_after_s=retry_after_s,
+                seed=seed,
+                known_models=known_models or None,
+            )
         except ValidationError as err:
-            raise ConfigurationError(describe_validation_error(err)) from None
-        base = f"http://{host}:{port}{config.prefix}"
-        console.print(f"MODEL_STUDIO_BASE_URL={base}")
-        console.print(f"MODEL_STUDIO_TOKEN={token}")
-        console.print("MODEL_STUDIO_ORGANIZATION_ID=<any>")
-        console.print(f"stats: http://{host}:{port}/_emulator/stats  (Ctrl-C stops)")
-        serve(config, host=host, port=port)
+            flags = {**_option_flags("emulator"), "tokens": "--token"}
+            raise ConfigurationError(describe_validation_error(err, flags=flags)) from None
+        root = f"http://{host}:{port}"
+
+        def announce() -> None:
+            console.print(f"MODEL_STUDIO_BASE_URL={root}{config.prefix}")
+            console.print(f"MODEL_STUDIO_TOKEN={token}")
+            console.print("MODEL_STUDIO_ORGANIZATION_ID=<any>")
+            console.print(f"stats: {root}/_emulator/stats  (Ctrl-C stops)")
+
+        serve(config, host=host, port=port, on_listening=announce)
+    console.print("emulator stopped")
 
 
 @app.command("serve")

@@ -213,7 +213,7 @@ class _BaseClient:
         if detail:
             message += f": {detail}"
         return error_for_status(response.status_code)(
-            message, status_code=response.status_code, response=_detached(response)
+            message, status_code=response.status_code, response=_detached(response), detail=detail
         )
 
     def _decide_response(self, response: httpx.Response, *, is_post: bool, attempt: int) -> None:

@@ -282,6 +282,7 @@ def validate_dataset(
 
     With ``on_bad_rows="fail"`` any bad row raises one :class:`DatasetError` listing the
     first ones as ``file:line: reason`` and the total; with ``"skip"`` the report says so.
+    A file with no row at all (empty, blank lines only, a CSV header only) is an error too.
 
     Example:
         >>> import tempfile
@@ -304,6 +305,9 @@ def validate_dataset(
     report.verdict = scan.verdict
     if on_bad_rows == "fail" and report.bad_count:
         raise DatasetError(_bad_rows_message(report))
+    if not report.rows and not report.bad_count:
+        # An empty, blank or header-only file is a mistake far more often than a no-op.
+        raise DatasetError(f"{os.fspath(path)}: no rows")
     return report
 
 

@@ -23,7 +23,8 @@ Behaviour worth knowing when you read a test:
   A failed task still counts in ``completed_tasks`` (it is done) but has status
   ``failed``, result ``null`` and an ``error``.
 * Answers are ``"<model_id> answers: <last user message>"``, so a test can prove which
-  conversation a result belongs to.
+  conversation a result belongs to. With ``known_models`` set, a POST naming another
+  model gets 404 ``Model '<id>' not found`` and creates nothing.
 * Fair use: a POST that would make a ``fair_use_limit + 1``-th active job (created, end
   not reached) for its token gets 429 with ``Retry-After: retry_after_s``.
 * Request faults come from one draw per API request of a seeded ``random.Random``: the
@@ -67,6 +68,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.config import LOGGING_CONFIG
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from model_studio.errors import ConfigurationError
 
 DEFAULT_TOKEN = "studio-flows-emulator-token"
 CONTROL_PREFIX = "/_emulator"
@@ -125,6 +128,9 @@ class EmulatorConfig(BaseModel):
     fair_use_limit: int = Field(3, ge=1, description="Active jobs allowed per token.")
     seed: int | None = Field(None, description="Seed of the fault generator (None: random).")
     retry_after_s: float = Field(1.0, ge=0.0, description="Retry-After sent with every 429.")
+    known_models: list[str] | None = Field(
+        None, description="Model ids a POST may name (None: any); another id is a 404."
+    )
     prefix: str = Field("/api/v1", description="Path prefix of the API routes.")
     tokens: list[str] = Field(
         default_factory=lambda: [DEFAULT_TOKEN],
@@ -431,6 +437,10 @@ class EmulatorState:
                 request = _GenerateBody.model_validate_json(body)
             except ValidationError as err:
                 return self._respond(CREATE_ROUTE, 422, {"detail": readable_errors(err)})
+            known = self.config.known_models
+            if known is not None and request.model_id not in known:
+                detail = f"Model {request.model_id!r} not found"
+                return self._respond(CREATE_ROUTE, 404, {"detail": detail})
             token = self._token(authorization)
             assert token is not None  # _reject_request checked it
             counts = self._tokens.setdefault(token_key(token), _TokenCounts())
@@ -650,13 +660,44 @@ def _uvicorn_config(app: FastAPI, host: str, port: int, *, quiet: bool) -> uvico
     )
 
 
-def serve(config: EmulatorConfig, host: str, port: int) -> None:
-    """Run the emulator in the foreground until interrupted (``studio-flows emulator``).
+def serve(
+    config: EmulatorConfig, host: str, port: int, *, on_listening: Callable[[], None] | None = None
+) -> None:
+    """Run the emulator in the foreground until Ctrl-C or SIGTERM (``studio-flows emulator``).
+
+    ``on_listening`` is called once the port is bound, before requests are served.
 
     Example:
         >>> serve(EmulatorConfig(), "127.0.0.1", 8000)  # doctest: +SKIP
     """
-    uvicorn.Server(_uvicorn_config(create_app(config), host, port, quiet=False)).run()
+    sock = _listening_socket(host, port)
+    if on_listening is not None:
+        on_listening()
+    server = uvicorn.Server(_uvicorn_config(create_app(config), host, port, quiet=False))
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        # uvicorn shuts down on Ctrl-C, then re-raises the signal: stopping is the normal end.
+        pass
+    finally:
+        sock.close()
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``(host, port)``; a port in use is a :class:`ConfigurationError`."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY on accepted sockets only when
+    # the listener says TCP, and without it Nagle's algorithm adds ~40 ms per response.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        raise ConfigurationError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+    # Listening at once queues early connections until uvicorn serves, instead of refusing them.
+    sock.listen(2048)
+    return sock
 
 
 class EmulatorServer:
@@ -714,13 +755,8 @@ class EmulatorServer:
         """Start serving; return once the port accepts connections."""
         if self._thread is not None:
             raise RuntimeError("the emulator is already running")
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY on accepted sockets only when
-        # the listener says TCP, and without it Nagle's algorithm adds ~40 ms per response.
-        sock = self._socket = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         # Binding here, not in uvicorn, tells us the free port the OS chose for port 0.
-        sock.bind((self.host, self.port))
+        sock = self._socket = _listening_socket(self.host, self.port)
         self.port = sock.getsockname()[1]
         server = uvicorn.Server(_uvicorn_config(self.app, self.host, self.port, quiet=True))
         thread = threading.Thread(

@@ -22,6 +22,7 @@ The whole tree::
         │   ├── UnprocessableEntityError  422
         │   ├── RateLimitError            429 (fair use: too many parallel queries)
         │   └── ServerError               5xx
+        ├── RequestRejectedError      POST /generate answered 400/404: every job would be refused
         ├── UnexpectedResponseError   a 2xx whose body is not what the reference documents
         ├── JobFailedError            the job ended FAILED / ERROR / CANCELLED
         └── JobDeadlineExceededError  the job was still running at the deadline
@@ -93,10 +94,13 @@ class AmbiguousSubmissionError(ModelStudioError):
 class APIStatusError(ModelStudioError):
     """The API answered with an error status. Carries ``status_code`` and ``response``."""
 
-    def __init__(self, message: str, *, status_code: int, response: Any = None) -> None:
+    def __init__(
+        self, message: str, *, status_code: int, response: Any = None, detail: str = ""
+    ) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.response = response
+        self.detail = detail
 
 
 class BadRequestError(APIStatusError):
@@ -129,6 +133,37 @@ class RateLimitError(APIStatusError):
 
 class ServerError(APIStatusError):
     """5xx: the service failed."""
+
+
+class RequestRejectedError(ModelStudioError):
+    """POST /generate answered 400 or 404: the service refuses the request itself.
+
+    An unknown model id or a malformed body: every other shard of the run would be refused
+    the same way, so the run stops at the first (a 404 on a GET is a different thing: a
+    job the service has not caught up with yet). ``status_code`` and ``detail`` are the
+    service's answer.
+
+    Example:
+        >>> err = RequestRejectedError.for_model("m", status_code=404, detail="no such model")
+        >>> print(err)
+        Model Studio refused the generation request for model 'm' (HTTP 404: no such model); ...
+    """
+
+    def __init__(self, message: str, *, status_code: int, detail: str) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.detail = detail
+
+    @classmethod
+    def for_model(cls, model_id: str, *, status_code: int, detail: str) -> RequestRejectedError:
+        """The error for a refused POST of a job for ``model_id``, in one sentence."""
+        answer = f"HTTP {status_code}: {detail}" if detail else f"HTTP {status_code}"
+        return cls(
+            f"Model Studio refused the generation request for model {model_id!r} ({answer}); "
+            "no job was created.",
+            status_code=status_code,
+            detail=detail,
+        )
 
 
 class UnexpectedResponseError(ModelStudioError):

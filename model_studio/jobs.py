@@ -27,7 +27,13 @@ from sqlalchemy.engine import Engine
 
 from model_studio import interrupts
 from model_studio.client import ModelStudioClient
-from model_studio.errors import AmbiguousSubmissionError, JobFailedError, NotFoundError
+from model_studio.errors import (
+    AmbiguousSubmissionError,
+    BadRequestError,
+    JobFailedError,
+    NotFoundError,
+    RequestRejectedError,
+)
 from model_studio.models import JobStatus
 from model_studio.rows import ResultRecord, Shard
 from model_studio.storage import (
@@ -199,6 +205,11 @@ def submit_shard(
         record_shard_intent(engine, shard)
         try:
             created = client.create_job(shard.request())
+        except (BadRequestError, NotFoundError) as err:
+            # Refused as a request (unknown model, bad body): every other shard would be too.
+            raise RequestRejectedError.for_model(
+                shard.params.model_id, status_code=err.status_code, detail=err.detail
+            ) from err
         except AmbiguousSubmissionError as err:
             record_ambiguous(engine, shard.shard_key, err.cause)
             if policy != "resubmit" or resubmits >= MAX_AMBIGUOUS_RESUBMITS:

@@ -8,6 +8,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -86,13 +88,31 @@ def load_settings(**overrides: object) -> Settings:
         raise ConfigurationError(describe_validation_error(err, prefix="MODEL_STUDIO_")) from None
 
 
-def describe_validation_error(err: ValidationError, prefix: str = "") -> str:
-    """One line per bad field: ``NAME: reason`` (input values are left out: they may be secret)."""
+def describe_validation_error(
+    err: ValidationError, prefix: str = "", flags: Mapping[str, str] | None = None
+) -> str:
+    """One line per bad field: ``NAME: reason`` (input values are left out: they may be secret).
+
+    ``prefix`` names fields as environment variables; ``flags`` maps a field to the
+    command-line flag that set it, so a user reads the name they typed.
+
+    Example:
+        >>> try:
+        ...     Settings(shard_size=500, _env_file=None)
+        ... except ValidationError as err:
+        ...     print(describe_validation_error(err, flags={"shard_size": "--shard-size"}))
+        Invalid options: --shard-size: Input should be less than or equal to 100
+    """
     parts = []
     for item in err.errors(include_input=False, include_url=False):
         if not item["loc"]:  # a model validator: its message names the variables itself
             parts.append(item["msg"].removeprefix("Value error, "))
             continue
         field = ".".join(str(p) for p in item["loc"])
-        parts.append(f"{prefix}{field.upper() if prefix else field}: {item['msg']}")
-    return "Invalid settings: " + "; ".join(parts)
+        if flags and field in flags:
+            name = flags[field]
+        else:
+            name = f"{prefix}{field.upper()}" if prefix else field
+        parts.append(f"{name}: {item['msg']}")
+    heading = "Invalid options" if flags else "Invalid settings"
+    return f"{heading}: " + "; ".join(parts)

@@ -84,17 +84,37 @@ class RunSummary(BaseModel):
         return [{"metric": label, "value": getattr(self, key)} for key, label in labels.items()]
 
     def markdown(self) -> str:
-        """A markdown report of the run."""
+        """A markdown report of what the summary table lacks: the outcome, bad rows, errors.
+
+        The counts are the table artifact's (``generation-summary``); this report says in
+        one line how the run ended and lists the rows and shards that need a look.
+
+        Example:
+            >>> summary = RunSummary(dataset="d.jsonl", model_id="m", completed=2, failed=1,
+            ...                      errors=["shard ab12: HTTP 500"])
+            >>> print(summary.markdown())
+            # Generation run: `d.jsonl` with `m`
+            <BLANKLINE>
+            2 completed, 1 failed, 0 unfinished in 0 jobs (0.0 s): re-run to retry the rest.
+            <BLANKLINE>
+            ## Errors
+            <BLANKLINE>
+            - `shard ab12: HTTP 500`
+            <BLANKLINE>
+        """
+        ending = "every row completed." if self.all_completed else "re-run to retry the rest."
         lines = [
             f"# Generation run: `{self.dataset}` with `{self.model_id}`",
             "",
-            "| metric | value |",
-            "| --- | ---: |",
+            f"{self.completed} completed, {self.failed} failed, {self.unfinished} unfinished "
+            f"in {self.jobs} job{'' if self.jobs == 1 else 's'} ({self.wall_time_s} s): {ending}",
         ]
-        lines += [f"| {row['metric']} | {row['value']} |" for row in self.table()]
-        for title, items in (("Bad rows skipped", self.bad_rows), ("Errors", self.errors)):
+        sections = (("Bad rows skipped", self.bad_rows), ("Errors", self.errors))
+        for title, items in sections:
             if items:
                 lines += ["", f"## {title}", ""] + [f"- `{item}`" for item in items]
+        if not any(items for _, items in sections):
+            lines += ["", "No bad rows and no errors."]
         return "\n".join(lines) + "\n"
 
 

@@ -21,6 +21,7 @@ from model_studio.errors import (
     AuthenticationError,
     ConfigurationError,
     PermissionDeniedError,
+    RequestRejectedError,
     RunInterrupted,
     UnprocessableEntityError,
 )
@@ -65,6 +66,7 @@ FATAL_ERRORS = (
     AuthenticationError,
     PermissionDeniedError,
     UnprocessableEntityError,
+    RequestRejectedError,
     ConfigurationError,
 )
 # Retrying cannot help these: bad credentials, a bad request, a configuration error, or an

@@ -195,12 +195,28 @@ def test_a_bad_file_fails_with_exit_2_naming_file_and_line_and_submits_nothing(
     output = result.stdout + result.stderr
     assert cli.stats()["jobs_created"] == 0
     assert ledger(database_url) == []
-    if bad.empty:  # an empty file is a dataset of zero rows: a no-op, not an error
-        assert result.exit_code == 0, output
-        assert "Traceback" not in output
-        return
     assert result.exit_code == 2, (bad.kind, output, result.exception)
     _check_error(output, result.stderr, bad)
+    if bad.empty:  # a file without rows is a mistake, not a run of nothing
+        assert result.stderr.strip() == f"error: {bad.path}: no rows"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [("empty.jsonl", b""), ("blank.jsonl", b"\n \n\n"), ("header.csv", b"id,prompt\n")],
+)
+def test_a_dataset_without_rows_is_exit_2_naming_the_file(
+    cli: EmulatorServer, tmp_path: Path, name: str, content: bytes
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    database_url = f"sqlite:///{tmp_path}/none.db"
+    args = ["generate", str(path), "--model-id", MODEL, "--database-url", database_url]
+    result = CliRunner().invoke(app, [*args, "--id-column", "id", "--no-progress"])
+    assert result.exit_code == 2, result.stdout + result.stderr
+    assert result.stderr.strip() == f"error: {path}: no rows"
+    assert cli.stats()["jobs_created"] == 0
 
 
 @pytest.mark.slow
@@ -345,3 +361,30 @@ def test_bad_configuration_is_one_line_and_exit_2_with_nothing_written(
     assert not problems, "\n\n".join(problems)
     assert emulator.stats()["jobs_created"] == 0
     assert not (tmp_path / "no-such-folder").exists()
+
+
+@pytest.mark.slow
+def test_a_model_the_service_does_not_know_stops_the_run_at_once_with_exit_2(
+    emulator: EmulatorServer, prefect_server: str, tmp_path: Path
+) -> None:
+    """A 404 on the POST that names the model: one line, exit 2, no job, no retry."""
+    emulator.configure(tokens=[SECRET_TOKEN], known_models=["the-real-model"])
+    dataset = tmp_path / "many.jsonl"
+    dataset.write_text("".join(json.dumps(_good(i)) + "\n" for i in range(200)), "utf-8")
+    database_url = f"sqlite:///{tmp_path}/wrong-model.db"
+    env = cli_env(emulator, tmp_path / "prefect-wrong-model", api_url=prefect_server)
+    args = generate_args(dataset, database_url, "--id-column", "id", "--shard-size", "10")
+
+    result = finish_cli(start_cli(args, env, tmp_path), time.monotonic())
+
+    assert result.returncode == 2, result
+    assert "Traceback" not in result.output
+    assert result.stderr.strip().splitlines() == [
+        f"error: Model Studio refused the generation request for model '{MODEL}' "
+        f"(HTTP 404: Model '{MODEL}' not found); no job was created."
+    ]
+    stats = emulator.stats()
+    assert stats["jobs_created"] == 0
+    # Each of the run's lanes (3) may have sent its first POST; none was retried.
+    assert 1 <= stats["rejections"]["POST /generate"]["404"] <= 3
+    assert {row["status"] for row in ledger(database_url)} <= {"pending"}  # nothing paid

@@ -103,3 +103,18 @@ def test_demo_answers_every_example_and_a_second_run_pays_nothing(
     assert "Emulator: 0 jobs created" in second.output
     assert re.search(r"│ already done +│ +40 │", second.output)
     assert (tmp_path / "studio_flows.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--shard-size", "500"], "--shard-size: Input should be less than or equal to 100"),
+        (["--on-bad-rows", "maybe"], "--on-bad-rows: Input should be 'fail' or 'skip'"),
+    ],
+)
+def test_a_bad_option_value_names_its_flag(tmp_path: Path, args: list[str], message: str) -> None:
+    dataset = tmp_path / "p.jsonl"
+    dataset.write_text('{"prompt": "hi"}\n', encoding="utf-8")
+    result = runner.invoke(app, ["generate", str(dataset), "--model-id", "m", *args])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == f"error: Invalid options: {message}"

@@ -6,6 +6,7 @@ import csv
 import itertools
 import json
 import os
+import re
 import runpy
 import subprocess
 import sys
@@ -428,11 +429,32 @@ def test_directory_is_a_dataset_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("suffix", ["jsonl", "csv", "parquet"])
-def test_empty_file_has_zero_rows(tmp_path: Path, suffix: str) -> None:
+def test_empty_file_has_zero_rows_and_does_not_validate(tmp_path: Path, suffix: str) -> None:
     path = tmp_path / f"empty.{suffix}"
     path.write_bytes(b"")
     assert list(read_rows(path)) == []
-    assert validate_dataset(path).rows == 0
+    with pytest.raises(DatasetError, match=rf"^{re.escape(str(path))}: no rows$"):
+        validate_dataset(path)
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [("blank.jsonl", b"\n  \n\n"), ("header.csv", b"id,prompt\n"), ("blank.csv", b"\n\n")],
+)
+def test_a_file_of_blank_lines_or_only_a_header_does_not_validate(
+    tmp_path: Path, name: str, content: bytes
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(DatasetError, match=rf"^{re.escape(str(path))}: no rows$"):
+        validate_dataset(path, on_bad_rows="skip")
+
+
+def test_a_parquet_file_without_rows_does_not_validate(tmp_path: Path) -> None:
+    path = tmp_path / "none.parquet"
+    pq.write_table(pa.table({"prompt": pa.array([], pa.string())}), path)
+    with pytest.raises(DatasetError, match=r"none\.parquet: no rows$"):
+        validate_dataset(path)
 
 
 def test_csv_with_only_a_header_has_zero_rows(tmp_path: Path) -> None:

@@ -90,6 +90,31 @@ def poll_until_terminal(client: ModelStudioClient, job_id: str) -> list[JobStatu
     return seen
 
 
+# --- known models ------------------------------------------------------------------------
+
+
+def test_an_unknown_model_is_404_naming_it_and_creates_no_job(
+    emulator: EmulatorServer, raw: httpx.Client
+) -> None:
+    # Set through the control endpoint, as a script driving `studio-flows emulator` would.
+    knobs = {"known_models": ["model-a", "model-b"]}
+    httpx.post(f"{emulator.root_url}/_emulator/config", json=knobs).raise_for_status()
+
+    unknown = raw.post("/generate", json=generate_request("hi", model_id="model-z").model_dump())
+    known = raw.post("/generate", json=generate_request("hi", model_id="model-b").model_dump())
+
+    assert unknown.status_code == 404
+    assert unknown.json() == {"detail": "Model 'model-z' not found"}
+    assert known.status_code == 200
+    assert emulator.stats()["jobs_created"] == 1
+
+
+def test_any_model_is_served_by_default(emulator: EmulatorServer, raw: httpx.Client) -> None:
+    assert emulator.state.config.known_models is None
+    created = raw.post("/generate", json=generate_request("hi", model_id="anything").model_dump())
+    assert created.status_code == 200
+
+
 # --- authentication and scoping --------------------------------------------------------
 
 

@@ -9,6 +9,7 @@ from sqlalchemy.engine import Engine
 
 from model_studio.client import ModelStudioClient
 from model_studio.emulator import EmulatorServer
+from model_studio.errors import RequestRejectedError
 from model_studio.jobs import (
     AmbiguousShardError,
     WorkItem,
@@ -86,6 +87,34 @@ def test_ambiguous_resubmits_are_bounded_and_wait_for_the_orphan(
 
     assert emulator.stats()["jobs_created"] == 4  # the first POST and three resubmits
     assert len(waits) == 3 and all(w > 0 for w in waits)
+
+
+def test_a_post_refused_with_404_for_its_model_is_one_rejected_request(
+    emulator: EmulatorServer, studio_client: ModelStudioClient, sqlite_engine: Engine
+) -> None:
+    emulator.configure(known_models=["another-model"])
+
+    with pytest.raises(RequestRejectedError) as info:
+        run_shard(studio_client, sqlite_engine, WorkItem(make_shard()))
+
+    assert info.value.status_code == 404
+    assert str(info.value) == (
+        "Model Studio refused the generation request for model 'm' "
+        "(HTTP 404: Model 'm' not found); no job was created."
+    )
+    assert emulator.stats()["requests"]["POST /generate"] == {"404": 1}  # not retried
+    assert emulator.stats()["jobs_created"] == 0
+
+
+def test_a_404_on_a_get_just_after_create_is_not_a_rejected_request(
+    emulator: EmulatorServer, studio_client: ModelStudioClient, sqlite_engine: Engine
+) -> None:
+    emulator.configure(not_found_window_s=0.2, known_models=["m"])
+
+    outcome = run_shard(studio_client, sqlite_engine, WorkItem(make_shard()))
+
+    assert outcome.completed == 3
+    assert emulator.stats()["faults"]["not_found_window"] >= 1
 
 
 def test_results_map_by_task_index_and_a_missing_one_is_a_failed_row() -> None:
