@@ -10,10 +10,14 @@ export DO_NOT_TRACK := 1
 
 .PHONY: demo test lint bench clean
 
-$(STAMP): pyproject.toml
+# A strict editable install: a tree of links under build/ that tools such as mypy can read
+# (the default mode maps the folders with an import hook only Python itself follows). A new
+# module joins that tree on the next install, so the stamp depends on the module list.
+MODULES := $(sort $(wildcard src/studio_flows/*.py tasks/*.py flows/*.py deployments/*.py examples/*.py))
+$(STAMP): pyproject.toml $(MODULES)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev]' --config-settings editable_mode=strict
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -23,7 +23,7 @@ Writes ``bench/RESULTS.md``, ``bench/results.json`` and ``bench/makespan.png`` (
 
 from __future__ import annotations
 
-from deployments.quiet import quiet_environment
+from studio_flows.deployments.quiet import quiet_environment
 
 quiet_environment()
 
@@ -127,7 +127,7 @@ def flow_env(base_url: str, token: str, *, poll_start: float, poll_max: float) -
 
 
 def options(dataset: Path, database_url: str, shard_size: int) -> Any:
-    from model_studio.options import GenerateOptions
+    from studio_flows.options import GenerateOptions
 
     return GenerateOptions(
         dataset_path=str(dataset),
@@ -170,7 +170,7 @@ def free_port() -> int:
 
 def _forget_engines() -> None:
     """Dispose of the flow's cached engines (one per URL per process) between runs."""
-    from tasks.jobs import _history_for, engine_for
+    from studio_flows.tasks.jobs import _history_for, engine_for
 
     engine_for.cache_clear()
     # Each benchmark starts with no timing history, as a fresh process would.
@@ -192,7 +192,7 @@ def run_ours(
     server: Any, work: Path, *, shards: int, rows_per_shard: int, latency: float, database_url: str
 ) -> dict[str, Any]:
     """One run of the generation flow against the in-process emulator."""
-    from flows.generate import generate_dataset
+    from studio_flows.flows.generate import generate_dataset
 
     server.configure(job_latency_s=latency, task_latency_s=0.0, fair_use_limit=3)
     server.reset()
@@ -233,7 +233,7 @@ def run_ours(
 @contextlib.contextmanager
 def _recording_persists(ends: list[float]) -> Iterator[None]:
     """Record when each shard's persist transaction committed (the makespan's end)."""
-    import tasks.jobs as task_jobs
+    import studio_flows.tasks.jobs as task_jobs
 
     inner = getattr(task_jobs, "complete_shard")  # noqa: B009
 
@@ -254,9 +254,9 @@ def _naive_parts() -> tuple[Any, Any]:
     """The naive shape, as a Prefect user would first write it (built lazily: imports Prefect)."""
     from prefect import flow, task
 
-    from model_studio.client import ModelStudioClient
-    from model_studio.models import GenerateRequest, Message
-    from model_studio.settings import load_settings
+    from studio_flows.client import ModelStudioClient
+    from studio_flows.models import GenerateRequest, Message
+    from studio_flows.settings import load_settings
 
     @task(tags=["model-studio"])
     def naive_generate(prompts: list[str]) -> int:
@@ -347,13 +347,14 @@ class Timers:
 
 def instrument(timers: Timers) -> None:
     """Wrap the flow's parts where the flow looks them up (module globals, methods)."""
-    import flows.generate as generate
-    import model_studio.client as client
-    import model_studio.datasets as datasets
-    import model_studio.jobs as jobs
-    import model_studio.planning as planning
-    import tasks.jobs as task_jobs
-    import tasks.slots as slots
+    import studio_flows.flows.generate as generate
+    import studio_flows.tasks.jobs as task_jobs
+    import studio_flows.tasks.slots as slots
+
+    import studio_flows.client as client
+    import studio_flows.datasets as datasets
+    import studio_flows.jobs as jobs
+    import studio_flows.planning as planning
 
     timers.patch(datasets, "validate_dataset", "read_validate")
     timers.patch(planning.SharedIterator, "__next__", "read_next")  # read + shard + plan
@@ -456,7 +457,7 @@ def start_emulator_process(latency: float) -> tuple[subprocess.Popen[bytes], str
 
 
 def child_emulator(port: int, latency: float) -> None:
-    from model_studio.emulator import EmulatorConfig, EmulatorServer
+    from studio_flows.emulator import EmulatorConfig, EmulatorServer
 
     # Latency 0: every job ends as it is created, so none is ever active and the fair-use
     # limit (left at 3) can never refuse; the flow's own lanes keep 3 in flight anyway.
@@ -468,7 +469,7 @@ def child_emulator(port: int, latency: float) -> None:
 
 def child_rows(rows: int, database_url: str, shard_size: int, profile: bool) -> dict[str, Any]:
     """P3/P4: one flow run over ``rows`` prompts in this (fresh) process; print a JSON line."""
-    from model_studio.emulator import DEFAULT_TOKEN
+    from studio_flows.emulator import DEFAULT_TOKEN
 
     emulator, root = start_emulator_process(0.0)
     try:
@@ -483,7 +484,7 @@ def child_rows(rows: int, database_url: str, shard_size: int, profile: bool) -> 
             profiles: list[cProfile.Profile] = []
             if profile:
                 _profile_lanes(profiles)
-            from flows.generate import generate_dataset
+            from studio_flows.flows.generate import generate_dataset
 
             main_profile = cProfile.Profile() if profile else None
             rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -519,7 +520,7 @@ def child_rows(rows: int, database_url: str, shard_size: int, profile: bool) -> 
 
 def _profile_lanes(profiles: list[cProfile.Profile]) -> None:
     """Give every lane thread its own cProfile (a profiler sees one thread only)."""
-    import flows.generate as generate
+    import studio_flows.flows.generate as generate
 
     inner = generate._Lane.run
 
@@ -577,7 +578,7 @@ def run_child(
 
 def child_p1(shards: int, latency: float, rows_per_shard: int, database_url: str) -> dict[str, Any]:
     """P1 against whatever Prefect API the environment names (the real server)."""
-    from model_studio.emulator import EmulatorConfig, EmulatorServer
+    from studio_flows.emulator import EmulatorConfig, EmulatorServer
 
     with EmulatorServer(EmulatorConfig(seed=1)) as server, tempfile.TemporaryDirectory() as tmp:
         flow_env(server.base_url, server.token, poll_start=0.5, poll_max=10.0)
@@ -605,7 +606,7 @@ def run_all(sizes: Sizes, out: Path, *, postgres: bool, real_server: bool) -> Re
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
-    from model_studio.emulator import EmulatorConfig, EmulatorServer
+    from studio_flows.emulator import EmulatorConfig, EmulatorServer
 
     results = Results()
     d = results.details

@@ -6,7 +6,7 @@ configuration (one paragraph, no traceback).
 
 from __future__ import annotations
 
-from deployments.quiet import quiet_environment
+from studio_flows.deployments.quiet import quiet_environment
 
 quiet_environment()
 
@@ -22,12 +22,12 @@ import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from model_studio.errors import ConfigurationError, StudioFlowsError  # noqa: E402
-from model_studio.resources import examples_dir  # noqa: E402
+from studio_flows.errors import ConfigurationError, StudioFlowsError  # noqa: E402
+from studio_flows.resources import examples_dir  # noqa: E402
 
 if TYPE_CHECKING:  # imported where used: Prefect loads slowly, and only runs need it
-    from model_studio.options import GenerateOptions
-    from model_studio.summary import RunSummary
+    from studio_flows.options import GenerateOptions
+    from studio_flows.summary import RunSummary
 
 app = typer.Typer(
     name="studio-flows",
@@ -92,12 +92,13 @@ def _print_summary(summary: RunSummary) -> None:
 
 def _run_flow(options: GenerateOptions, show_progress: bool) -> RunSummary:
     """Run the flow on a checked or local Prefect API, stopping cleanly on a signal."""
-    from deployments.local_server import prefect_api
-    from deployments.progress import progress_display
-    from deployments.run_control import exit_code_for, run_until_signal
-    from flows.generate import generate_dataset
-    from model_studio.errors import RunInterrupted
-    from model_studio.preflight import check_run_inputs
+    from studio_flows.deployments.local_server import prefect_api
+    from studio_flows.deployments.progress import progress_display
+    from studio_flows.deployments.run_control import exit_code_for, run_until_signal
+    from studio_flows.flows.generate import generate_dataset
+
+    from studio_flows.errors import RunInterrupted
+    from studio_flows.preflight import check_run_inputs
 
     check_run_inputs(options)  # bad input is reported before any Prefect server starts
 
@@ -120,7 +121,7 @@ def _notice(message: str) -> None:
 
 
 def _stopping(signal_name: str) -> None:
-    from tasks.slots import release_all_slots
+    from studio_flows.tasks.slots import release_all_slots
 
     _notice(
         f"{signal_name}: stopping (no new jobs; jobs in flight stay recorded). "
@@ -175,8 +176,8 @@ def generate(
     """Generate an answer for every row of DATASET and write them to the database."""
     from pydantic import ValidationError
 
-    from model_studio.options import GenerateOptions
-    from model_studio.settings import describe_validation_error
+    from studio_flows.options import GenerateOptions
+    from studio_flows.settings import describe_validation_error
 
     with _clear_errors():
         try:
@@ -211,8 +212,8 @@ def demo(
     shard_size: Annotated[int, typer.Option(help="Conversations per job")] = 10,
 ) -> None:
     """Run the generation flow offline: a local emulator, the examples, a SQLite file."""
-    from model_studio.emulator import EmulatorConfig, EmulatorServer
-    from model_studio.options import GenerateOptions
+    from studio_flows.emulator import EmulatorConfig, EmulatorServer
+    from studio_flows.options import GenerateOptions
 
     dataset = EXAMPLES / "prompts.jsonl"
     config = EmulatorConfig(job_latency_s=1.0, task_latency_s=0.02, tokens=[DEMO_TOKEN])
@@ -242,8 +243,8 @@ def demo(
 
 
 def _print_samples(database_url: str | None, dataset: str, limit: int = 3) -> None:
-    from model_studio.settings import load_settings
-    from model_studio.storage import iter_results, make_engine
+    from studio_flows.settings import load_settings
+    from studio_flows.storage import iter_results, make_engine
 
     engine = make_engine(database_url or load_settings().database_url)
     try:
@@ -273,7 +274,7 @@ def results(
     limit: Annotated[int | None, typer.Option(help="At most this many rows")] = None,
 ) -> None:
     """Read back what runs wrote, streamed."""
-    from deployments.export import export_results
+    from studio_flows.deployments.export import export_results
 
     with _clear_errors():
         if output_format not in ("table", "jsonl", "csv", "parquet"):
@@ -329,8 +330,8 @@ def emulator(
     """Run the Model Studio emulator as a server (for scripts and manual tries)."""
     from pydantic import ValidationError
 
-    from model_studio.emulator import EmulatorConfig, serve
-    from model_studio.settings import describe_validation_error
+    from studio_flows.emulator import EmulatorConfig, serve
+    from studio_flows.settings import describe_validation_error
 
     with _clear_errors():
         try:
@@ -371,7 +372,7 @@ def serve_command(
     limit: Annotated[int | None, typer.Option(help="At most this many flow runs at once")] = None,
 ) -> None:
     """Serve the nightly and ad-hoc deployments from this process (no work pool needed)."""
-    from deployments.serve import serve
+    from studio_flows.deployments.serve import serve
 
     serve(limit=limit)
 

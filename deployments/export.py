@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any, Literal, TextIO
 from rich.console import Console
 from rich.table import Table
 
-from model_studio.errors import ConfigurationError
-from model_studio.settings import load_settings
-from model_studio.storage import iter_results, make_engine
+from studio_flows.errors import ConfigurationError
+from studio_flows.settings import load_settings
+from studio_flows.storage import iter_results, make_engine
 
 if TYPE_CHECKING:  # pyarrow is imported by the Parquet export only
     import pyarrow as pa
@@ -75,7 +75,7 @@ def check_destination(output_format: ExportFormat, output: Path | None) -> None:
     Example:
         >>> check_destination("table", Path("out.txt"))
         Traceback (most recent call last):
-        model_studio.errors.ConfigurationError: --format table prints to the terminal ...
+        studio_flows.errors.ConfigurationError: --format table prints to the terminal ...
     """
     if output_format == "table" and output is not None:
         raise ConfigurationError(

@@ -9,7 +9,7 @@ server differs in four ways:
 - its own session: a Ctrl-C in the terminal reaches the command, not the server, and the
   command stops the server last;
 - leases in files under ``$PREFECT_HOME`` (Prefect's filesystem lease storage), so a later
-  run can give back the slots of a run that died (:mod:`tasks.slot_holders`);
+  run can give back the slots of a run that died (:mod:`studio_flows.tasks.slot_holders`);
 - the time a busy machine needs to start (a first start migrates the database), saying so
   when it is slow;
 - a watchdog in the server process: it stops when the command that started it is gone.
@@ -34,14 +34,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+from studio_flows.tasks.slots import LOCAL_SERVER_ENV
 
-from model_studio.errors import PrefectUnavailableError
-from tasks.slots import LOCAL_SERVER_ENV
+from studio_flows.errors import PrefectUnavailableError
 
 START_TIMEOUT_S = 300.0
 SLOW_START_NOTICE_S = 15.0
 STOP_TIMEOUT_S = 10.0
 
+SERVER_MODULE = "studio_flows.deployments.local_server"
 FILESYSTEM_LEASES = "prefect.server.concurrency.lease_storage.filesystem"
 SERVER_ENVIRONMENT = {
     "PREFECT_UI_ENABLED": "0",
@@ -126,7 +127,13 @@ class _ServerProcess:
         env.pop("PREFECT_API_URL", None)
         with log.open("wb") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "deployments.local_server", str(os.getpid()), str(port)],
+                [
+                    sys.executable,
+                    "-m",
+                    "studio_flows.deployments.local_server",
+                    str(os.getpid()),
+                    str(port),
+                ],
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=out,

@@ -7,9 +7,9 @@ from contextlib import contextmanager
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from studio_flows.flows.generate import add_progress_listener, remove_progress_listener
 
-from flows.generate import add_progress_listener, remove_progress_listener
-from model_studio.summary import RunTally
+from studio_flows.summary import RunTally
 
 
 @contextmanager

@@ -21,7 +21,7 @@ QUIET_ENVIRONMENT = {
     "PREFECT_LOGGING_HANDLERS_DEBUG_LEVEL": "CRITICAL",
     "PREFECT_SERVER_LOGGING_LEVEL": "CRITICAL",
     # Job status changes logged by the core reach the run's logs in the Prefect UI.
-    "PREFECT_LOGGING_EXTRA_LOGGERS": "model_studio,studio_flows",
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "studio_flows",
 }
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Generic, TypeVar
 
-from model_studio import interrupts
+from studio_flows import interrupts
 
 T = TypeVar("T")
 GRACE_S = 8.0

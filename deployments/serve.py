@@ -14,7 +14,7 @@ schedule stays off until then) and no secret is passed: credentials come from th
 process's environment or a block named in the parameters.
 
 Example:
-    >>> from deployments.serve import serve
+    >>> from studio_flows.deployments.serve import serve
     >>> serve(limit=2, nightly_dataset="data/prompts.jsonl")  # doctest: +SKIP
 """
 
@@ -26,8 +26,7 @@ from typing import Any
 from prefect import serve as prefect_serve
 from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Cron
-
-from flows.generate import generate_dataset
+from studio_flows.flows.generate import generate_dataset
 
 TAGS = ["studio-flows"]
 DEFAULT_MODEL_ID = "meta-llama/Llama-3.3-70B-Instruct"
@@ -133,13 +132,13 @@ def serve(limit: int | None = None, nightly_dataset: str | None = None) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m deployments.serve [--nightly-dataset PATH] [--limit N]``.
+    """``python -m studio_flows.deployments.serve [--nightly-dataset PATH] [--limit N]``.
 
     Example:
         >>> main(["--nightly-dataset", "/data/prompts.jsonl"])  # doctest: +SKIP
     """
     parser = argparse.ArgumentParser(
-        prog="python -m deployments.serve",
+        prog="python -m studio_flows.deployments.serve",
         description="Serve the nightly and ad-hoc deployments from this process.",
     )
     parser.add_argument(

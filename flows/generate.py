@@ -4,7 +4,7 @@
 2. Make sure the ``model-studio`` concurrency limit exists.
 3. Plan lazily: skip rows already completed, re-attach recorded jobs.
 4. Run one lane per slot of the limit. A lane holds its fair-use slot across consecutive
-   jobs (see :mod:`tasks.slots`), so the next shard starts the moment one ends.
+   jobs (see :mod:`studio_flows.tasks.slots`), so the next shard starts the moment one ends.
 5. Persist each job as it ends; report a summary, a table, markdown and progress.
 
 Example:
@@ -31,24 +31,24 @@ from prefect.artifacts import (
 )
 from prefect.runtime import flow_run
 from prefect.utilities.annotations import opaque
+from studio_flows.tasks.database import resolve_database_url
+from studio_flows.tasks.datasets import validate_dataset_task
+from studio_flows.tasks.jobs import FATAL_ERRORS, engine_for, run_generation_jobs
+from studio_flows.tasks.limits import ensure_concurrency_limit
+from studio_flows.tasks.preflight import check_model_studio_access
+from studio_flows.tasks.slots import Lease, SlotPool, release_all_slots, slot_pool
 
-from model_studio import interrupts
-from model_studio.blocks import resolve_settings
-from model_studio.client import ClientStats
-from model_studio.datasets import dataset_name, iter_good_rows, iter_shards
-from model_studio.errors import RunInterrupted
-from model_studio.jobs import JobReport, WorkItem
-from model_studio.options import GenerateOptions
-from model_studio.planning import Planner, SharedIterator
-from model_studio.rows import GenerationParams
-from model_studio.settings import Settings
-from model_studio.summary import RunSummary, RunTally
-from tasks.database import resolve_database_url
-from tasks.datasets import validate_dataset_task
-from tasks.jobs import FATAL_ERRORS, engine_for, run_generation_jobs
-from tasks.limits import ensure_concurrency_limit
-from tasks.preflight import check_model_studio_access
-from tasks.slots import Lease, SlotPool, release_all_slots, slot_pool
+from studio_flows import interrupts
+from studio_flows.blocks import resolve_settings
+from studio_flows.client import ClientStats
+from studio_flows.datasets import dataset_name, iter_good_rows, iter_shards
+from studio_flows.errors import RunInterrupted
+from studio_flows.jobs import JobReport, WorkItem
+from studio_flows.options import GenerateOptions
+from studio_flows.planning import Planner, SharedIterator
+from studio_flows.rows import GenerationParams
+from studio_flows.settings import Settings
+from studio_flows.summary import RunSummary, RunTally
 
 # How long a lane that holds its slot waits for the others before starting alone (another
 # flow run may hold the remaining slots for a long time).

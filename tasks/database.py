@@ -17,8 +17,8 @@ from prefect_sqlalchemy import (  # type: ignore[import-untyped]
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-from model_studio.errors import ConfigurationError
-from model_studio.settings import Settings
+from studio_flows.errors import ConfigurationError
+from studio_flows.settings import Settings
 
 logger = get_logger("studio_flows.database")
 

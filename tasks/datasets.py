@@ -5,8 +5,8 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from model_studio.datasets import DatasetReport, validate_dataset_once
-from model_studio.options import GenerateOptions
+from studio_flows.datasets import DatasetReport, validate_dataset_once
+from studio_flows.options import GenerateOptions
 
 
 @task(name="validate-dataset", cache_policy=NO_CACHE)

@@ -14,10 +14,10 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from sqlalchemy.engine import Engine
 
-from model_studio import interrupts
-from model_studio.blocks import resolve_settings
-from model_studio.client import ClientStats, ModelStudioClient
-from model_studio.errors import (
+from studio_flows import interrupts
+from studio_flows.blocks import resolve_settings
+from studio_flows.client import ClientStats, ModelStudioClient
+from studio_flows.errors import (
     AuthenticationError,
     ConfigurationError,
     PermissionDeniedError,
@@ -25,7 +25,7 @@ from model_studio.errors import (
     RunInterrupted,
     UnprocessableEntityError,
 )
-from model_studio.jobs import (
+from studio_flows.jobs import (
     AmbiguousPolicy,
     AmbiguousShardError,
     JobOutcome,
@@ -33,9 +33,9 @@ from model_studio.jobs import (
     WorkItem,
     run_shard,
 )
-from model_studio.polling import DurationHistory
-from model_studio.settings import Settings
-from model_studio.storage import complete_shard, make_engine
+from studio_flows.polling import DurationHistory
+from studio_flows.settings import Settings
+from studio_flows.storage import complete_shard, make_engine
 
 
 @functools.cache
@@ -224,7 +224,7 @@ def persist_job_results(
 ) -> int:
     """Upsert the job's rows and mark its shard done, in one transaction; return rows written.
 
-    For flows that run jobs with the core's :func:`model_studio.jobs.run_shard` and write
+    For flows that run jobs with the core's :func:`studio_flows.jobs.run_shard` and write
     them in a task of their own.
 
     Example:

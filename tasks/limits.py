@@ -6,8 +6,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
-
-from tasks.slots import FAIR_USE_TAG
+from studio_flows.tasks.slots import FAIR_USE_TAG
 
 
 @task(name="ensure-concurrency-limit", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)

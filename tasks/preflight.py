@@ -5,9 +5,9 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from model_studio.blocks import resolve_settings
-from model_studio.client import ModelStudioClient, RetryPolicy
-from model_studio.preflight import check_access
+from studio_flows.blocks import resolve_settings
+from studio_flows.client import ModelStudioClient, RetryPolicy
+from studio_flows.preflight import check_access
 
 
 @task(name="check-model-studio-access", cache_policy=NO_CACHE)

@@ -12,7 +12,7 @@ pool instead:
   a local waiter needs one more slot;
 - renews every lease it holds, and writes them to a holder file that the operating system
   unlocks when this process dies, so a later process gives them back at once
-  (:mod:`tasks.slot_holders`); leases also expire on a server with a repossessor;
+  (:mod:`studio_flows.tasks.slot_holders`); leases also expire on a server with a repossessor;
 - gives every lease back at once when the process is asked to stop (:meth:`release_all`);
 - says within seconds that it waits, then every 30 s, and gives up with a clear error after
   ``wait_limit_s``.
@@ -39,10 +39,15 @@ from datetime import datetime
 from typing import Any, Protocol
 
 import httpx
+from studio_flows.tasks.slot_holders import (
+    HolderFile,
+    holders_directory,
+    live_holders,
+    reclaim_dead_holders,
+)
 
-from model_studio import interrupts
-from model_studio.errors import FairUseError, PrefectUnavailableError, SlotWaitTimeoutError
-from tasks.slot_holders import HolderFile, holders_directory, live_holders, reclaim_dead_holders
+from studio_flows import interrupts
+from studio_flows.errors import FairUseError, PrefectUnavailableError, SlotWaitTimeoutError
 
 FAIR_USE_TAG = "model-studio"
 FAIR_USE_LIMIT_NAME = f"tag:{FAIR_USE_TAG}"
@@ -449,7 +454,7 @@ def _reclaim_local(api: PrefectSlotApi, limit_name: str, server: str) -> int:
     lease accounts for (left by a server that kept its leases in memory and died)."""
     if server != "local":
         return 0
-    from tasks.local_leases import expired_lease_ids, slots_under_lease
+    from studio_flows.tasks.local_leases import expired_lease_ids, slots_under_lease
 
     expired = expired_lease_ids()
     for lease_id in expired:

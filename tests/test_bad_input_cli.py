@@ -22,10 +22,10 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from studio_flows.deployments.cli import app
 from typer.testing import CliRunner
 
-from deployments.cli import app
-from model_studio.emulator import EmulatorServer
+from studio_flows.emulator import EmulatorServer
 from tests.fixtures.prefect_server import free_port
 from tests.test_crash import (
     DATABASES,

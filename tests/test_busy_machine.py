@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from model_studio.emulator import EmulatorServer
+from studio_flows.emulator import EmulatorServer
 from tests.fixtures.harness import write_prompts
 from tests.test_crash import SECRET_TOKEN, cli_env, generate_args, run_cli, summary_value
 

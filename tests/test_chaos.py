@@ -23,10 +23,10 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import make_url
+from studio_flows.flows.generate import generate_dataset
 
-from flows.generate import generate_dataset
-from model_studio.emulator import EmulatorServer
-from model_studio.options import GenerateOptions
+from studio_flows.emulator import EmulatorServer
+from studio_flows.options import GenerateOptions
 from tests.fixtures.harness import write_prompts
 from tests.test_crash import (
     DATABASES,

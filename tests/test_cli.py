@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from studio_flows.deployments.cli import app
 from typer.testing import CliRunner
 
-from deployments.cli import app
-from model_studio.models import Message
-from model_studio.rows import GenerationParams, ResultRecord, Row, Shard
-from model_studio.storage import complete_shard, make_engine
+from studio_flows.models import Message
+from studio_flows.rows import GenerationParams, ResultRecord, Row, Shard
+from studio_flows.storage import complete_shard, make_engine
 
 runner = CliRunner()
 

@@ -20,14 +20,14 @@ from typing import Any
 import httpx
 import pytest
 
-from model_studio.client import (
+from studio_flows.client import (
     AsyncModelStudioClient,
     ModelStudioClient,
     RetryPolicy,
     _Waiter,
     parse_retry_after,
 )
-from model_studio.errors import (
+from studio_flows.errors import (
     AmbiguousSubmissionError,
     APIConnectionError,
     APIStatusError,
@@ -45,9 +45,9 @@ from model_studio.errors import (
     UnexpectedResponseError,
     UnprocessableEntityError,
 )
-from model_studio.models import GenerateRequest, JobStatus, Message
-from model_studio.polling import DurationHistory, PollPlan
-from model_studio.settings import Settings
+from studio_flows.models import GenerateRequest, JobStatus, Message
+from studio_flows.polling import DurationHistory, PollPlan
+from studio_flows.settings import Settings
 
 TOKEN = "tok-Sup3rSecret-do-not-leak"
 ORG = "org-42"
@@ -631,11 +631,11 @@ def test_wait_for_job_logs_only_state_and_progress_changes(
 ) -> None:
     script = Script(*[job("RUNNING", completed=0, total=4)] * 5, job("FINISHED", 4, total=4))
     with (
-        caplog.at_level(logging.INFO, logger="model_studio.client"),
+        caplog.at_level(logging.INFO, logger="studio_flows.client"),
         make_client(script, fake) as client,
     ):
         client.wait_for_job(JOB)
-    messages = [r.getMessage() for r in caplog.records if r.name == "model_studio.client"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "studio_flows.client"]
     assert script.count("GET") == 6
     assert messages == [f"job {JOB} RUNNING: 0/4 tasks", f"job {JOB} FINISHED: 4/4 tasks"]
 
@@ -650,11 +650,11 @@ def test_wait_for_job_logs_progress_changes_within_one_state(
         job("FINISHED", 4, total=4),
     )
     with (
-        caplog.at_level(logging.INFO, logger="model_studio.client"),
+        caplog.at_level(logging.INFO, logger="studio_flows.client"),
         make_client(script, fake) as client,
     ):
         client.wait_for_job(JOB)
-    messages = [r.getMessage() for r in caplog.records if r.name == "model_studio.client"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "studio_flows.client"]
     assert [m.split(": ")[1] for m in messages] == ["0/4 tasks", "2/4 tasks", "4/4 tasks"]
 
 

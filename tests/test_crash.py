@@ -37,8 +37,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from model_studio.emulator import EmulatorServer
-from model_studio.storage import make_engine
+from studio_flows.emulator import EmulatorServer
+from studio_flows.storage import make_engine
 from tests.fixtures.emulator import TEST_ORGANIZATION
 from tests.fixtures.harness import write_prompts
 
@@ -388,8 +388,9 @@ def test_a_retried_job_task_re_attaches_instead_of_paying_again(
     A 1 s job deadline against 3 s jobs makes the first attempt give up after the POST; the
     task's retry (5 s later) must find the job_id in the ledger, not submit the shard again.
     """
-    from flows.generate import generate_dataset
-    from model_studio.options import GenerateOptions
+    from studio_flows.flows.generate import generate_dataset
+
+    from studio_flows.options import GenerateOptions
 
     monkeypatch.setenv("MODEL_STUDIO_JOB_DEADLINE_S", "1")
     flow_env.configure(job_latency_s=3.0, fair_use_limit=50)

@@ -23,8 +23,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from model_studio import datasets
-from model_studio.datasets import (
+from studio_flows import datasets
+from studio_flows.datasets import (
     DatasetOptions,
     DatasetReport,
     dataset_name,
@@ -34,9 +34,9 @@ from model_studio.datasets import (
     read_rows,
     validate_dataset,
 )
-from model_studio.errors import DatasetError
-from model_studio.models import Message
-from model_studio.rows import (
+from studio_flows.errors import DatasetError
+from studio_flows.models import Message
+from studio_flows.rows import (
     BadRow,
     GenerationParams,
     Row,
@@ -779,7 +779,7 @@ def test_peak_memory_does_not_grow_with_rows(tmp_path: Path) -> None:
 MEASURE = textwrap.dedent(
     """
     import resource, sys, time, tracemalloc
-    from model_studio.datasets import DatasetOptions, validate_dataset
+    from studio_flows.datasets import DatasetOptions, validate_dataset
     tracemalloc.start()
     start = time.perf_counter()
     report = validate_dataset(sys.argv[1], DatasetOptions(id_column="id"))

@@ -38,15 +38,15 @@ from prefect.exceptions import ObjectNotFound
 from prefect.flows import load_flow_from_entrypoint
 from prefect_sqlalchemy import ConnectionComponents, SqlAlchemyConnector, SyncDriver
 from pydantic import SecretStr
+from studio_flows.deployments.serve import build_deployments, served_name
+from studio_flows.tasks.database import resolve_database_url, safe_url
 
-from deployments.serve import build_deployments, served_name
-from model_studio.blocks import ModelStudioCredentials, resolve_settings
-from model_studio.emulator import EmulatorServer
-from model_studio.errors import ConfigurationError
-from model_studio.options import GenerateOptions
-from model_studio.settings import DEFAULT_BASE_URL, Settings
-from model_studio.storage import count_results, make_engine
-from tasks.database import resolve_database_url, safe_url
+from studio_flows.blocks import ModelStudioCredentials, resolve_settings
+from studio_flows.emulator import EmulatorServer
+from studio_flows.errors import ConfigurationError
+from studio_flows.options import GenerateOptions
+from studio_flows.settings import DEFAULT_BASE_URL, Settings
+from studio_flows.storage import count_results, make_engine
 from tests.fixtures.emulator import TEST_ORGANIZATION
 from tests.fixtures.prefect_server import PREFECT_CLI, PrefectServer, stop_process_group
 
@@ -211,7 +211,7 @@ def test_naming_the_nightly_dataset_sets_it_and_turns_the_schedule_on(
 
 def fake_prefect_serve(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """Replace ``prefect.serve`` in deployments.serve; the dict records what it was given."""
-    import deployments.serve as serve_module
+    import studio_flows.deployments.serve as serve_module
 
     seen: dict[str, Any] = {}
 
@@ -229,7 +229,7 @@ def fake_prefect_serve(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
 def test_serve_hands_both_deployments_and_the_limit_to_prefect(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from deployments.serve import serve
+    from studio_flows.deployments.serve import serve
 
     seen = fake_prefect_serve(monkeypatch)
     serve(limit=2)
@@ -244,7 +244,7 @@ def test_serve_hands_both_deployments_and_the_limit_to_prefect(
 def test_python_m_deployments_serve_takes_the_nightly_dataset_and_the_limit(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from deployments.serve import main
+    from studio_flows.deployments.serve import main
 
     seen = fake_prefect_serve(monkeypatch)
     main(["--nightly-dataset", "/srv/data/prompts.jsonl", "--limit", "3"])
@@ -371,7 +371,7 @@ def test_a_missing_credentials_block_is_a_configuration_error_naming_it(
 ) -> None:
     with pytest.raises(ConfigurationError, match="'no-such-credentials'") as caught:
         resolve_settings("no-such-credentials")
-    assert "prefect block register -m model_studio.blocks" in str(caught.value)
+    assert "prefect block register -m studio_flows.blocks" in str(caught.value)
 
 
 # -- the results database from a SqlAlchemyConnector block ----------------------------------
@@ -603,7 +603,7 @@ def test_deploy_all_then_a_process_worker_runs_the_adhoc_deployment(
     )
 
     run_cli(["work-pool", "create", "studio-flows", "--type", "process", "--overwrite"], cli_env)
-    run_cli(["block", "register", "-m", "model_studio.blocks"], cli_env)
+    run_cli(["block", "register", "-m", "studio_flows.blocks"], cli_env)
     deployed = run_cli(["--no-prompt", "deploy", "--all"], cli_env)
     assert "generate-dataset/nightly-generation" in deployed
     assert "generate-dataset/adhoc-generation" in deployed

@@ -18,9 +18,9 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from model_studio.client import AsyncModelStudioClient, ModelStudioClient, RetryPolicy
-from model_studio.emulator import EmulatorConfig, EmulatorServer
-from model_studio.errors import (
+from studio_flows.client import AsyncModelStudioClient, ModelStudioClient, RetryPolicy
+from studio_flows.emulator import EmulatorConfig, EmulatorServer
+from studio_flows.errors import (
     AmbiguousSubmissionError,
     AuthenticationError,
     JobFailedError,
@@ -28,7 +28,7 @@ from model_studio.errors import (
     RateLimitError,
     UnprocessableEntityError,
 )
-from model_studio.models import GenerateRequest, JobStatus, Message
+from studio_flows.models import GenerateRequest, JobStatus, Message
 from tests.fixtures.emulator import FAST_RETRY, TEST_ORGANIZATION
 
 CREATE = "POST /generate"

@@ -18,9 +18,9 @@ from typing import Any
 import httpx
 import pytest
 import typer.main
+from studio_flows.deployments.cli import app
 
-from deployments.cli import app
-from model_studio.emulator import EmulatorConfig
+from studio_flows.emulator import EmulatorConfig
 from tests.fixtures.prefect_server import free_port
 from tests.test_crash import STUDIO_FLOWS
 

@@ -17,12 +17,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from studio_flows.deployments.export import ExportFormat, write_export
 
-from deployments.export import ExportFormat, write_export
-from model_studio.errors import ConfigurationError
-from model_studio.models import Message
-from model_studio.rows import GenerationParams, ResultRecord, Row, Shard
-from model_studio.storage import complete_shard, iter_results, make_engine
+from studio_flows.errors import ConfigurationError
+from studio_flows.models import Message
+from studio_flows.rows import GenerationParams, ResultRecord, Row, Shard
+from studio_flows.storage import complete_shard, iter_results, make_engine
 from tests.test_crash import STUDIO_FLOWS
 
 COMPLETED, FAILED, SHARD = 10_050, 5, 100  # more completed rows than one Parquet batch

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from model_studio.emulator import EmulatorServer
+from studio_flows.emulator import EmulatorServer
 from tests.fixtures.harness import write_prompts
 from tests.fixtures.prefect_server import PrefectServer
 from tests.test_crash import (

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from studio_flows.flows.generate import generate_dataset, jobs_of_one_task_run
 
-from flows.generate import generate_dataset, jobs_of_one_task_run
-from model_studio.emulator import EmulatorServer
-from model_studio.errors import DatasetError
-from model_studio.jobs import WorkItem
-from model_studio.models import Message
-from model_studio.options import GenerateOptions
-from model_studio.rows import GenerationParams, Row, Shard
-from model_studio.storage import iter_results, make_engine
+from studio_flows.emulator import EmulatorServer
+from studio_flows.errors import DatasetError
+from studio_flows.jobs import WorkItem
+from studio_flows.models import Message
+from studio_flows.options import GenerateOptions
+from studio_flows.rows import GenerationParams, Row, Shard
+from studio_flows.storage import iter_results, make_engine
 from tests.fixtures.harness import write_prompts
 
 
@@ -174,9 +174,9 @@ def test_the_run_reports_a_summary_table_markdown_and_full_progress(
 def test_a_shard_left_pending_by_a_crash_is_resubmitted_and_counted(
     flow_env: EmulatorServer, tmp_path: Path, sqlite_url: str
 ) -> None:
-    from model_studio.datasets import DatasetOptions, iter_good_rows, iter_shards
-    from model_studio.rows import GenerationParams
-    from model_studio.storage import record_shard_intent
+    from studio_flows.datasets import DatasetOptions, iter_good_rows, iter_shards
+    from studio_flows.rows import GenerationParams
+    from studio_flows.storage import record_shard_intent
 
     dataset = write_prompts(tmp_path / "q.jsonl", 5)
     run = options(dataset, sqlite_url)

@@ -21,7 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from model_studio.emulator import EmulatorServer
+from studio_flows.emulator import EmulatorServer
 from tests.fixtures.harness import write_prompts
 from tests.test_crash import (
     DATABASES,
@@ -270,8 +270,8 @@ def test_a_run_that_finds_every_slot_taken_says_so_and_gives_up_clearly(
     slow_emulator: EmulatorServer, prefect_api: str, tmp_path: Path
 ) -> None:
     """Another holder keeps all three slots of a real server; the run waits, then exits 2."""
-    from tasks.limits import ensure_concurrency_limit
-    from tasks.slots import PrefectSlotApi, SlotPool
+    from studio_flows.tasks.limits import ensure_concurrency_limit
+    from studio_flows.tasks.slots import PrefectSlotApi, SlotPool
 
     ensure_concurrency_limit(limit=3)
     other = SlotPool(api=PrefectSlotApi())

@@ -7,19 +7,19 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy.engine import Engine
 
-from model_studio.client import ModelStudioClient
-from model_studio.emulator import EmulatorServer
-from model_studio.errors import RequestRejectedError
-from model_studio.jobs import (
+from studio_flows.client import ModelStudioClient
+from studio_flows.emulator import EmulatorServer
+from studio_flows.errors import RequestRejectedError
+from studio_flows.jobs import (
     AmbiguousShardError,
     WorkItem,
     map_results,
     run_shard,
     submit_shard,
 )
-from model_studio.models import JobStatus, Message
-from model_studio.rows import GenerationParams, Row, Shard
-from model_studio.storage import completed_identities, get_shard, make_engine
+from studio_flows.models import JobStatus, Message
+from studio_flows.rows import GenerationParams, Row, Shard
+from studio_flows.storage import completed_identities, get_shard, make_engine
 
 
 def make_shard(count: int = 3) -> Shard:
@@ -149,7 +149,7 @@ def test_persist_job_results_writes_a_finished_shard_once(
     sqlite_engine: Engine,
     sqlite_url: str,
 ) -> None:
-    from tasks.jobs import persist_job_results
+    from studio_flows.tasks.jobs import persist_job_results
 
     shard = make_shard(4)
     outcome = run_shard(studio_client, sqlite_engine, WorkItem(shard))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from model_studio.models import GenerateRequest, JobCreated, JobStatus, Message, TaskResult
+from studio_flows.models import GenerateRequest, JobCreated, JobStatus, Message, TaskResult
 
 
 def conversation(text: str = "Hi") -> list[Message]:

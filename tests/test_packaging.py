@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from model_studio.resources import EXAMPLE_DATASETS, examples_dir
+from studio_flows.emulator import EmulatorConfig, EmulatorServer
+from studio_flows.resources import EXAMPLE_DATASETS, examples_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,17 +30,17 @@ def test_examples_dir_holds_every_example_dataset() -> None:
     assert sorted(p.name for p in found.iterdir() if p.name.startswith("prompts.")) == sorted(
         EXAMPLE_DATASETS
     )
-    # From this editable install, the clone's own top-level folder (not a copy).
-    assert found == REPO_ROOT / "examples"
+    # From this editable install: the clone's own top-level folder (linked, not copied).
+    assert (found / EXAMPLE_DATASETS[0]).resolve() == REPO_ROOT / "examples" / EXAMPLE_DATASETS[0]
 
 
-def test_the_wheel_force_includes_exactly_the_example_datasets() -> None:
+def test_the_package_ships_exactly_the_example_datasets() -> None:
     pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))
-    included = pyproject["tool"]["hatch"]["build"]["targets"]["wheel"]["force-include"]
+    shipped = pyproject["tool"]["setuptools"]["package-data"]["studio_flows.examples"]
     on_disk = sorted(p.name for p in (REPO_ROOT / "examples").glob("prompts.*"))
 
     assert sorted(EXAMPLE_DATASETS) == on_disk  # a new example file must be shipped too
-    assert included == {f"examples/{n}": f"model_studio/examples/{n}" for n in EXAMPLE_DATASETS}
+    assert sorted(shipped) == on_disk
 
 
 def run(args: list[str], *, cwd: Path, timeout_s: float, env: dict[str, str] | None = None) -> str:
@@ -80,26 +81,37 @@ def user_env(home: Path) -> dict[str, str]:
     return env
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(1200)
-def test_a_pip_installed_wheel_runs_the_demo_from_outside_the_clone(tmp_path: Path) -> None:
-    wheel = build_wheel(tmp_path / "dist")
+@pytest.fixture(scope="module")
+def installed_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh virtual environment outside the clone with the built wheel installed."""
+    tmp = tmp_path_factory.mktemp("wheel")
+    wheel = build_wheel(tmp / "dist")
     with zipfile.ZipFile(wheel) as archive:
         shipped = set(archive.namelist())
-    assert {f"model_studio/examples/{n}" for n in EXAMPLE_DATASETS} <= shipped
+    assert {f"studio_flows/examples/{n}" for n in EXAMPLE_DATASETS} <= shipped
+    # One import root: nothing else at the top level of the wheel.
+    top_level = {name.split("/")[0] for name in shipped}
+    assert {name for name in top_level if not name.endswith(".dist-info")} == {"studio_flows"}
 
-    venv = tmp_path / "user-venv"
+    venv = tmp / "user-venv"
     started = time.monotonic()
-    run([sys.executable, "-m", "venv", str(venv)], cwd=tmp_path, timeout_s=120)
+    run([sys.executable, "-m", "venv", str(venv)], cwd=tmp, timeout_s=120)
     pip_install = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", str(wheel)]
-    run(pip_install, cwd=tmp_path, timeout_s=900)
+    run(pip_install, cwd=tmp, timeout_s=900)
     print(f"fresh venv + pip install of the wheel: {time.monotonic() - started:.1f} s")
+    return venv
 
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_a_pip_installed_wheel_runs_the_demo_from_outside_the_clone(
+    installed_wheel: Path, tmp_path: Path
+) -> None:
     workdir = tmp_path / "somewhere-else"
     workdir.mkdir()
     started = time.monotonic()
     output = run(
-        [str(venv / "bin" / "studio-flows"), "demo"],
+        [str(installed_wheel / "bin" / "studio-flows"), "demo"],
         cwd=workdir,
         env=user_env(tmp_path / "prefect-home"),
         timeout_s=600,
@@ -111,3 +123,54 @@ def test_a_pip_installed_wheel_runs_the_demo_from_outside_the_clone(tmp_path: Pa
     assert "Emulator: 4 jobs created, at most 3 active at once." in output, output
     assert "Traceback" not in output and "Warning" not in output, output
     assert (workdir / "studio_flows.db").is_file()  # the results landed where the user is
+
+
+USERS_FLOW = """
+from flows.report import summarise          # the team's own flows/ package
+from tasks.jobs import TEAM_JOB             # ... and its own tasks/jobs.py
+from studio_flows import GenerateOptions, generate_dataset
+
+if __name__ == "__main__":
+    summary = generate_dataset(
+        GenerateOptions(dataset_path="prompts.jsonl", model_id="m", shard_size=2)
+    )
+    print(TEAM_JOB, summarise(summary.completed))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_a_users_project_with_its_own_flows_and_tasks_packages_imports_both(
+    installed_wheel: Path, tmp_path: Path
+) -> None:
+    """Their flows/ and tasks/ (with a tasks/jobs.py, a name we use too) and ours coexist."""
+    project = tmp_path / "team-project"
+    for package, module, body in (
+        ("flows", "report", "def summarise(n: int) -> str:\n    return f'{n} answers'\n"),
+        ("tasks", "jobs", "TEAM_JOB = 'team job'\n"),
+    ):
+        (project / package).mkdir(parents=True)
+        (project / package / "__init__.py").write_text("")
+        (project / package / f"{module}.py").write_text(body)
+    (project / "pipeline.py").write_text(USERS_FLOW)
+    (project / "prompts.jsonl").write_text(
+        "".join(f'{{"prompt": "question {i}?"}}\n' for i in range(4))
+    )
+    with EmulatorServer(EmulatorConfig(job_latency_s=0.05, tokens=["team-token"])) as emulator:
+        env = user_env(tmp_path / "prefect-home")
+        env.update(
+            MODEL_STUDIO_TOKEN="team-token",
+            MODEL_STUDIO_ORGANIZATION_ID="team",
+            MODEL_STUDIO_BASE_URL=emulator.base_url,
+            PREFECT_SERVER_ALLOW_EPHEMERAL_MODE="true",
+        )
+        output = run(
+            [str(installed_wheel / "bin" / "python"), "pipeline.py"],
+            cwd=project,
+            env=env,
+            timeout_s=600,
+        )
+        created = emulator.stats()["jobs_created"]
+
+    assert "team job 4 answers" in output, output
+    assert created == 2

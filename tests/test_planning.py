@@ -6,10 +6,10 @@ from collections.abc import Iterator
 
 from sqlalchemy.engine import Engine
 
-from model_studio import planning
-from model_studio.planning import Planner
-from model_studio.rows import Shard
-from model_studio.storage import complete_shard, record_job_submitted, record_shard_intent
+from studio_flows import planning
+from studio_flows.planning import Planner
+from studio_flows.rows import Shard
+from studio_flows.storage import complete_shard, record_job_submitted, record_shard_intent
 from tests.test_storage import counting_selects, make_records, make_shard
 
 

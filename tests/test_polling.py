@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from model_studio.polling import DurationHistory, PollPlan
+from studio_flows.polling import DurationHistory, PollPlan
 
 
 def test_history_predicts_nothing_before_a_sample() -> None:

@@ -6,10 +6,10 @@ import re
 
 import pytest
 
-from model_studio.client import ModelStudioClient, RetryPolicy
-from model_studio.emulator import EmulatorServer
-from model_studio.errors import ConfigurationError
-from model_studio.preflight import check_access
+from studio_flows.client import ModelStudioClient, RetryPolicy
+from studio_flows.emulator import EmulatorServer
+from studio_flows.errors import ConfigurationError
+from studio_flows.preflight import check_access
 
 
 def client_for(base_url: str, token: str) -> ModelStudioClient:

@@ -23,10 +23,10 @@ import sqlalchemy as sa
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import LogFilter
 
-from model_studio.client import ModelStudioClient, RetryPolicy
-from model_studio.emulator import EmulatorServer
-from model_studio.errors import ModelStudioError
-from model_studio.models import GenerateRequest
+from studio_flows.client import ModelStudioClient, RetryPolicy
+from studio_flows.emulator import EmulatorServer
+from studio_flows.errors import ModelStudioError
+from studio_flows.models import GenerateRequest
 from tests.fixtures.emulator import TEST_ORGANIZATION
 from tests.fixtures.harness import write_prompts
 from tests.fixtures.prefect_server import PrefectServer

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from model_studio.errors import ConfigurationError
-from model_studio.settings import DEFAULT_BASE_URL, DEFAULT_DATABASE_URL, Settings, load_settings
+from studio_flows.errors import ConfigurationError
+from studio_flows.settings import DEFAULT_BASE_URL, DEFAULT_DATABASE_URL, Settings, load_settings
 
 TOKEN = "tok-Sup3rSecret-do-not-leak"
 

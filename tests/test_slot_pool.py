@@ -13,11 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from studio_flows.tasks.slot_holders import HolderFile, live_holders, reclaim_dead_holders
+from studio_flows.tasks.slots import SlotPool, SlotRefused, SlotServerUnavailable
 
-from model_studio import interrupts
-from model_studio.errors import RunInterrupted, SlotWaitTimeoutError
-from tasks.slot_holders import HolderFile, live_holders, reclaim_dead_holders
-from tasks.slots import SlotPool, SlotRefused, SlotServerUnavailable
+from studio_flows import interrupts
+from studio_flows.errors import RunInterrupted, SlotWaitTimeoutError
 
 
 class FakeLimit:

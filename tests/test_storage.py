@@ -20,11 +20,11 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mssql, mysql
 from sqlalchemy.engine import Engine
 
-from model_studio import storage
-from model_studio.errors import ConfigurationError
-from model_studio.models import Message
-from model_studio.rows import GenerationParams, ResultRecord, Row, RowIdentity, Shard
-from model_studio.storage import (
+from studio_flows import storage
+from studio_flows.errors import ConfigurationError
+from studio_flows.models import Message
+from studio_flows.rows import GenerationParams, ResultRecord, Row, RowIdentity, Shard
+from studio_flows.storage import (
     complete_shard,
     completed_identities,
     count_results,

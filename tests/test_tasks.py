@@ -11,10 +11,10 @@ from collections.abc import Iterator
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
+from studio_flows.tasks.limits import ensure_concurrency_limit
+from studio_flows.tasks.slots import PrefectSlotApi, SlotPool
 
-from model_studio.errors import FairUseError
-from tasks.limits import ensure_concurrency_limit
-from tasks.slots import PrefectSlotApi, SlotPool
+from studio_flows.errors import FairUseError
 
 
 @pytest.fixture

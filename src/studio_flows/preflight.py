@@ -9,9 +9,9 @@ Example:
 
 from __future__ import annotations
 
-from model_studio.client import ModelStudioClient
-from model_studio.datasets import DatasetReport, validate_dataset_once
-from model_studio.errors import (
+from studio_flows.client import ModelStudioClient
+from studio_flows.datasets import DatasetReport, validate_dataset_once
+from studio_flows.errors import (
     APIConnectionError,
     APIStatusError,
     AuthenticationError,
@@ -19,9 +19,9 @@ from model_studio.errors import (
     NotFoundError,
     PermissionDeniedError,
 )
-from model_studio.options import GenerateOptions
-from model_studio.settings import load_settings
-from model_studio.storage import make_engine
+from studio_flows.options import GenerateOptions
+from studio_flows.settings import load_settings
+from studio_flows.storage import make_engine
 
 # No job has this id: a 404 proves the host answers and the token was accepted.
 PROBE_JOB_ID = "studio-flows-preflight"
@@ -58,7 +58,7 @@ def check_run_inputs(options: GenerateOptions) -> DatasetReport:
 
     Settings and credentials from the environment, the results database, the whole
     dataset: each raises one sentence (:class:`ConfigurationError` or
-    :class:`~model_studio.errors.DatasetError`). What lives in blocks needs the Prefect
+    :class:`~studio_flows.errors.DatasetError`). What lives in blocks needs the Prefect
     API and is checked by the flow.
 
     Example:

@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from model_studio.datasets import DatasetOptions
+from studio_flows.datasets import DatasetOptions
 
 
 class GenerateOptions(BaseModel):

@@ -25,25 +25,25 @@ from typing import Literal
 
 from sqlalchemy.engine import Engine
 
-from model_studio import interrupts
-from model_studio.client import ModelStudioClient
-from model_studio.errors import (
+from studio_flows import interrupts
+from studio_flows.client import ModelStudioClient
+from studio_flows.errors import (
     AmbiguousSubmissionError,
     BadRequestError,
     JobFailedError,
     NotFoundError,
     RequestRejectedError,
 )
-from model_studio.models import JobStatus
-from model_studio.rows import ResultRecord, Shard
-from model_studio.storage import (
+from studio_flows.models import JobStatus
+from studio_flows.rows import ResultRecord, Shard
+from studio_flows.storage import (
     get_shard,
     record_ambiguous,
     record_job_submitted,
     record_shard_intent,
 )
 
-logger = logging.getLogger("model_studio.jobs")
+logger = logging.getLogger("studio_flows.jobs")
 
 AmbiguousPolicy = Literal["resubmit", "stop"]
 MAX_AMBIGUOUS_RESUBMITS = 3
@@ -257,7 +257,7 @@ def run_shard(
 ) -> JobOutcome:
     """Submit (or re-attach to) the shard's job and wait until it is terminal.
 
-    The results are returned, not written: :func:`model_studio.storage.complete_shard`
+    The results are returned, not written: :func:`studio_flows.storage.complete_shard`
     persists them in one transaction.
     """
     shard = work.shard

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Engine
 
-from model_studio.jobs import WorkItem
-from model_studio.rows import RowIdentity, Shard
-from model_studio.storage import ShardRecord, completed_identities, get_shards
+from studio_flows.jobs import WorkItem
+from studio_flows.rows import RowIdentity, Shard
+from studio_flows.storage import ShardRecord, completed_identities, get_shards
 
 # Shards are planned in groups of about this many rows: one lookup of completed rows and one
 # of the ledger per group. Two queries per shard were a fifth of the CPU a row costs at

@@ -6,7 +6,7 @@ Two tables hold everything a run must not lose (never pay twice for a row, never
   params_hash)``, written by :func:`upsert_results`, which never turns a ``completed`` result
   back into a failed one. The table is unique on ``(row_key, identity_key)``, where
   ``identity_key`` is a 128-bit digest of the identity
-  (:attr:`~model_studio.rows.RowIdentity.key`), not on the four wide columns (schema 2).
+  (:attr:`~studio_flows.rows.RowIdentity.key`), not on the four wide columns (schema 2).
   Row keys are content hashes by default, so each row of a shard lands on a random page of
   that index and a commit writes every such page out: the narrower index halves that
   (measured on SQLite, 100-row shards: 28 -> 21 µs a row to write and commit). Leading
@@ -46,9 +46,9 @@ from sqlalchemy.engine import URL, Connection, Dialect, Engine, make_url
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.types import TypeDecorator
 
-from model_studio.errors import ConfigurationError
-from model_studio.models import FAILED_JOB_STATUSES
-from model_studio.rows import (
+from studio_flows.errors import ConfigurationError
+from studio_flows.models import FAILED_JOB_STATUSES
+from studio_flows.rows import (
     MAX_ROW_KEY_LENGTH,
     GenerationParams,
     ResultRecord,
@@ -822,8 +822,8 @@ def record_shard_intent(engine: Engine, shard: Shard) -> ShardRecord:
     The caller decides whether a shard should be (re)submitted; this only records it.
 
     Example:
-        >>> from model_studio.models import Message
-        >>> from model_studio.rows import GenerationParams, Row
+        >>> from studio_flows.models import Message
+        >>> from studio_flows.rows import GenerationParams, Row
         >>> row = Row.from_messages([Message(role="user", content="Hi")], line=1)
         >>> shard = Shard("d", GenerationParams(model_id="m"), (row,))
         >>> record_shard_intent(make_engine("sqlite://"), shard).status

@@ -69,7 +69,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.config import LOGGING_CONFIG
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from model_studio.errors import ConfigurationError
+from studio_flows.errors import ConfigurationError
 
 DEFAULT_TOKEN = "studio-flows-emulator-token"
 CONTROL_PREFIX = "/_emulator"

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, Field
 
-from model_studio.jobs import JobReport
+from studio_flows.jobs import JobReport
 
 
 class RunSummary(BaseModel):

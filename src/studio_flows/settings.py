@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from model_studio.errors import ConfigurationError
+from studio_flows.errors import ConfigurationError
 
 DEFAULT_BASE_URL = "https://studio.ionos.de/api/v1"
 DEFAULT_DATABASE_URL = "sqlite:///studio_flows.db"

@@ -2,12 +2,12 @@
 
 Signals reach a process, not a run, so the request is one per process. Work checks it
 between jobs, and every sleep of the client, the job loop and the slot pool sleeps through
-:func:`sleep`, which returns early and raises :class:`~model_studio.errors.RunInterrupted`
+:func:`sleep`, which returns early and raises :class:`~studio_flows.errors.RunInterrupted`
 once a stop was requested. Nothing is interrupted mid-request: a POST that was sent is
 answered (or times out) and its job_id is recorded, so the next run re-attaches to it.
 
 Example:
-    >>> from model_studio import interrupts
+    >>> from studio_flows import interrupts
     >>> interrupts.sleep(0.0)
     >>> interrupts.stop_requested()
     False
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 
-from model_studio.errors import RunInterrupted
+from studio_flows.errors import RunInterrupted
 
 _stop = threading.Event()
 _reason: list[str] = []

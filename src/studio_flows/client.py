@@ -36,8 +36,8 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel, SecretStr, ValidationError
 
-from model_studio import interrupts
-from model_studio.errors import (
+from studio_flows import interrupts
+from studio_flows.errors import (
     AmbiguousSubmissionError,
     APIConnectionError,
     APIStatusError,
@@ -48,11 +48,11 @@ from model_studio.errors import (
     UnexpectedResponseError,
     error_for_status,
 )
-from model_studio.models import GenerateRequest, JobCreated, JobStatus
-from model_studio.polling import DurationHistory, PollPlan
-from model_studio.settings import Settings
+from studio_flows.models import GenerateRequest, JobCreated, JobStatus
+from studio_flows.polling import DurationHistory, PollPlan
+from studio_flows.settings import Settings
 
-logger = logging.getLogger("model_studio.client")
+logger = logging.getLogger("studio_flows.client")
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 

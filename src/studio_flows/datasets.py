@@ -8,9 +8,9 @@ bounded whatever the file size.
 
 Decisions:
 
-- A malformed record becomes a :class:`~model_studio.rows.BadRow` ``(file, line, reason)``;
+- A malformed record becomes a :class:`~studio_flows.rows.BadRow` ``(file, line, reason)``;
   a problem with the whole file (missing, a directory, corrupt Parquet, a missing column)
-  raises :class:`~model_studio.errors.DatasetError`. Nothing else is ever raised.
+  raises :class:`~studio_flows.errors.DatasetError`. Nothing else is ever raised.
 - An empty file (0 bytes) is a dataset of zero rows in every format, and so is a CSV with
   only a header: an upstream filter that left nothing should make a scheduled run a no-op,
   not a crash. Blank lines in JSONL and CSV are skipped.
@@ -55,9 +55,9 @@ from typing import Any, Literal, TypeAlias
 import orjson
 from pydantic import ValidationError
 
-from model_studio.errors import DatasetError
-from model_studio.models import Message
-from model_studio.rows import MAX_ROW_KEY_LENGTH, BadRow, GenerationParams, Row, Shard
+from studio_flows.errors import DatasetError
+from studio_flows.models import Message
+from studio_flows.rows import MAX_ROW_KEY_LENGTH, BadRow, GenerationParams, Row, Shard
 
 __all__ = [
     "DatasetFormat",

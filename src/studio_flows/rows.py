@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from model_studio.models import GenerateRequest, Message
+from studio_flows.models import GenerateRequest, Message
 
 Messages = tuple[Message, ...]
 

@@ -1,12 +1,12 @@
 """The Model Studio credentials as a Prefect Block, and how a run picks its settings.
 
-This is the one module of :mod:`model_studio` that imports Prefect:
+This is the one module of :mod:`studio_flows` that imports Prefect:
 the rest of the core stays usable without a Prefect server.
 
 Register the block type once per Prefect server or workspace, then create a document in
 the UI or in Python::
 
-    prefect block register -m model_studio.blocks
+    prefect block register -m studio_flows.blocks
 
 Example:
     >>> ModelStudioCredentials(token="t", organization_id="org").save("prod")  # doctest: +SKIP
@@ -23,9 +23,9 @@ from prefect.blocks.core import Block
 from prefect.exceptions import ObjectNotFound
 from pydantic import Field, SecretStr
 
-from model_studio.client import AsyncModelStudioClient, ModelStudioClient
-from model_studio.errors import ConfigurationError
-from model_studio.settings import DEFAULT_BASE_URL, Settings, load_settings
+from studio_flows.client import AsyncModelStudioClient, ModelStudioClient
+from studio_flows.errors import ConfigurationError
+from studio_flows.settings import DEFAULT_BASE_URL, Settings, load_settings
 
 
 class ModelStudioCredentials(Block):
@@ -104,7 +104,7 @@ def _load_error(name: str, err: Exception) -> ConfigurationError:
         return ConfigurationError(
             f"No ModelStudioCredentials block named {name!r} on this Prefect server: create it "
             "(UI, or ModelStudioCredentials(...).save(name)) after "
-            "`prefect block register -m model_studio.blocks`, or leave credentials_block "
+            "`prefect block register -m studio_flows.blocks`, or leave credentials_block "
             "empty to use MODEL_STUDIO_TOKEN and MODEL_STUDIO_ORGANIZATION_ID."
         )
     # Not the message: a validation error of the stored data may quote its values.

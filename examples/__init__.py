@@ -1,0 +1,1 @@
+"""The example datasets ``studio-flows demo`` runs (installed as ``studio_flows.examples``)."""

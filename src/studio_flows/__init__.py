@@ -1,0 +1,105 @@
+"""studio-flows: batch generation with IONOS AI Model Studio, every answer kept in SQL.
+
+The public API. Names that need Prefect (the credentials Block, the tasks and flows) are
+imported when first used, so ``import studio_flows`` and the core modules
+(``studio_flows.client``, ``studio_flows.errors``, ...) stay light.
+
+Example:
+    >>> import studio_flows
+    >>> studio_flows.__version__
+    '0.1.0'
+    >>> "generate_dataset" in studio_flows.__all__
+    True
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
+
+try:
+    __version__ = version("studio-flows")
+except PackageNotFoundError:  # imported from a folder that was never installed
+    __version__ = "0.0.0"
+
+# name -> the module that defines it
+_PUBLIC = {
+    "AsyncModelStudioClient": "studio_flows.client",
+    "ModelStudioClient": "studio_flows.client",
+    "Settings": "studio_flows.settings",
+    "GenerateOptions": "studio_flows.options",
+    "RunSummary": "studio_flows.summary",
+    "EmulatorConfig": "studio_flows.emulator",
+    "EmulatorServer": "studio_flows.emulator",
+    "StudioFlowsError": "studio_flows.errors",
+    "ConfigurationError": "studio_flows.errors",
+    "DatasetError": "studio_flows.errors",
+    "ModelStudioError": "studio_flows.errors",
+    "JobFailedError": "studio_flows.errors",
+    "JobDeadlineExceededError": "studio_flows.errors",
+    "RequestRejectedError": "studio_flows.errors",
+    "RunInterrupted": "studio_flows.errors",
+    "FairUseError": "studio_flows.errors",
+    "SlotWaitTimeoutError": "studio_flows.errors",
+    "ModelStudioCredentials": "studio_flows.blocks",
+    "generate_dataset": "studio_flows.flows.generate",
+}
+
+__all__ = [
+    "AsyncModelStudioClient",
+    "ConfigurationError",
+    "DatasetError",
+    "EmulatorConfig",
+    "EmulatorServer",
+    "FairUseError",
+    "GenerateOptions",
+    "JobDeadlineExceededError",
+    "JobFailedError",
+    "ModelStudioClient",
+    "ModelStudioCredentials",
+    "ModelStudioError",
+    "RequestRejectedError",
+    "RunInterrupted",
+    "RunSummary",
+    "Settings",
+    "SlotWaitTimeoutError",
+    "StudioFlowsError",
+    "__version__",
+    "generate_dataset",
+]
+
+if TYPE_CHECKING:
+    from studio_flows.blocks import ModelStudioCredentials
+    from studio_flows.client import AsyncModelStudioClient, ModelStudioClient
+    from studio_flows.emulator import EmulatorConfig, EmulatorServer
+    from studio_flows.errors import (
+        ConfigurationError,
+        DatasetError,
+        FairUseError,
+        JobDeadlineExceededError,
+        JobFailedError,
+        ModelStudioError,
+        RequestRejectedError,
+        RunInterrupted,
+        SlotWaitTimeoutError,
+        StudioFlowsError,
+    )
+    from studio_flows.flows.generate import generate_dataset
+    from studio_flows.options import GenerateOptions
+    from studio_flows.settings import Settings
+    from studio_flows.summary import RunSummary
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name from its module on first use (Prefect loads slowly)."""
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'studio_flows' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_PUBLIC])
