@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from studio_flows.flows.generate import add_progress_listener, remove_progress_listener
+from studio_flows.flows.generate import reporting_progress
 
 from studio_flows.summary import RunTally
 
@@ -43,12 +43,8 @@ def _rich_bar(console: Console) -> Iterator[None]:
         detail = f"jobs in flight: {in_flight}, failed: {tally.failed + tally.unfinished}"
         progress.update(bar, completed=done, total=total or None, detail=detail)
 
-    add_progress_listener(update)
-    try:
-        with progress:
-            yield
-    finally:
-        remove_progress_listener(update)
+    with reporting_progress(update), progress:
+        yield
 
 
 @contextmanager
@@ -63,8 +59,5 @@ def _plain_lines(console: Console) -> Iterator[None]:
             failed = tally.failed + tally.unfinished
             console.print(f"{done}/{total} rows done, {failed} failed, jobs in flight: {in_flight}")
 
-    add_progress_listener(update)
-    try:
+    with reporting_progress(update):
         yield
-    finally:
-        remove_progress_listener(update)

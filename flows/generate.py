@@ -59,18 +59,26 @@ TASK_RUN_TARGET_S = 1.0
 TURN_PAUSE_S = 1.0
 
 ProgressListener = Callable[[int, int, RunTally, int], None]
-_listeners: list[ProgressListener] = []
+# Who watches the runs started in this context (the command line's progress display).
+_progress_listener: contextvars.ContextVar[ProgressListener | None] = contextvars.ContextVar(
+    "studio_flows_progress_listener", default=None
+)
 
 
-def add_progress_listener(listener: ProgressListener) -> None:
-    """Call ``listener(rows_done, rows_total, tally, jobs_in_flight)`` as jobs end (the CLI)."""
-    _listeners.append(listener)
+@contextlib.contextmanager
+def reporting_progress(listener: ProgressListener) -> Iterator[None]:
+    """Call ``listener(rows_done, rows_total, tally, jobs_in_flight)`` as jobs end, for the
+    flow runs started inside this block.
 
-
-def remove_progress_listener(listener: ProgressListener) -> None:
-    """Stop calling ``listener``."""
-    if listener in _listeners:
-        _listeners.remove(listener)
+    Example:
+        >>> with reporting_progress(lambda done, total, tally, flying: print(done, total)):
+        ...     generate_dataset(options)  # doctest: +SKIP
+    """
+    token = _progress_listener.set(listener)
+    try:
+        yield
+    finally:
+        _progress_listener.reset(token)
 
 
 @dataclass
@@ -85,6 +93,7 @@ class _Progress:
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
+        self._listener = _progress_listener.get()
         self.artifact_id = create_progress_artifact(
             progress=0.0, key="generation-progress", description="Rows done of this run"
         )
@@ -113,8 +122,8 @@ class _Progress:
             update_progress_artifact(self.artifact_id, progress=100.0 * done / self.total)  # type: ignore[arg-type]
 
     def _notify(self) -> None:
-        for listener in list(_listeners):
-            listener(self.tally.rows_done, self.total, self.tally, self.in_flight)
+        if self._listener is not None:
+            self._listener(self.tally.rows_done, self.total, self.tally, self.in_flight)
 
 
 @dataclass

@@ -18,6 +18,7 @@ from studio_flows import interrupts
 from studio_flows.blocks import resolve_settings
 from studio_flows.client import ClientStats, ModelStudioClient
 from studio_flows.errors import (
+    AmbiguousShardError,
     AuthenticationError,
     ConfigurationError,
     PermissionDeniedError,
@@ -27,7 +28,6 @@ from studio_flows.errors import (
 )
 from studio_flows.jobs import (
     AmbiguousPolicy,
-    AmbiguousShardError,
     JobOutcome,
     JobReport,
     WorkItem,
@@ -76,7 +76,7 @@ JOB_RETRIES = 2
 JOB_RETRY_DELAY_S = 5.0
 
 
-def _give_up(task: object, task_run: object, state: object) -> bool:
+def _worth_retrying(task: object, task_run: object, state: object) -> bool:
     """Retry a job task unless retrying cannot help (bad credentials, bad request, policy)."""
     try:
         state.result()  # type: ignore[attr-defined]
@@ -92,7 +92,7 @@ def _give_up(task: object, task_run: object, state: object) -> bool:
     cache_policy=NO_CACHE,
     retries=JOB_RETRIES,
     retry_delay_seconds=JOB_RETRY_DELAY_S,
-    retry_condition_fn=_give_up,
+    retry_condition_fn=_worth_retrying,
     task_run_name="job {work.shard.shard_key}",
 )
 def run_generation_job(

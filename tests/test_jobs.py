@@ -9,15 +9,18 @@ from sqlalchemy.engine import Engine
 
 from studio_flows.client import ModelStudioClient
 from studio_flows.emulator import EmulatorServer
-from studio_flows.errors import RequestRejectedError
-from studio_flows.jobs import (
+from studio_flows.errors import (
     AmbiguousShardError,
+    AmbiguousSubmissionError,
+    RequestRejectedError,
+)
+from studio_flows.jobs import (
     WorkItem,
     map_results,
     run_shard,
     submit_shard,
 )
-from studio_flows.models import JobStatus, Message
+from studio_flows.models import GenerateRequest, JobCreated, JobStatus, Message
 from studio_flows.rows import GenerationParams, Row, Shard
 from studio_flows.storage import completed_identities, get_shard, make_engine
 
@@ -47,6 +50,32 @@ def test_a_retried_job_reattaches_to_the_recorded_job_instead_of_paying_again(
 
     assert emulator.stats()["jobs_created"] == 1
     assert (outcome.job_id, outcome.reattached, outcome.completed) == (job_id, True, 3)
+
+
+def test_a_recorded_job_the_service_forgot_is_paid_again_and_reported_so(
+    emulator: EmulatorServer,
+    studio_client: ModelStudioClient,
+    sqlite_engine: Engine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Re-attach meets a 404, resubmits through one lost POST response: not 're-attached'."""
+    shard = make_shard()
+    forgotten, _ = submit_shard(studio_client, sqlite_engine, shard)
+    emulator.reset()  # the service no longer knows the recorded job
+    real_create = studio_client.create_job
+    lost = [AmbiguousSubmissionError("POST lost", cause="read timeout")]
+
+    def create_once_lost(request: GenerateRequest) -> JobCreated:
+        if lost:
+            raise lost.pop()
+        return real_create(request)
+
+    monkeypatch.setattr(studio_client, "create_job", create_once_lost)
+
+    outcome = run_shard(studio_client, sqlite_engine, WorkItem(shard, forgotten))
+
+    assert outcome.job_id != forgotten and outcome.completed == 3
+    assert (outcome.reattached, outcome.ambiguous_resubmits) == (False, 1)
 
 
 def test_the_job_id_is_recorded_before_the_job_ends(

@@ -552,7 +552,7 @@ def test_complete_shard_without_intent_creates_a_closed_ledger_row(engine: Engin
     assert (record.status, record.row_count, record.job_id) == ("finished", 2, "job-1")
 
 
-def test_complete_shard_is_atomic(engine: Engine) -> None:
+def test_complete_shard_is_atomic(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     shard = make_shard(5)
     record_shard_intent(engine, shard)
     record_job_submitted(engine, shard.shard_key, "job-1")
@@ -567,9 +567,13 @@ def test_complete_shard_is_atomic(engine: Engine) -> None:
     )
     before = all_results(engine)
 
-    def crash() -> None:
+    real_upsert = storage._execute_upsert
+
+    def upsert_then_crash(conn: object, upsert: object) -> None:
+        real_upsert(conn, upsert)  # type: ignore[arg-type]
         raise RuntimeError("crash between the two writes")
 
+    monkeypatch.setattr(storage, "_execute_upsert", upsert_then_crash)
     with pytest.raises(RuntimeError, match="crash between"):
         complete_shard(
             engine,
@@ -578,9 +582,9 @@ def test_complete_shard_is_atomic(engine: Engine) -> None:
             job_status="FINISHED",
             records=make_records(shard),
             flow_run_id="run-1",
-            _between=crash,
         )
     assert all_results(engine) == before
+    monkeypatch.undo()
     record = get_shard(engine, shard.shard_key)
     assert record is not None
     assert (record.status, record.job_id) == ("submitted", "job-1")

@@ -13,6 +13,7 @@ The whole tree::
         ├── APIConnectionError        no HTTP response at all
         │   └── APITimeoutError       the request timed out
         ├── AmbiguousSubmissionError  a POST may have created a job; its outcome is unknown
+        │   └── AmbiguousShardError       ... and the policy forbids resubmitting the shard
         ├── APIStatusError            the API answered with an error status
         │   ├── BadRequestError           400
         │   ├── AuthenticationError       401
@@ -89,6 +90,14 @@ class AmbiguousSubmissionError(ModelStudioError):
     def __init__(self, message: str, *, cause: str) -> None:
         super().__init__(message)
         self.cause = cause
+
+
+class AmbiguousShardError(AmbiguousSubmissionError):
+    """The POST stayed ambiguous and the policy forbids (more) resubmission."""
+
+    def __init__(self, message: str, *, cause: str, shard_key: str) -> None:
+        super().__init__(message, cause=cause)
+        self.shard_key = shard_key
 
 
 class APIStatusError(ModelStudioError):

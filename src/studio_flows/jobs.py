@@ -28,6 +28,7 @@ from sqlalchemy.engine import Engine
 from studio_flows import interrupts
 from studio_flows.client import ModelStudioClient
 from studio_flows.errors import (
+    AmbiguousShardError,
     AmbiguousSubmissionError,
     BadRequestError,
     JobFailedError,
@@ -125,14 +126,6 @@ class JobReport:
             error=f"shard {shard.shard_key}: {error}",
             unfinished=len(shard.rows),
         )
-
-
-class AmbiguousShardError(AmbiguousSubmissionError):
-    """The POST stayed ambiguous and the policy forbids (more) resubmission."""
-
-    def __init__(self, message: str, *, cause: str, shard_key: str) -> None:
-        super().__init__(message, cause=cause)
-        self.shard_key = shard_key
 
 
 def map_results(shard: Shard, status: JobStatus) -> list[ResultRecord]:
@@ -263,22 +256,25 @@ def run_shard(
     shard = work.shard
     job_id, resubmits = work.job_id or _recorded_job(engine, shard), 0
     work = WorkItem(shard, job_id)
+    reattached = job_id is not None
     try:
         if job_id is None:
             job_id, resubmits = submit_shard(client, engine, shard, policy=policy)
             status = _wait(client, job_id, shard, deadline_s)
         else:
             logger.info("shard %s: re-attaching to job %s", shard.shard_key, job_id)
-            status = _wait_reattached(client, engine, work, deadline_s, policy)
+            status, resubmitted = _wait_reattached(client, engine, work, deadline_s, policy)
             job_id = status.job_id
+            if resubmitted is not None:  # the service had forgotten the job: paid again
+                reattached, resubmits = False, resubmitted
     except JobFailedError as err:
         assert job_id is not None
         return JobOutcome(
             shard=shard,
-            job_id=job_id,
+            job_id=err.job_id or job_id,
             job_status=err.job_status,
             records=failed_records(shard, str(err)),
-            reattached=work.job_id is not None,
+            reattached=reattached,
             ambiguous_resubmits=resubmits,
             error=str(err),
         )
@@ -287,7 +283,7 @@ def run_shard(
         job_id=job_id,
         job_status=status.job_status,
         records=map_results(shard, status),
-        reattached=work.job_id is not None,
+        reattached=reattached,
         ambiguous_resubmits=resubmits,
     )
 
@@ -323,16 +319,20 @@ def _wait_reattached(
     work: WorkItem,
     deadline_s: float,
     policy: AmbiguousPolicy,
-) -> JobStatus:
-    """Poll a recorded job; if the service no longer knows it, submit the shard again."""
+) -> tuple[JobStatus, int | None]:
+    """Poll a recorded job; if the service no longer knows it, submit the shard again.
+
+    Returns the job's status and, when it was submitted again, the ambiguous POSTs that
+    resubmission took (None: the recorded job was re-attached).
+    """
     assert work.job_id is not None
     try:
-        return _wait(client, work.job_id, work.shard, deadline_s, reattached=True)
+        return _wait(client, work.job_id, work.shard, deadline_s, reattached=True), None
     except NotFoundError:
         logger.warning(
             "shard %s: recorded job %s is unknown to the service; resubmitting",
             work.shard.shard_key,
             work.job_id,
         )
-    job_id, _ = submit_shard(client, engine, work.shard, policy=policy)
-    return _wait(client, job_id, work.shard, deadline_s)
+    job_id, resubmits = submit_shard(client, engine, work.shard, policy=policy)
+    return _wait(client, job_id, work.shard, deadline_s), resubmits

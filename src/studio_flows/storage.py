@@ -964,14 +964,12 @@ def complete_shard(
     job_status: str,
     records: Sequence[ResultRecord],
     flow_run_id: str | None,
-    _between: Callable[[], None] | None = None,
 ) -> None:
     """Write a terminal job's results and close its ledger row, in one transaction.
 
     Every record is upserted by identity; the ledger row becomes ``failed`` when
     ``job_status`` is FAILED/ERROR/CANCELLED/CANCELED (any case), else ``finished``. If no
-    intent row exists, one is created closed. ``_between`` is a test hook called between the
-    two writes (raise in it to prove that neither is kept).
+    intent row exists, one is created closed.
 
     Example:
         >>> complete_shard(engine, shard, job_id=status.job_id, job_status=status.job_status,
@@ -991,8 +989,6 @@ def complete_shard(
     upsert = _UpsertBatches.of(engine.dialect, rows)
     with _writing(engine) as conn:
         _execute_upsert(conn, upsert)
-        if _between is not None:
-            _between()
         closed = conn.execute(_CLOSE_SHARD, {"key": shard_key, **_fresh(closing)})
         if closed.rowcount == 0:
             conn.execute(
