@@ -30,6 +30,8 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/pytest
+	# The docstring examples that are not marked +SKIP run too.
+	$(BIN)/pytest --doctest-modules --pyargs studio_flows -o testpaths= -q
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run

@@ -19,9 +19,8 @@ pool instead:
 
 Example:
     >>> pool = slot_pool()  # doctest: +SKIP
-    >>> lease = pool.acquire()  # doctest: +SKIP
-    >>> ...  # POST the job, wait for it
-    >>> pool.release(lease)  # doctest: +SKIP
+    >>> lease = pool.acquire()  # before the POST  # doctest: +SKIP
+    >>> pool.release(lease)  # once the job is terminal  # doctest: +SKIP
 """
 
 from __future__ import annotations
