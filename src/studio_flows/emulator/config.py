@@ -1,0 +1,125 @@
+"""The emulator's knobs (:class:`EmulatorConfig`) and the names its endpoints use."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+DEFAULT_TOKEN = "studio-flows-emulator-token"
+CONTROL_PREFIX = "/_emulator"
+# The ASGI scope extension through which a request can close its own connection unanswered.
+DROP_CONNECTION_EXTENSION = "studio_flows.drop_connection"
+
+CREATE_ROUTE = "POST /generate"
+READ_ROUTE = "GET /generate/{job_id}"
+DROPPED = "dropped"
+FAULT_KINDS = (
+    "5xx",
+    "429",
+    "fair_use_429",
+    "drop",
+    "lost_post_response",
+    "failed_job",
+    "failed_task",
+    "not_found_window",
+)
+SERVER_ERROR_STATUSES = (500, 502, 503, 504)
+
+Rate = Annotated[float, Field(ge=0.0, le=1.0)]
+Clock = Callable[[], float]
+
+
+class EmulatorConfig(BaseModel):
+    """The emulator's knobs; every field can also be changed at run time.
+
+    Example:
+        >>> config = EmulatorConfig(job_latency_s=0.05, rate_429=0.1, seed=7)
+        >>> config.fair_use_limit
+        3
+        >>> EmulatorConfig(job_latncy_s=1)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        pydantic_core._pydantic_core.ValidationError: ...
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    job_latency_s: float = Field(0.2, ge=0.0, description="Seconds every job takes.")
+    task_latency_s: float = Field(0.0, ge=0.0, description="Extra seconds per conversation.")
+    error_5xx_rate: Rate = Field(0.0, description="Share of API requests answered 500/502/503/504.")
+    rate_429: Rate = Field(0.0, description="Share of API requests answered 429 at random.")
+    drop_connection_rate: Rate = Field(
+        0.0, description="Share of API requests whose connection is closed without a response."
+    )
+    lost_post_response_rate: Rate = Field(
+        0.0, description="Share of created jobs whose POST response is dropped."
+    )
+    failed_job_rate: Rate = Field(0.0, description="Share of jobs that end FAILED.")
+    task_failure_rate: Rate = Field(0.0, description="Share of tasks that end failed.")
+    not_found_window_s: float = Field(
+        0.0, ge=0.0, description="Seconds after creation during which a GET of the job is 404."
+    )
+    shuffle_results: bool = Field(False, description="List results in a seeded random order.")
+    fair_use_limit: int = Field(3, ge=1, description="Active jobs allowed per token.")
+    seed: int | None = Field(None, description="Seed of the fault generator (None: random).")
+    retry_after_s: float = Field(1.0, ge=0.0, description="Retry-After sent with every 429.")
+    known_models: list[str] | None = Field(
+        None, description="Model ids a POST may name (None: any); another id is a 404."
+    )
+    prefix: str = Field("/api/v1", description="Path prefix of the API routes.")
+    tokens: list[str] = Field(
+        default_factory=lambda: [DEFAULT_TOKEN],
+        min_length=1,
+        description="Bearer tokens accepted; jobs are scoped to (organisation, token).",
+    )
+
+    @field_validator("prefix")
+    @classmethod
+    def _normalise_prefix(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if value and not value.startswith("/"):
+            value = "/" + value
+        if value.startswith(CONTROL_PREFIX):
+            raise ValueError(f"prefix may not start with {CONTROL_PREFIX}")
+        return value
+
+    @field_validator("tokens")
+    @classmethod
+    def _tokens_not_blank(cls, value: list[str]) -> list[str]:
+        if any(not token.strip() for token in value):
+            raise ValueError("tokens may not be blank")
+        return value
+
+    @model_validator(mode="after")
+    def _request_faults_fit_one_draw(self) -> EmulatorConfig:
+        total = self.drop_connection_rate + self.error_5xx_rate + self.rate_429
+        if total > 1.0 + 1e-9:
+            raise ValueError(
+                "drop_connection_rate + error_5xx_rate + rate_429 must not exceed 1 "
+                f"(got {total:g}): they are slices of one draw per request"
+            )
+        return self
+
+
+def token_key(token: str) -> str:
+    """How stats name a token: the first 12 hex digits of its sha256, never the token.
+
+    Example:
+        >>> token_key("studio-flows-emulator-token") == token_key("studio-flows-emulator-token")
+        True
+    """
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()[:12]
+
+
+def public_config(config: EmulatorConfig) -> dict[str, Any]:
+    """The knobs as ``POST /_emulator/config`` answers them: tokens only as ``token_keys``.
+
+    Example:
+        >>> public_config(EmulatorConfig())["token_keys"] == [token_key(DEFAULT_TOKEN)]
+        True
+    """
+    knobs = config.model_dump(exclude={"tokens"})
+    knobs["token_keys"] = [token_key(token) for token in config.tokens]
+    return knobs

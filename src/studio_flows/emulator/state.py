@@ -1,0 +1,370 @@
+"""Jobs, counters and knobs of one emulator: fair use, auth, faults and stats."""
+
+from __future__ import annotations
+
+import hmac
+import random
+import threading
+import time
+import uuid
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+from fastapi import Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from studio_flows.emulator.config import (
+    CREATE_ROUTE,
+    DROPPED,
+    FAULT_KINDS,
+    READ_ROUTE,
+    SERVER_ERROR_STATUSES,
+    Clock,
+    EmulatorConfig,
+    token_key,
+)
+from studio_flows.emulator.responses import _Drop, _json, _seconds_header
+
+# --- the request body, validated as the service needs it ------------------------------
+
+
+class _Turn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(min_length=1)
+
+
+class _GenerateBody(BaseModel):
+    # Strict on unknown fields: the emulator exists to catch a client that sends a typo.
+    model_config = ConfigDict(extra="forbid")
+
+    model_id: str = Field(min_length=1)
+    messages: list[Annotated[list[_Turn], Field(min_length=1)]] = Field(min_length=1)
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    max_tokens: int = Field(512, gt=0)
+
+
+def _answer(model_id: str, conversation: list[_Turn]) -> str:
+    """The deterministic result of one conversation: it names what it answers."""
+    user_turns = [turn for turn in conversation if turn.role == "user"]
+    last = user_turns[-1] if user_turns else conversation[-1]
+    return f"{model_id} answers: {last.content}"
+
+
+def readable_errors(error: ValidationError) -> str:
+    """One line per problem, ``messages[0][1].content: reason``, joined by ``; ``.
+
+    Example:
+        >>> try:
+        ...     EmulatorConfig(rate_429=2)
+        ... except ValidationError as err:
+        ...     print(readable_errors(err))
+        rate_429: Input should be less than or equal to 1
+    """
+    parts = []
+    for item in error.errors(include_url=False):
+        where = ""
+        for loc in item["loc"]:
+            where += f"[{loc}]" if isinstance(loc, int) else f".{loc}"
+        parts.append(f"{where.lstrip('.') or 'body'}: {item['msg']}")
+    return "; ".join(parts)
+
+
+# --- jobs and the state they live in -------------------------------------------------
+
+
+@dataclass
+class _Job:
+    job_id: str
+    organization_id: str
+    token_key: str
+    answers: list[str]
+    task_failed: list[bool]
+    created: float
+    duration: float
+    # None: the job finishes; k: it completes k tasks, then ends FAILED at its end time.
+    fails_after: int | None
+    order: list[int]
+
+    @property
+    def end(self) -> float:
+        return self.created + self.duration
+
+    def is_active(self, now: float) -> bool:
+        return now < self.end
+
+    def view(self, now: float) -> dict[str, Any]:
+        n = len(self.answers)
+        elapsed = now - self.created
+        if elapsed >= self.duration:
+            done = n
+            status = "FINISHED" if self.fails_after is None else "FAILED"
+        else:
+            # Task i is done at duration * (i + 1) / n; the last one only at the end.
+            done = min(n - 1, int(elapsed * n / self.duration))
+            status = "CREATED" if elapsed < self.duration / (2 * n) else "RUNNING"
+        if self.fails_after is not None:
+            done = min(done, self.fails_after)
+        return {
+            "job_id": self.job_id,
+            "job_status": status,
+            "total_tasks": n,
+            "completed_tasks": done,
+            "results": [self._task(i) for i in self.order if i < done],
+        }
+
+    def _task(self, index: int) -> dict[str, Any]:
+        if self.task_failed[index]:
+            return {
+                "task_index": index,
+                "status": "failed",
+                "result": None,
+                "error": "emulated task failure",
+            }
+        return {"task_index": index, "status": "completed", "result": self.answers[index]}
+
+
+@dataclass
+class _TokenCounts:
+    jobs_created: int = 0
+    max_active_jobs: int = 0
+    active: list[_Job] = field(default_factory=list)
+
+    def prune(self, now: float) -> list[_Job]:
+        """Forget jobs that ended; return the ones still active."""
+        self.active = [job for job in self.active if job.is_active(now)]
+        return self.active
+
+
+class EmulatorState:
+    """Jobs, counters and knobs of one emulator app, guarded by one lock.
+
+    The app runs on one event loop, but tests read :meth:`stats` from their own thread,
+    so every read and write holds ``lock``; no method awaits while holding it.
+
+    Example:
+        >>> state = EmulatorState(EmulatorConfig(seed=1))
+        >>> state.stats()["jobs_created"]
+        0
+    """
+
+    def __init__(self, config: EmulatorConfig, clock: Clock = time.monotonic) -> None:
+        self.lock = threading.Lock()
+        self.config = config
+        self._clock = clock
+        self._clear()
+
+    def _clear(self) -> None:
+        self._rng = random.Random(self.config.seed)
+        self._jobs: dict[str, _Job] = {}
+        self._tokens: dict[str, _TokenCounts] = {}
+        self._requests: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        self._conversations = 0
+        self._faults: Counter[str] = Counter(dict.fromkeys(FAULT_KINDS, 0))
+
+    # -- control ------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Forget every job and count; re-seed the fault generator."""
+        with self.lock:
+            self._clear()
+
+    def configure(self, changes: dict[str, Any]) -> EmulatorConfig:
+        """Apply ``changes`` to the knobs (validated as a whole) and return the new config.
+
+        Raises :class:`pydantic.ValidationError` for an unknown or invalid knob, and
+        :class:`ValueError` for a new ``prefix`` (routes are fixed when the app is built).
+        """
+        with self.lock:
+            new = EmulatorConfig.model_validate({**self.config.model_dump(), **changes})
+            if new.prefix != self.config.prefix:
+                raise ValueError("prefix: cannot change at run time; build a new app")
+            self.config = new
+            if "seed" in changes:
+                self._rng = random.Random(new.seed)
+            return new
+
+    def stats(self) -> dict[str, Any]:
+        """What the emulator saw, as served at ``GET /_emulator/stats``."""
+        with self.lock:
+            now = self._clock()
+            per_token = {
+                key: {
+                    "jobs_created": counts.jobs_created,
+                    "active_jobs": len(counts.prune(now)),
+                    "max_active_jobs": counts.max_active_jobs,
+                }
+                for key, counts in self._tokens.items()
+            }
+            rejections = {
+                route: {
+                    status: n
+                    for status, n in codes.items()
+                    if status == DROPPED or int(status) >= 400
+                }
+                for route, codes in self._requests.items()
+            }
+            return {
+                "jobs_created": sum(c["jobs_created"] for c in per_token.values()),
+                "active_jobs": sum(c["active_jobs"] for c in per_token.values()),
+                "max_active_jobs": max(
+                    (c["max_active_jobs"] for c in per_token.values()), default=0
+                ),
+                "per_token": per_token,
+                "requests": {route: dict(codes) for route, codes in self._requests.items()},
+                "rejections": {route: codes for route, codes in rejections.items() if codes},
+                "conversations": self._conversations,
+                "faults": dict(self._faults),
+            }
+
+    # -- the API --------------------------------------------------------------------------
+
+    def create_job(self, organization_id: str, authorization: str | None, body: bytes) -> Response:
+        """Handle ``POST .../generate``; returns the response to send (or to drop)."""
+        with self.lock:
+            rejected = self._reject_request(CREATE_ROUTE, authorization)
+            if rejected is not None:
+                return rejected
+            try:
+                request = _GenerateBody.model_validate_json(body)
+            except ValidationError as err:
+                return self._respond(CREATE_ROUTE, 422, {"detail": readable_errors(err)})
+            known = self.config.known_models
+            if known is not None and request.model_id not in known:
+                detail = f"Model {request.model_id!r} not found"
+                return self._respond(CREATE_ROUTE, 404, {"detail": detail})
+            token = self._token(authorization)
+            assert token is not None  # _reject_request checked it
+            counts = self._tokens.setdefault(token_key(token), _TokenCounts())
+            now = self._clock()
+            active = counts.prune(now)
+            if len(active) >= self.config.fair_use_limit:
+                self._faults["fair_use_429"] += 1
+                return self._respond(
+                    CREATE_ROUTE,
+                    429,
+                    {
+                        "detail": f"Fair use: at most {self.config.fair_use_limit} generation "
+                        "jobs may be active at once for this token"
+                    },
+                    {"Retry-After": _seconds_header(self.config.retry_after_s)},
+                )
+            job = self._new_job(organization_id, token_key(token), request, now)
+            self._jobs[job.job_id] = job
+            counts.jobs_created += 1
+            active.append(job)
+            # Active jobs only grow at creation, so the maximum taken here is exact.
+            counts.max_active_jobs = max(counts.max_active_jobs, len(active))
+            self._conversations += len(request.messages)
+            if self._rng.random() < self.config.lost_post_response_rate:
+                self._faults["lost_post_response"] += 1
+                return self._drop(CREATE_ROUTE)
+            return self._respond(
+                CREATE_ROUTE,
+                200,
+                {
+                    "job_id": job.job_id,
+                    "status": "CREATED",
+                    "message": "Generation job created successfully",
+                },
+            )
+
+    def read_job(self, organization_id: str, job_id: str, authorization: str | None) -> Response:
+        """Handle ``GET .../generate/{job_id}``."""
+        with self.lock:
+            rejected = self._reject_request(READ_ROUTE, authorization)
+            if rejected is not None:
+                return rejected
+            token = self._token(authorization)
+            assert token is not None
+            job = self._jobs.get(job_id)
+            now = self._clock()
+            if (
+                job is None
+                or job.organization_id != organization_id
+                or job.token_key != token_key(token)
+            ):
+                return self._respond(READ_ROUTE, 404, {"detail": f"Job {job_id} not found"})
+            if now - job.created < self.config.not_found_window_s:
+                self._faults["not_found_window"] += 1
+                return self._respond(READ_ROUTE, 404, {"detail": f"Job {job_id} not found"})
+            return self._respond(READ_ROUTE, 200, job.view(now))
+
+    # -- helpers (called with the lock held) ------------------------------------------------
+
+    def _reject_request(self, route: str, authorization: str | None) -> Response | None:
+        """Request faults, then the token check; None lets the request through."""
+        config = self.config
+        draw = self._rng.random()
+        if draw < config.drop_connection_rate:
+            self._faults["drop"] += 1
+            return self._drop(route)
+        draw -= config.drop_connection_rate
+        if draw < config.error_5xx_rate:
+            self._faults["5xx"] += 1
+            status = self._rng.choice(SERVER_ERROR_STATUSES)
+            return self._respond(route, status, {"detail": "Emulated server error"})
+        draw -= config.error_5xx_rate
+        if draw < config.rate_429:
+            self._faults["429"] += 1
+            return self._respond(
+                route,
+                429,
+                {"detail": "Emulated rate limit"},
+                {"Retry-After": _seconds_header(config.retry_after_s)},
+            )
+        if self._token(authorization) is None:
+            return self._respond(
+                route,
+                401,
+                {"detail": "Missing or invalid bearer token"},
+                {"WWW-Authenticate": "Bearer"},
+            )
+        return None
+
+    def _token(self, authorization: str | None) -> str | None:
+        """The accepted token named by an ``Authorization: Bearer`` header, else None."""
+        scheme, _, token = (authorization or "").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            return None
+        for accepted in self.config.tokens:
+            if hmac.compare_digest(token.encode(), accepted.encode()):
+                return accepted
+        return None
+
+    def _new_job(self, organization_id: str, key: str, request: _GenerateBody, now: float) -> _Job:
+        config = self.config
+        n = len(request.messages)
+        order = list(range(n))
+        if config.shuffle_results:
+            self._rng.shuffle(order)
+        fails_after: int | None = None
+        if self._rng.random() < config.failed_job_rate:
+            self._faults["failed_job"] += 1
+            fails_after = self._rng.randrange(n)
+        task_failed = [self._rng.random() < config.task_failure_rate for _ in range(n)]
+        self._faults["failed_task"] += sum(task_failed)
+        return _Job(
+            job_id=str(uuid.UUID(int=self._rng.getrandbits(128), version=4)),
+            organization_id=organization_id,
+            token_key=key,
+            answers=[_answer(request.model_id, conversation) for conversation in request.messages],
+            task_failed=task_failed,
+            created=now,
+            duration=config.job_latency_s + config.task_latency_s * n,
+            fails_after=fails_after,
+            order=order,
+        )
+
+    def _respond(
+        self, route: str, status: int, body: Any, headers: dict[str, str] | None = None
+    ) -> Response:
+        self._requests[route][str(status)] += 1
+        return _json(status, body, headers)
+
+    def _drop(self, route: str) -> Response:
+        self._requests[route][DROPPED] += 1
+        return _Drop()
