@@ -27,8 +27,7 @@ Decisions:
   key with a different conversation is a bad row (the first occurrence is kept). The keys
   seen so far live in a private, temporary on-disk SQLite database (:class:`_SeenKeys`),
   not in a Python set: its page cache is capped, so memory stays bounded at a million rows,
-  at the price of a few microseconds per row (measured at 1 M rows: 3-5 µs a row on a
-  quiet 2-core machine, up to ~8 µs under load; reading and building a row costs ~7 µs).
+  at the price of a few microseconds per row (bench/NOTES.md).
   The validation pass keeps its verdict, one bit per line (:class:`DedupVerdict`); the
   sending pass reuses it instead of de-duplicating again, unless the file changed between.
 
@@ -91,8 +90,8 @@ _UTF8_BOM = b"\xef\xbb\xbf"
 # (a few MB of rows) is the only memory that scales with it.
 _DEDUP_BATCH = 2048
 # The seen-keys store's page cache (KiB). Beyond it SQLite spills pages to its temp file
-# (the OS keeps them cached). Measured on 1 M rows: 32 MiB made the run's peak memory grow
-# with the file (29 MB more at 1 M rows than at 10 k, bench/ P4) for a 7 % faster pass.
+# (the OS keeps them cached). A larger cache made the run's peak memory grow with the file
+# for a slightly faster pass (bench/NOTES.md).
 _DEDUP_CACHE_KIB = 4 * 1024
 _PARQUET_BATCH = 4096
 # Bad rows kept in a report / named in a "fail" error: enough to act on, never the file.
@@ -173,8 +172,8 @@ class DedupVerdict:
     """The lines a de-duplicating pass dropped (exact duplicates) or refused (an id seen with
     a different conversation), valid for the file as it was read.
 
-    Measured at 1 M rows: de-duplicating cost ~7 µs a row, more than reading and building the
-    row itself; a pass that reuses the verdict skips it (see :func:`iter_good_rows`).
+    De-duplicating costs more than reading and building the row itself; a pass that reuses
+    the verdict skips it (see :func:`iter_good_rows`).
     """
 
     def __init__(self, stamp: _FileStamp) -> None:

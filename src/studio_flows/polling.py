@@ -25,16 +25,15 @@ _LATE_BY_S = 0.02
 _LATE_FRACTION = 0.1
 # A job already terminal at its first poll only says "it took at most this long", and the
 # first poll is timed from the history itself: recording that as the duration can only grow
-# the prediction (it never learns that jobs got faster; at latency 0, 20 ms of sleep per job
-# came back as a 20 ms job). Such a sample is shrunk, so the next first poll comes earlier;
-# if that one finds the job running, its progress gives the true end again (bench/, issue 9).
-# With shrink f and a GET taking g, the first delay settles at about f*g / (1 - 1.1*f):
-# 0.8 settled at 6.7 g (35 ms a job under load at latency 0), 0.5 settles near g.
+# the prediction (it would never learn that jobs got faster). Such a sample is shrunk, so the
+# next first poll comes earlier; if that one finds the job running, its progress gives the
+# true end again. With shrink f and a GET taking g, the first delay settles at about
+# f*g / (1 - 1.1*f): 0.5 settles near g.
 _UPPER_BOUND_SHRINK = 0.5
 # Where to poll between the earliest and the latest end the progress allows: early, so a
 # job is rarely seen late (each look that finds it running narrows the range). Aiming at
-# the latest end, as a plain ``elapsed / completed * total`` does, saw jobs up to a whole
-# task's time late: 0.5 s of a 2 s job of 10 tasks, bench/ (P1 1.22 -> 1.05 at L = 2 s).
+# the latest end, as a plain ``elapsed / completed * total`` does, sees jobs up to a whole
+# task's time late (bench/NOTES.md).
 _AIM = 1 / 3
 # Once a prediction has passed, re-poll quickly and back off from there.
 _OVERDUE_START_S = 0.05

@@ -8,10 +8,9 @@ Two tables hold everything a run must not lose (never pay twice for a row, never
   ``identity_key`` is a 128-bit digest of the identity
   (:attr:`~studio_flows.rows.RowIdentity.key`), not on the four wide columns (schema 2).
   Row keys are content hashes by default, so each row of a shard lands on a random page of
-  that index and a commit writes every such page out: the narrower index halves that
-  (measured on SQLite, 100-row shards: 28 -> 21 µs a row to write and commit). Leading
-  with ``row_key`` keeps the rows of a shard with sequential ids on a few pages (8 µs a
-  row), which a digest alone would scatter (16 µs a row).
+  that index and a commit writes every such page out: a narrower index dirties fewer bytes.
+  Leading with ``row_key`` keeps the rows of a shard with sequential ids on a few pages,
+  which a digest alone would scatter (the figures are in bench/NOTES.md).
 - ``generation_jobs``: the ledger, one row per shard: ``pending`` (intent written before the
   POST), ``submitted`` (job id known), ``ambiguous`` (the POST's outcome is unknown), then
   ``finished`` or ``failed``. :func:`complete_shard` writes a shard's results and closes its
