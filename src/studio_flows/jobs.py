@@ -37,6 +37,7 @@ from studio_flows.errors import (
 )
 from studio_flows.models import JobStatus
 from studio_flows.rows import ResultRecord, Shard
+from studio_flows.statuses import RowStatus, ShardStatus
 from studio_flows.storage import (
     get_shard,
     record_ambiguous,
@@ -73,7 +74,7 @@ class JobOutcome:
     @property
     def completed(self) -> int:
         """Rows answered."""
-        return sum(1 for r in self.records if r.status == "completed")
+        return sum(1 for r in self.records if r.status == RowStatus.COMPLETED)
 
     @property
     def failed(self) -> int:
@@ -140,9 +141,9 @@ def map_results(shard: Shard, status: JobStatus) -> list[ResultRecord]:
     for index, row in enumerate(shard.rows):
         task = by_index.get(index)
         if task is not None and task.is_completed:
-            status_text, result, error = "completed", task.result or "", None
+            status_text, result, error = RowStatus.COMPLETED, task.result or "", None
         else:
-            status_text, result = "failed", None
+            status_text, result = RowStatus.FAILED, None
             error = _task_error(task, index, status)
         records.append(
             ResultRecord(
@@ -171,7 +172,7 @@ def failed_records(shard: Shard, error: str) -> list[ResultRecord]:
             identity=row.identity(shard.params),
             task_index=index,
             messages=row.messages,
-            status="failed",
+            status=RowStatus.FAILED,
             result=None,
             error=error,
         )
@@ -295,7 +296,7 @@ def _recorded_job(engine: Engine, shard: Shard) -> str | None:
     try may have succeeded before the task failed while waiting.
     """
     record = get_shard(engine, shard.shard_key)
-    if record is not None and record.status == "submitted" and record.job_id:
+    if record is not None and record.status == ShardStatus.SUBMITTED and record.job_id:
         return record.job_id
     return None
 

@@ -24,6 +24,7 @@ from sqlalchemy.engine import Engine
 
 from studio_flows.jobs import WorkItem
 from studio_flows.rows import RowIdentity, Shard
+from studio_flows.statuses import ShardStatus
 from studio_flows.storage import ShardRecord, completed_identities, get_shards
 
 # Shards are planned in groups of about this many rows: one lookup of completed rows and one
@@ -74,9 +75,9 @@ class Planner:
         return Shard(dataset=shard.dataset, params=shard.params, rows=remaining)
 
     def _work(self, shard: Shard, record: ShardRecord | None) -> WorkItem:
-        if record is not None and record.status == "submitted" and record.job_id:
+        if record is not None and record.status == ShardStatus.SUBMITTED and record.job_id:
             return WorkItem(shard, job_id=record.job_id)
-        if record is not None and record.status in ("pending", "ambiguous"):
+        if record is not None and record.status in (ShardStatus.PENDING, ShardStatus.AMBIGUOUS):
             self.counts.unknown_outcome += 1
         return WorkItem(shard)
 

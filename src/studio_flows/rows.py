@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from studio_flows.models import GenerateRequest, Message
+from studio_flows.statuses import RowStatus
 
 Messages = tuple[Message, ...]
 
@@ -176,6 +177,6 @@ class ResultRecord:
     identity: RowIdentity
     task_index: int
     messages: Messages
-    status: str  # "completed" or "failed"
+    status: RowStatus
     result: str | None
     error: str | None

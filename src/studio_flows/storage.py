@@ -55,6 +55,7 @@ from studio_flows.rows import (
     Shard,
     messages_payload,
 )
+from studio_flows.statuses import RowStatus, ShardStatus
 
 __all__ = [
     "IDENTITY_COLUMNS",
@@ -82,15 +83,16 @@ __all__ = [
 
 SCHEMA_VERSION: Final = 2
 
-COMPLETED: Final = "completed"
-FAILED: Final = "failed"
-RESULT_STATUSES: Final = (COMPLETED, FAILED)
+# Plain strings of the enums: SQLAlchemy renders them into CHECK constraints and SQL.
+COMPLETED: Final = RowStatus.COMPLETED.value
+FAILED: Final = RowStatus.FAILED.value
+RESULT_STATUSES: Final = tuple(status.value for status in RowStatus)
 
-PENDING: Final = "pending"
-SUBMITTED: Final = "submitted"
-AMBIGUOUS: Final = "ambiguous"
-FINISHED: Final = "finished"
-JOB_STATUSES: Final = (PENDING, SUBMITTED, AMBIGUOUS, FINISHED, FAILED)
+PENDING: Final = ShardStatus.PENDING.value
+SUBMITTED: Final = ShardStatus.SUBMITTED.value
+AMBIGUOUS: Final = ShardStatus.AMBIGUOUS.value
+FINISHED: Final = ShardStatus.FINISHED.value
+JOB_STATUSES: Final = tuple(status.value for status in ShardStatus)
 OPEN_JOB_STATUSES: Final = (PENDING, SUBMITTED, AMBIGUOUS)
 
 IDENTITY_COLUMNS: Final = ("row_key", "prompt_hash", "model_id", "params_hash")
@@ -934,7 +936,7 @@ def _result_rows(
             "task_index": r.task_index,
             "messages": messages_payload(r.messages),
             "result": r.result,
-            "status": r.status,
+            "status": str(r.status),  # the plain string, for every driver
             "error": r.error,
             "temperature": params.temperature,
             "max_tokens": params.max_tokens,
@@ -1140,7 +1142,7 @@ def count_results(
         .where(*_result_filters(dataset, model_id, None, flow_run_id))
         .group_by(table.c.status)
     )
-    counts = dict.fromkeys(RESULT_STATUSES, 0)
+    counts: dict[str, int] = {str(status): 0 for status in RESULT_STATUSES}
     with _reading(engine) as conn:
         counts.update({status: int(n) for status, n in conn.execute(query)})
     return counts
