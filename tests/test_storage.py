@@ -402,7 +402,7 @@ def test_mysql_statement_compiles_with_conditional_update() -> None:
     )
     # ... and status is assigned last: MySQL evaluates assignments left to right.
     assert update.rstrip().endswith("generation_results.status, VALUES(status))")
-    assert update.count(" = IF(") == len(storage._UPDATED_COLUMNS)
+    assert update.count(" = IF(") == len(storage.upserts._UPDATED_COLUMNS)
     for identity_column in storage.IDENTITY_COLUMNS:
         assert f"{identity_column} = " not in update
     assert "created_at = " not in update
@@ -432,7 +432,7 @@ def intent_statement(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyP
     """Intents through the one-statement upsert, then through the portable path of other
     dialects (MySQL/MariaDB), on each backend."""
     if request.param == "update-then-insert":
-        monkeypatch.setattr(storage, "_INTENT_UPSERTS", {})
+        monkeypatch.setattr(storage.ledger, "_INTENT_UPSERTS", {})
     return str(request.param)
 
 
@@ -567,13 +567,13 @@ def test_complete_shard_is_atomic(engine: Engine, monkeypatch: pytest.MonkeyPatc
     )
     before = all_results(engine)
 
-    real_upsert = storage._execute_upsert
+    real_upsert = storage.ledger._execute_upsert
 
     def upsert_then_crash(conn: object, upsert: object) -> None:
         real_upsert(conn, upsert)  # type: ignore[arg-type]
         raise RuntimeError("crash between the two writes")
 
-    monkeypatch.setattr(storage, "_execute_upsert", upsert_then_crash)
+    monkeypatch.setattr(storage.ledger, "_execute_upsert", upsert_then_crash)
     with pytest.raises(RuntimeError, match="crash between"):
         complete_shard(
             engine,
@@ -760,7 +760,7 @@ def test_reading_results_out_does_not_hold_up_a_run_writing_them(
     SQLite in WAL mode lets readers and one writer work at once, unless the reader's
     transaction began IMMEDIATE (as writes do); then the writer would wait the busy timeout.
     """
-    monkeypatch.setattr(storage, "_SQLITE_BUSY_TIMEOUT_MS", 200)
+    monkeypatch.setattr(storage.engine, "_SQLITE_BUSY_TIMEOUT_MS", 200)
     engine = make_engine(f"sqlite:///{tmp_path / 'r.db'}")
 
     def persist(shard: Shard) -> None:
