@@ -267,6 +267,7 @@ def results(
     source: Annotated[
         Path | None,
         typer.Argument(
+            metavar="SOURCE",
             help="A dataset file: the results of its rows, in its order, with a line column",
             show_default=False,
         ),
@@ -453,11 +454,20 @@ def emulator(
 @app.command("serve")
 def serve_command(
     limit: Annotated[int | None, typer.Option(help="At most this many flow runs at once")] = None,
+    nightly_dataset: Annotated[
+        str | None,
+        typer.Option(
+            metavar="PATH", help="Dataset of the nightly run, as this process sees it; turns it on"
+        ),
+    ] = None,
 ) -> None:
-    """Serve the nightly and ad-hoc deployments from this process (no work pool needed)."""
+    """Serve the nightly and ad-hoc deployments from this process (no work pool needed).
+
+    The nightly schedule stays off unless --nightly-dataset names its dataset.
+    """
     from studio_flows.deployments.serve import serve
 
-    serve(limit=limit)
+    serve(limit=limit, nightly_dataset=nightly_dataset)
 
 
 def main() -> None:

@@ -252,6 +252,24 @@ def test_python_m_deployments_serve_takes_the_nightly_dataset_and_the_limit(
     assert (seen["limit"], seen["nightly"]) == (3, "/srv/data/prompts.jsonl")
 
 
+def test_the_serve_command_passes_the_nightly_dataset_and_the_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from studio_flows.deployments.cli import app
+    from typer.testing import CliRunner
+
+    seen = fake_prefect_serve(monkeypatch)
+    args = ["serve", "--nightly-dataset", "/srv/data/prompts.jsonl", "--limit", "3"]
+    done = CliRunner().invoke(app, args)
+
+    assert done.exit_code == 0, done.output
+    assert seen == {
+        "names": ["nightly-generation-served", "adhoc-generation-served"],
+        "limit": 3,
+        "nightly": "/srv/data/prompts.jsonl",
+    }
+
+
 # -- 3. no secret in prefect.yaml ------------------------------------------------------------
 
 # "MODEL_STUDIO_TOKEN", "password", "api_key"; not "max_tokens" or "credentials_block".
