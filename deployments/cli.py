@@ -238,25 +238,28 @@ def demo(
         f"Emulator: {stats['jobs_created']} jobs created, "
         f"at most {stats['max_active_jobs']} active at once."
     )
-    _print_samples(database_url, dataset.name)
+    _print_samples(database_url, dataset, options.model_id)
     if not summary.all_completed:
         raise typer.Exit(1)
 
 
-def _print_samples(database_url: str | None, dataset: str, limit: int = 3) -> None:
+def _print_samples(database_url: str | None, dataset: Path, model_id: str, limit: int = 3) -> None:
+    """The dataset's first rows and their answers: the same rows on every run."""
+    import itertools
+
+    from studio_flows.datasets import iter_good_rows
     from studio_flows.settings import load_settings
-    from studio_flows.storage import iter_results, make_engine
+    from studio_flows.storage import make_engine, results_of_rows
 
     engine = make_engine(database_url or load_settings().database_url)
     try:
         table = Table(title=f"A few rows of generation_results ({engine.url.database})")
         table.add_column("prompt", overflow="fold")
         table.add_column("result", overflow="fold")
-        for index, row in enumerate(iter_results(engine, dataset=dataset)):
-            if index >= limit:
-                break
-            messages = row["messages"]
-            table.add_row(str(messages[-1]["content"]), str(row["result"]))
+        first_rows = itertools.islice(iter_good_rows(dataset), limit)
+        for row, found in results_of_rows(engine, first_rows, model_id=model_id):
+            answer = found[0]["result"] or found[0]["error"] if found else "(not run)"
+            table.add_row(row.messages[-1].content, str(answer))
         console.print(table)
     finally:
         engine.dispose()
