@@ -1,9 +1,11 @@
 """Export what runs wrote: a table on the terminal, or JSONL / CSV / Parquet, streamed.
 
-A file export is written beside its target (same folder, a hidden temporary name) and
-renamed onto it only once every row is written: an export that fails leaves no partial
-file, and an older file of that name stays as it was. Parquet has one fixed schema
-(:func:`parquet_schema`) whatever the rows hold, so any number of batches fit it.
+What is exported is a :class:`Selection`: results by dataset name, or the rows of a source
+file with whatever results their conversations have. A file export is written beside its
+target (same folder, a hidden temporary name) and renamed onto it only once every row is
+written: an export that fails leaves no partial file, and an older file of that name stays
+as it was. Parquet has one fixed schema (:func:`parquet_schema`) whatever the rows hold, so
+any number of batches fit it.
 """
 
 from __future__ import annotations
@@ -14,17 +16,21 @@ import json
 import os
 import secrets
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy.engine import Engine
 
+from studio_flows.datasets import DatasetOptions, iter_good_rows
 from studio_flows.errors import ConfigurationError
+from studio_flows.rows import BadRow, Row, messages_payload
 from studio_flows.settings import load_settings
-from studio_flows.storage import iter_results, make_engine
+from studio_flows.storage import iter_results, make_engine, results_of_rows
 
 if TYPE_CHECKING:  # pyarrow is imported by the Parquet export only
     import pyarrow as pa
@@ -35,23 +41,84 @@ COLUMNS = (
     "job_id", "shard_key", "temperature", "max_tokens", "flow_run_id", "completed_at",
     "created_at",
 )  # fmt: skip
+# An export by source file leads with the row's line there (1-based; a row number in Parquet).
+SOURCE_COLUMNS = ("line", *COLUMNS)
 PARQUET_BATCH = 10_000
-Rows = Iterable[dict[str, Any]]
+Record = dict[str, Any]
+Rows = Iterable[Record]
+_TABLE_COLUMNS = ("dataset", "row_key", "status", "prompt", "result")
+NOT_RUN = "not run"  # the table's word for a source row with no stored result
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which stored results to export: by dataset name, or by the rows of a source file.
+
+    With ``source``, every good row of that file gives one record or more, in the file's
+    order, with its ``line``: one per stored result of its conversation (whichever file
+    name or run wrote it), or one with an empty ``status`` if it never ran (left out when
+    ``status`` is given). Without it, results are by dataset name, in the order their
+    shards were recorded, then by task index.
+
+    Example:
+        >>> Selection(source=Path("prompts.parquet"), model_id="m").columns[0]
+        'line'
+    """
+
+    dataset: str | None = None
+    model_id: str | None = None
+    status: str | None = None
+    source: Path | None = None
+    source_options: DatasetOptions = field(default_factory=DatasetOptions)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The export's columns, in order."""
+        return COLUMNS if self.source is None else SOURCE_COLUMNS
+
+    def records(self, engine: Engine, on_bad_row: Callable[[BadRow], object]) -> Iterator[Record]:
+        """The selected records, streamed; ``on_bad_row`` hears of each bad row of the source."""
+        if self.source is None:
+            return iter_results(
+                engine, dataset=self.dataset, model_id=self.model_id, status=self.status,
+                order="shard",
+            )  # fmt: skip
+        good = iter_good_rows(self.source, self.source_options, on_bad_row=on_bad_row)
+        return self._by_line(
+            results_of_rows(engine, good, model_id=self.model_id, status=self.status)
+        )
+
+    def _by_line(self, found: Iterable[tuple[Row, list[Record]]]) -> Iterator[Record]:
+        for row, results in found:
+            if not results and self.status is None:
+                results = [self._not_run(row)]
+            for result in results:
+                yield {"line": row.line, **result}
+
+    def _not_run(self, row: Row) -> Record:
+        # Only what the source says: no dataset name, no job, no status.
+        return {
+            "row_key": row.row_key,
+            "model_id": self.model_id,
+            "status": None,
+            "messages": messages_payload(row.messages),
+        }
 
 
 def export_results(
     console: Console,
     *,
     database_url: str | None,
-    filters: dict[str, str | None],
+    selection: Selection,
     output_format: ExportFormat,
     output: Path | None,
     limit: int | None,
+    on_bad_row: Callable[[BadRow], object] = lambda bad: None,
 ) -> int:
-    """Write the selected results; return how many rows were written.
+    """Write the selected results; return how many records were written.
 
     Example:
-        >>> export_results(console, database_url="sqlite:///r.db", filters={},
+        >>> export_results(console, database_url="sqlite:///r.db", selection=Selection(),
         ...                output_format="jsonl", output=Path("r.jsonl"), limit=None)
         ... # doctest: +SKIP
         40
@@ -59,12 +126,12 @@ def export_results(
     check_destination(output_format, output)
     engine = make_engine(database_url or load_settings().database_url)
     try:
-        rows: Iterator[dict[str, Any]] = iter_results(engine, **filters)  # type: ignore[arg-type]
+        records = selection.records(engine, on_bad_row)
         if limit is not None:
-            rows = itertools.islice(rows, limit)
+            records = itertools.islice(records, limit)
         if output_format == "table":
-            return _table(console, rows)
-        return write_export(rows, output_format, output)
+            return _table(console, records, with_line=selection.source is not None)
+        return write_export(records, output_format, output, columns=selection.columns)
     finally:
         engine.dispose()
 
@@ -86,8 +153,16 @@ def check_destination(output_format: ExportFormat, output: Path | None) -> None:
         raise ConfigurationError("--format parquet needs --output FILE")
 
 
-def write_export(rows: Rows, output_format: ExportFormat, output: Path | None) -> int:
+def write_export(
+    rows: Rows,
+    output_format: ExportFormat,
+    output: Path | None,
+    *,
+    columns: tuple[str, ...] = COLUMNS,
+) -> int:
     """Write ``rows`` as JSONL, CSV or Parquet to ``output`` (None: stdout); return the count.
+
+    ``columns`` is :data:`COLUMNS`, or :data:`SOURCE_COLUMNS` for an export by source file.
 
     Example:
         >>> write_export([], "jsonl", None)
@@ -96,12 +171,12 @@ def write_export(rows: Rows, output_format: ExportFormat, output: Path | None) -
     if output_format == "parquet":
         assert output is not None  # check_destination refused it
         with _replacing(output) as temp:
-            return _parquet(rows, temp)
+            return _parquet(rows, temp, parquet_schema(by_source=columns == SOURCE_COLUMNS))
     writer = _jsonl if output_format == "jsonl" else _csv
     if output is None:
-        return writer(rows, sys.stdout)
+        return writer(rows, sys.stdout, columns)
     with _replacing(output) as temp, temp.open("x", encoding="utf-8", newline="") as stream:
-        return writer(rows, stream)
+        return writer(rows, stream, columns)
 
 
 @contextmanager
@@ -121,74 +196,81 @@ def _replacing(target: Path) -> Iterator[Path]:
         raise
 
 
-def _plain(row: dict[str, Any]) -> dict[str, Any]:
-    out = {name: row.get(name) for name in COLUMNS}
+def _plain(row: Record, columns: tuple[str, ...]) -> Record:
+    out = {name: row.get(name) for name in columns}
     for name in ("completed_at", "created_at"):
         if out[name] is not None:
             out[name] = str(out[name])
     return out
 
 
-def _jsonl(rows: Rows, stream: TextIO) -> int:
+def _jsonl(rows: Rows, stream: TextIO, columns: tuple[str, ...]) -> int:
     count = 0
     for row in rows:
-        stream.write(json.dumps(_plain(row), ensure_ascii=False) + "\n")
+        stream.write(json.dumps(_plain(row, columns), ensure_ascii=False) + "\n")
         count += 1
     return count
 
 
-def _csv(rows: Rows, stream: TextIO) -> int:
-    writer = csv.DictWriter(stream, fieldnames=COLUMNS)
+def _csv(rows: Rows, stream: TextIO, columns: tuple[str, ...]) -> int:
+    writer = csv.DictWriter(stream, fieldnames=columns)
     writer.writeheader()
     count = 0
     for row in rows:
         count += 1
-        plain = _plain(row)
+        plain = _plain(row, columns)
         plain["messages"] = json.dumps(plain["messages"], ensure_ascii=False)
         writer.writerow(plain)
     return count
 
 
-def parquet_schema() -> pa.Schema:
+def parquet_schema(*, by_source: bool = False) -> pa.Schema:
     """The one schema of every Parquet export, whatever the rows hold.
+
+    ``by_source`` leads with ``line`` and lets every column that a row never run lacks be
+    null (all but ``line``, ``row_key`` and ``messages``).
 
     Example:
         >>> str(parquet_schema().field("messages").type)
         'list<item: struct<role: string, content: string>>'
+        >>> parquet_schema(by_source=True).names[0]
+        'line'
     """
     import pyarrow as pa
 
+    always = {"line", "row_key", "messages"}  # what a row read from the source always has
+
     def required(name: str, kind: pa.DataType) -> pa.Field:
-        return pa.field(name, kind, nullable=False)
+        return pa.field(name, kind, nullable=by_source and name not in always)
 
     text, timestamp = pa.string(), pa.timestamp("us", tz="UTC")
     turn = pa.struct([pa.field("role", text), pa.field("content", text)])
-    return pa.schema(
-        [
-            required("dataset", text),
-            required("row_key", text),
-            required("model_id", text),
-            required("status", text),
-            required("task_index", pa.int64()),
-            required("messages", pa.list_(turn)),
-            pa.field("result", text),
-            pa.field("error", text),
-            pa.field("job_id", text),
-            required("shard_key", text),
-            required("temperature", pa.float64()),
-            required("max_tokens", pa.int64()),
-            pa.field("flow_run_id", text),
-            pa.field("completed_at", timestamp),
-            required("created_at", timestamp),
-        ]
-    )
+    fields = [
+        required("dataset", text),
+        required("row_key", text),
+        required("model_id", text),
+        required("status", text),
+        required("task_index", pa.int64()),
+        required("messages", pa.list_(turn)),
+        pa.field("result", text),
+        pa.field("error", text),
+        pa.field("job_id", text),
+        required("shard_key", text),
+        required("temperature", pa.float64()),
+        required("max_tokens", pa.int64()),
+        pa.field("flow_run_id", text),
+        pa.field("completed_at", timestamp),
+        required("created_at", timestamp),
+    ]
+    if by_source:
+        fields.insert(0, required("line", pa.int64()))
+    return pa.schema(fields)
 
 
-def _parquet(rows: Rows, output: Path) -> int:
+def _parquet(rows: Rows, output: Path, schema: pa.Schema) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = parquet_schema()
     count = 0
     with pq.ParquetWriter(str(output), schema) as writer:
         for batch in _batched(rows, PARQUET_BATCH):
@@ -198,23 +280,26 @@ def _parquet(rows: Rows, output: Path) -> int:
     return count
 
 
-def _batched(rows: Rows, size: int) -> Iterator[list[dict[str, Any]]]:
+def _batched(rows: Rows, size: int) -> Iterator[list[Record]]:
     iterator = iter(rows)
     while batch := list(itertools.islice(iterator, size)):
         yield batch
 
 
-def _table(console: Console, rows: Rows) -> int:
+def _table(console: Console, rows: Rows, *, with_line: bool = False) -> int:
     table = Table(show_lines=False)
-    for name in ("dataset", "row_key", "status", "prompt", "result"):
+    if with_line:
+        table.add_column("line", justify="right")
+    for name in _TABLE_COLUMNS:
         table.add_column(name, overflow="fold")
     count = 0
     for row in rows:
         count += 1
         prompt = row["messages"][-1]["content"] if row.get("messages") else ""
-        table.add_row(
-            row["dataset"], str(row["row_key"])[:16], row["status"], prompt,
+        cells = [
+            row.get("dataset") or "", str(row["row_key"])[:16], row["status"] or NOT_RUN, prompt,
             row.get("result") or row.get("error") or "",
-        )  # fmt: skip
+        ]  # fmt: skip
+        table.add_row(*([str(row["line"])] if with_line else []), *cells)
     console.print(table)
     return count

@@ -26,6 +26,7 @@ from typing import Any
 from prefect import serve as prefect_serve
 from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Cron
+from prefect.types.entrypoint import EntrypointType
 from studio_flows.flows.generate import generate_dataset
 
 TAGS = ["studio-flows"]
@@ -113,7 +114,11 @@ def build_deployments(nightly_dataset: str | None = None) -> list[RunnerDeployme
 
 def _deployment(**kwargs: Any) -> RunnerDeployment:
     # _sync=True: build synchronously even when called under a running event loop.
-    built = generate_dataset.to_deployment(**kwargs, _sync=True)  # type: ignore[call-arg]
+    # A module path, not a file: it loads the installed package wherever it lives (a wheel's
+    # site-packages, an editable install's link tree), as prefect.yaml's file path cannot.
+    built = generate_dataset.to_deployment(  # type: ignore[call-arg]
+        **kwargs, entrypoint_type=EntrypointType.MODULE_PATH, _sync=True
+    )
     assert isinstance(built, RunnerDeployment)  # async_dispatch widens the return type
     return built
 

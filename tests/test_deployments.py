@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
 import re
 import signal
@@ -187,7 +188,16 @@ def test_served_deployments_match_prefect_yaml_under_their_own_names(
     assert not set(served) & EXPECTED_DEPLOYMENTS  # serve never overwrites `prefect deploy`
     for name, declared in deployments().items():
         runner = served[served_name(name)]
-        assert runner.entrypoint == declared["entrypoint"]
+        # The same flow: the served one by module path, prefect.yaml's by file.
+        assert runner.entrypoint == "studio_flows.flows.generate.generate_dataset"
+        served_flow = load_flow_from_entrypoint(runner.entrypoint, use_placeholder_flow=False)
+        declared_flow = load_flow_from_entrypoint(
+            declared["entrypoint"], use_placeholder_flow=False
+        )
+        assert served_flow.name == declared_flow.name == "generate-dataset"
+        assert Path(inspect.getfile(served_flow.fn)).resolve() == (
+            REPO_ROOT / declared["entrypoint"].split(":")[0]
+        )
         assert runner.parameters == declared["parameters"]
         assert sorted(runner.tags) == sorted(declared["tags"])
         assert runner.concurrency_limit == declared.get("concurrency_limit")
@@ -250,6 +260,24 @@ def test_python_m_deployments_serve_takes_the_nightly_dataset_and_the_limit(
     main(["--nightly-dataset", "/srv/data/prompts.jsonl", "--limit", "3"])
 
     assert (seen["limit"], seen["nightly"]) == (3, "/srv/data/prompts.jsonl")
+
+
+def test_the_serve_command_passes_the_nightly_dataset_and_the_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from studio_flows.deployments.cli import app
+    from typer.testing import CliRunner
+
+    seen = fake_prefect_serve(monkeypatch)
+    args = ["serve", "--nightly-dataset", "/srv/data/prompts.jsonl", "--limit", "3"]
+    done = CliRunner().invoke(app, args)
+
+    assert done.exit_code == 0, done.output
+    assert seen == {
+        "names": ["nightly-generation-served", "adhoc-generation-served"],
+        "limit": 3,
+        "nightly": "/srv/data/prompts.jsonl",
+    }
 
 
 # -- 3. no secret in prefect.yaml ------------------------------------------------------------

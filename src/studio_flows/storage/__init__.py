@@ -40,7 +40,7 @@ from studio_flows.storage.ledger import (
     record_shard_intent,
 )
 from studio_flows.storage.migrations import ensure_schema
-from studio_flows.storage.readback import count_results, iter_results
+from studio_flows.storage.readback import count_results, iter_results, results_of_rows
 from studio_flows.storage.schema import (
     IDENTITY_COLUMNS,
     LOOKUP_CHUNK,
@@ -73,6 +73,7 @@ __all__ = [
     "record_ambiguous",
     "record_job_submitted",
     "record_shard_intent",
+    "results_of_rows",
     "schema_version",
     "upsert_results",
     "upsert_statement",

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Final, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from studio_flows.rows import Row
 from studio_flows.storage.engine import _reading
-from studio_flows.storage.schema import RESULT_STATUSES, generation_results
+from studio_flows.storage.schema import (
+    LOOKUP_CHUNK,
+    RESULT_STATUSES,
+    generation_jobs,
+    generation_results,
+)
 
 
 def _result_filters(
@@ -25,6 +32,22 @@ def _result_filters(
     return [table.c[name] == value for name, value in wanted.items() if value is not None]
 
 
+ResultOrder = Literal["written", "shard"]
+
+
+def _ordered(query: sa.Select[Any], order: ResultOrder) -> sa.Select[Any]:
+    """``query`` in write order, or by its shard's ledger row then task index."""
+    results = generation_results
+    if order == "written":
+        return query.order_by(results.c.id)
+    ledger = generation_jobs
+    joined = results.outerjoin(ledger, ledger.c.shard_key == results.c.shard_key)
+    # A result written without a ledger row (upsert_results alone) sorts after the rest.
+    return query.select_from(joined).order_by(
+        ledger.c.id.is_(None), ledger.c.id, results.c.task_index, results.c.id
+    )
+
+
 def iter_results(
     engine: Engine,
     *,
@@ -33,9 +56,14 @@ def iter_results(
     status: str | None = None,
     flow_run_id: str | None = None,
     batch_size: int = 1000,
+    order: ResultOrder = "written",
 ) -> Iterator[dict[str, Any]]:
-    """Stream result rows (as dicts of every column) matching the filters, in write order.
+    """Stream result rows (as dicts of every column) matching the filters.
 
+    ``order="written"`` is write order (within one written batch, identity order: not the
+    dataset's). ``order="shard"`` is by the shard's ledger row (the order runs took the
+    shards in, close to the dataset's) then task index: a fixed order per database, however
+    the jobs' finishing times interleaved the writes.
     Rows are fetched ``batch_size`` at a time through a server-side cursor, so memory stays
     bounded for any table size. The connection is held until the iterator is exhausted or
     closed.
@@ -46,15 +74,61 @@ def iter_results(
         >>> list(iter_results(engine, dataset="examples/prompts.jsonl", status="completed"))
         []
     """
-    query = (
-        sa.select(generation_results)
-        .where(*_result_filters(dataset, model_id, status, flow_run_id))
-        .order_by(generation_results.c.id)
+    query = sa.select(generation_results).where(
+        *_result_filters(dataset, model_id, status, flow_run_id)
     )
+    query = _ordered(query, order)
     with _reading(engine) as conn:
         streamed = conn.execution_options(stream_results=True, yield_per=batch_size)
         for row in streamed.execute(query):
             yield dict(row._mapping)
+
+
+_SELECT_BY_ROW_KEYS: Final = (
+    sa.select(generation_results)
+    .where(generation_results.c.row_key.in_(sa.bindparam("row_keys", expanding=True)))
+    .order_by(generation_results.c.model_id, generation_results.c.id)
+)
+
+
+def results_of_rows(
+    engine: Engine,
+    rows: Iterable[Row],
+    *,
+    model_id: str | None = None,
+    status: str | None = None,
+) -> Iterator[tuple[Row, list[dict[str, Any]]]]:
+    """Each of ``rows`` in its order, with the stored results of its conversation.
+
+    A result belongs to a row when its ``row_key`` and ``prompt_hash`` are the row's,
+    whatever dataset name or run wrote it; a row sent with several models or parameters
+    has one result each (by model id, then write order); a row never run has none. One
+    query per :data:`LOOKUP_CHUNK` rows, by row key (the unique index leads with it).
+
+    Example:
+        >>> from studio_flows.models import Message
+        >>> from studio_flows.storage import make_engine
+        >>> row = Row.from_messages([Message(role="user", content="Hi")], line=1)
+        >>> [(r.line, found) for r, found in results_of_rows(make_engine("sqlite://"), [row])]
+        [(1, [])]
+    """
+    iterator = iter(rows)
+    while batch := list(itertools.islice(iterator, LOOKUP_CHUNK)):
+        stored = _stored_results(engine, batch, model_id, status)
+        for row in batch:
+            yield row, stored.get((row.row_key, row.prompt_hash), [])
+
+
+def _stored_results(
+    engine: Engine, batch: Sequence[Row], model_id: str | None, status: str | None
+) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """The results of ``batch``'s row keys, by ``(row_key, prompt_hash)``."""
+    query = _SELECT_BY_ROW_KEYS.where(*_result_filters(None, model_id, status, None))
+    found: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    with _reading(engine) as conn:
+        for result in conn.execute(query, {"row_keys": sorted({row.row_key for row in batch})}):
+            found.setdefault((result.row_key, result.prompt_hash), []).append(dict(result._mapping))
+    return found
 
 
 def count_results(

@@ -1,0 +1,372 @@
+"""Every command of README.md and examples/README.md, run as a user types it.
+
+The commands are read from the READMEs' ``bash`` blocks (``\\`` continues a line, ``#``
+starts a comment), so a command that changes there fails here until its test changes too:
+the table below must list exactly the commands the blocks hold. Only placeholders are
+replaced: ``...`` and ``<model-id>`` by the emulator's values, a port by a free one, an
+optional ``[...]`` part left out or given a scratch folder. Each runs as a subprocess: the
+installed ``studio-flows`` and ``prefect`` console scripts, ``make``, the venv's Python.
+
+| README command | test |
+| --- | --- |
+| `make demo` | test_readme.py::test_make_demo_prints_what_the_readme_shows |
+| `make test` | test_readme.py::test_make_test_runs_ruff_mypy_and_the_suite (dry run: it is this suite) |
+| `python -m pip wheel --no-deps -w dist .` | test_packaging.py::test_a_pip_installed_wheel_runs_the_demo_from_outside_the_clone |
+| `pip install dist/studio_flows-0.1.0-py3-none-any.whl` | test_packaging.py::test_a_pip_installed_wheel_runs_the_demo_from_outside_the_clone |
+| `studio-flows demo` | test_packaging.py::test_a_pip_installed_wheel_runs_the_demo_from_outside_the_clone |
+| `export MODEL_STUDIO_TOKEN=...` | test_readme.py::test_the_use_it_block_generates_and_exports |
+| `export MODEL_STUDIO_ORGANIZATION_ID=...` | test_readme.py::test_the_use_it_block_generates_and_exports |
+| `studio-flows generate prompts.jsonl --model-id <model-id> [--database-url postgresql://...]` | test_readme.py::test_the_use_it_block_generates_and_exports |
+| `studio-flows results --dataset prompts.jsonl --format jsonl --output answers.jsonl` | test_readme.py::test_the_use_it_block_generates_and_exports |
+| `studio-flows results prompts.parquet --format csv --output answers.csv` | test_readme.py::test_the_use_it_block_generates_and_exports |
+| `studio-flows emulator --port 8000` | test_readme.py::test_the_emulator_command_serves_and_stops_on_sigint |
+| `prefect config set PREFECT_API_URL=http://prefect.example.internal:4200/api` | test_readme.py::test_prefect_config_set_points_the_profile_at_the_server |
+| `prefect work-pool create studio-flows --type process` | test_readme.py::test_the_three_commands_and_an_adhoc_run |
+| `prefect deploy --all` | test_readme.py::test_the_three_commands_and_an_adhoc_run |
+| `prefect worker start --pool studio-flows` | test_readme.py::test_the_three_commands_and_an_adhoc_run (a run to the end: test_deployments.py::test_deploy_all_then_a_process_worker_runs_the_adhoc_deployment) |
+| `prefect deployment run generate-dataset/adhoc-generation --params …` | test_readme.py::test_the_three_commands_and_an_adhoc_run |
+| `prefect block register -m studio_flows.blocks` | test_readme.py::test_the_three_commands_and_an_adhoc_run |
+| `prefect concurrency-limit inspect model-studio` | test_readme.py::test_the_fair_use_limit_commands |
+| `prefect gcl update tag:model-studio --limit 5` | test_readme.py::test_the_fair_use_limit_commands |
+| `.venv/bin/python examples/make_examples.py [OUTPUT_DIR]` | test_readme.py::test_make_examples_regenerates_the_shipped_datasets |
+
+Commands named in the prose, outside the blocks: `prefect --no-prompt deploy --all`,
+`prefect deploy --name nightly-generation` and `prefect deployment run
+generate-dataset/nightly-generation` (test_deployments.py's slow tests), `studio-flows
+serve [--nightly-dataset PATH]` (test_deployments.py::test_serve_and_deploy_on_one_server_leave_each_other_alone,
+test_deployments.py::test_the_serve_command_passes_the_nightly_dataset_and_the_limit).
+"""  # noqa: E501 - a table row is one line
+
+from __future__ import annotations
+
+import os
+import re
+import selectors
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pyarrow.parquet as pq
+import pytest
+
+from studio_flows.emulator import EmulatorServer
+from tests.fixtures.emulator import TEST_ORGANIZATION
+from tests.fixtures.prefect_server import PrefectServer, free_port
+from tests.test_crash import CliResult, run_cli
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+READMES = (REPO_ROOT / "README.md", REPO_ROOT / "examples" / "README.md")
+BIN = Path(sys.executable).parent  # the venv's console scripts: what `studio-flows` runs
+BLOCK = re.compile(r"^( *)```bash\n(.*?)^\1```", re.M | re.S)
+TEXT_BLOCK = re.compile(r"^```text\n(.*?)^```", re.M | re.S)
+MODEL = "readme-model"
+
+
+# --------------------------------------------------------------------------- the commands
+
+
+def readme_commands() -> list[str]:
+    """Each command of the READMEs' bash blocks, comments dropped, continuations joined."""
+    commands: list[str] = []
+    for readme in READMES:
+        for _indent, body in BLOCK.findall(readme.read_text(encoding="utf-8")):
+            joined = body.replace("\\\n", " ")
+            commands += [" ".join(words) for words in map(_words, joined.splitlines()) if words]
+    return commands
+
+
+def _words(line: str) -> list[str]:
+    return [shlex.quote(word) if " " in word else word for word in shlex.split(line, True)]
+
+
+def command(prefix: str) -> list[str]:
+    """The one README command that starts with ``prefix``, as argv."""
+    (found,) = [c for c in readme_commands() if c.startswith(prefix)]
+    return shlex.split(found)
+
+
+def substitute(argv: list[str], values: dict[str, str]) -> list[str]:
+    """``argv`` with its placeholders replaced and ``[optional]`` parts left out."""
+    out: list[str] = []
+    optional = False
+    for word in argv:
+        if word.startswith("["):
+            optional = word not in values and not word.endswith("]")
+            if word in values:
+                out.append(values[word])
+            continue
+        if optional:
+            optional = not word.endswith("]")
+            continue
+        for placeholder, value in values.items():
+            word = word.replace(placeholder, value)
+        out.append(word)
+    return out
+
+
+def _tabled() -> dict[str, str]:
+    rows = re.findall(r"^\| `(.+?)` \| (.+) \|$", __doc__ or "", re.M)
+    return dict(rows)
+
+
+def test_the_docstring_table_lists_every_readme_command_and_no_other() -> None:
+    tabled = _tabled()
+    commands = readme_commands()
+    covered = [
+        any(c == t or (t.endswith(" …") and c.startswith(t[:-2])) for t in tabled) for c in commands
+    ]
+    assert all(covered), [c for c, ok in zip(commands, covered, strict=True) if not ok]
+    assert len(tabled) == len(commands), sorted(tabled)
+    named = re.findall(r"(test_\w+\.py)::(test_\w+)", __doc__ or "")
+    for module, name in named:
+        assert f"def {name}(" in (REPO_ROOT / "tests" / module).read_text(), (module, name)
+
+
+def test_the_readme_opens_with_make_demo_and_make_test() -> None:
+    assert readme_commands()[:2] == ["make demo", "make test"]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _env(prefect_home: Path, **extra: str) -> dict[str, str]:
+    """A user's shell: the venv's scripts first on PATH, no settings of this test run."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MODEL_STUDIO_"))}
+    env.update(
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        PREFECT_HOME=str(prefect_home),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        DO_NOT_TRACK="1",
+        **extra,
+    )
+    return env
+
+
+def _run(argv: list[str], env: dict[str, str], cwd: Path, timeout_s: float = 300) -> CliResult:
+    done = run_cli(argv, env, cwd, timeout_s)
+    assert "Traceback" not in done.output, done
+    return done
+
+
+def _read_until(process: subprocess.Popen[str], text: str, timeout_s: float) -> str:
+    """What ``process`` printed until a line holding ``text`` (fails after ``timeout_s``)."""
+    assert process.stdout is not None
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        while time.monotonic() < deadline and selector.select(deadline - time.monotonic()):
+            line = process.stdout.readline()
+            seen.append(line)
+            if text in line or not line:
+                return line
+    raise AssertionError(f"no line with {text!r} in {timeout_s} s:\n{''.join(seen)}")
+
+
+def _lines_in_order(expected: list[str], output: str) -> None:
+    """Each pattern matches a line of ``output``, after the line the previous one matched."""
+    lines = [line.strip() for line in output.splitlines()]
+    at = 0
+    for pattern in expected:
+        while at < len(lines) and not re.fullmatch(pattern, lines[at]):
+            at += 1
+        assert at < len(lines), f"no line matching {pattern!r} in order in:\n{output}"
+        at += 1
+
+
+def _shown_lines(text: str) -> list[str]:
+    """Patterns for the lines a README ``text`` block shows ("..." lines are left out)."""
+    patterns = []
+    for line in (raw.strip() for raw in text.splitlines()):
+        if not line or "..." in line:
+            continue
+        pattern = re.escape(line)
+        pattern = re.sub(r"(\\ )+", " +", pattern)  # column widths follow the widest value
+        pattern = re.sub("─+", "─+", pattern)
+        pattern = pattern.replace("127\\.0\\.0\\.1:45643", "127\\.0\\.0\\.1:\\d+")
+        pattern = re.sub(r"\d+\\\.\d+", r"\\d+\\.\\d+", pattern)  # the wall time
+        # The test's database is elsewhere: a longer path, which may wrap onto the next line.
+        pattern = pattern.replace(" +\\(studio_flows\\.db\\)", "( +\\(\\S*studio_flows\\.db\\))?")
+        patterns.append(pattern)
+    return patterns
+
+
+# --------------------------------------------------------------------------- the first screen
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_make_demo_prints_what_the_readme_shows(tmp_path: Path) -> None:
+    database = tmp_path / "studio_flows.db"  # not the clone's own studio_flows.db
+    env = _env(tmp_path / "prefect", MODEL_STUDIO_DATABASE_URL=f"sqlite:///{database}")
+    (shown,) = TEXT_BLOCK.findall((REPO_ROOT / "README.md").read_text(encoding="utf-8"))
+
+    first = _run(command("make demo"), env, REPO_ROOT, timeout_s=800)
+    second = _run(command("make demo"), env, REPO_ROOT, timeout_s=800)
+
+    assert first.returncode == 0, first
+    _lines_in_order(_shown_lines(shown), first.stdout)
+    # "Run it twice: the second run finds every row already done and submits no job."
+    assert second.returncode == 0, second
+    _lines_in_order([r"│ already done +│ +40 │", r"Emulator: 0 jobs created.*"], second.stdout)
+
+
+@pytest.mark.slow
+def test_make_test_runs_ruff_mypy_and_the_suite() -> None:
+    """`make test` is this very suite: run dry, it must name ruff, mypy and pytest."""
+    argv = command("make test")
+    dry = subprocess.run(
+        [argv[0], "-n", *argv[1:]], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    )
+    steps = [line.split()[0].rsplit("/", 1)[-1] for line in dry.stdout.splitlines() if line]
+    assert [s for s in steps if s in ("ruff", "mypy", "pytest")] == [
+        "ruff", "ruff", "mypy", "pytest",
+    ]  # fmt: skip
+    assert "pytest" in dry.stdout.splitlines()[-1] and "-m" not in dry.stdout.splitlines()[-1]
+
+
+# --------------------------------------------------------------------------- use it
+
+
+@pytest.mark.slow
+def test_the_use_it_block_generates_and_exports(
+    emulator: EmulatorServer, prefect_server: str, tmp_path: Path
+) -> None:
+    for name in ("prompts.jsonl", "prompts.parquet"):
+        shutil.copy(REPO_ROOT / "examples" / name, tmp_path / name)
+    env = _env(tmp_path / "prefect", PREFECT_API_URL=prefect_server,
+               MODEL_STUDIO_BASE_URL=emulator.base_url)  # fmt: skip
+    for name, value in (("MODEL_STUDIO_TOKEN", emulator.token),
+                        ("MODEL_STUDIO_ORGANIZATION_ID", TEST_ORGANIZATION)):  # fmt: skip
+        (assignment,) = substitute(command(f"export {name}=")[1:], {"...": value})
+        env.update([assignment.split("=", 1)])
+    values = {"<model-id>": MODEL}
+
+    generated = _run(substitute(command("studio-flows generate"), values), env, tmp_path)
+    by_name = _run(command("studio-flows results --dataset"), env, tmp_path)
+    by_file = _run(command("studio-flows results prompts.parquet"), env, tmp_path)
+
+    assert generated.returncode == 0, generated
+    assert re.search(r"│ completed +│ +40 │", generated.stdout), generated
+    assert by_name.returncode == 0, by_name
+    assert by_name.stderr.strip() == "wrote 40 rows to answers.jsonl"
+    assert len((tmp_path / "answers.jsonl").read_text(encoding="utf-8").splitlines()) == 40
+    assert by_file.stderr.strip() == "wrote 40 rows to answers.csv"
+    csv_lines = (tmp_path / "answers.csv").read_text(encoding="utf-8").splitlines()
+    assert csv_lines[0].startswith("line,dataset,")
+    assert [line.split(",")[0] for line in csv_lines[1:]] == [str(n) for n in range(1, 41)]
+
+
+@pytest.mark.slow
+def test_the_emulator_command_serves_and_stops_on_sigint(tmp_path: Path) -> None:
+    port = str(free_port())
+    argv = [port if word == "8000" else word for word in command("studio-flows emulator")]
+    process = subprocess.Popen(
+        argv, env=_env(tmp_path / "prefect"), stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        base_url = process.stdout.readline().strip()
+        assert base_url == f"MODEL_STUDIO_BASE_URL=http://127.0.0.1:{port}/api/v1"
+        answer = httpx.get(f"{base_url.split('=', 1)[1]}/organizations/o/generate/j")
+        assert answer.status_code == 401  # "a bearer-token check"
+    finally:
+        process.send_signal(signal.SIGINT)  # Ctrl-C
+        out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    assert out.strip().endswith("emulator stopped")
+
+
+# --------------------------------------------------------------------------- run on a schedule
+
+
+@pytest.fixture(scope="module")
+def own_prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
+    """A Prefect server of this module's own: its deployments and limit touch no other test."""
+    server = PrefectServer(tmp_path_factory.mktemp("readme-prefect")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+def test_prefect_config_set_points_the_profile_at_the_server(tmp_path: Path) -> None:
+    env = _env(tmp_path / "prefect")
+    set_done = _run(command("prefect config set"), env, tmp_path, timeout_s=120)
+    view = _run(["prefect", "config", "view"], env, tmp_path, timeout_s=120)
+    assert set_done.returncode == 0, set_done
+    assert "PREFECT_API_URL='http://prefect.example.internal:4200/api'" in view.stdout, view
+
+
+@pytest.mark.slow
+def test_the_three_commands_and_an_adhoc_run(
+    own_prefect_server: PrefectServer, tmp_path: Path
+) -> None:
+    env = own_prefect_server.env(PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+                                 PWD=str(REPO_ROOT))  # fmt: skip
+
+    pool = _run(command("prefect work-pool create"), env, REPO_ROOT)
+    blocks = _run(command("prefect block register"), env, REPO_ROOT)
+    deployed = _run(command("prefect deploy --all"), env, REPO_ROOT)
+    worker = subprocess.Popen(
+        command("prefect worker start"), cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        started = _read_until(worker, "started", timeout_s=120)
+    finally:
+        os.killpg(worker.pid, signal.SIGINT)  # Ctrl-C; no flow run exists yet for it to take
+        worker.communicate(timeout=60)
+    run = _run(command("prefect deployment run generate-dataset/adhoc-generation"), env, REPO_ROOT)
+
+    assert pool.returncode == 0 and "Created work pool 'studio-flows'" in pool.stdout, pool
+    assert blocks.returncode == 0 and "Successfully registered 1 block" in blocks.output, blocks
+    assert deployed.returncode == 0, deployed
+    for name in ("nightly-generation", "adhoc-generation"):
+        assert f"generate-dataset/{name}" in deployed.stdout, deployed
+    assert "Worker" in started, started
+    assert run.returncode == 0 and "Created flow run" in run.stdout, run
+
+
+@pytest.mark.slow
+def test_the_fair_use_limit_commands(own_prefect_server: PrefectServer, tmp_path: Path) -> None:
+    # A terminal wide enough that Rich does not cut the tag's name.
+    env = own_prefect_server.env(PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+                                 COLUMNS="160")  # fmt: skip
+    # What the first flow run does on a server without the limit.
+    _run(["prefect", "gcl", "create", "tag:model-studio", "--limit", "3"], env, tmp_path)
+
+    inspected = _run(command("prefect concurrency-limit inspect"), env, tmp_path)
+    updated = _run(command("prefect gcl update"), env, tmp_path)
+    after = _run(["prefect", "gcl", "inspect", "tag:model-studio"], env, tmp_path)
+
+    assert inspected.returncode == 0, inspected
+    assert re.search(r"│ model-studio +│ 3 ", inspected.stdout), inspected
+    assert updated.returncode == 0, updated
+    assert re.search(r"limit\W+5\b", after.stdout), after
+
+
+# --------------------------------------------------------------------------- examples/README.md
+
+
+@pytest.mark.slow
+def test_make_examples_regenerates_the_shipped_datasets(tmp_path: Path) -> None:
+    argv = substitute(command(".venv/bin/python examples/make_examples.py"),
+                      {"[OUTPUT_DIR]": str(tmp_path)})  # fmt: skip
+    done = _run(argv, _env(tmp_path / "prefect"), REPO_ROOT, timeout_s=120)
+
+    assert done.returncode == 0, done
+    examples = REPO_ROOT / "examples"
+    for name in ("prompts.jsonl", "prompts.csv"):
+        assert (tmp_path / name).read_bytes() == (examples / name).read_bytes(), name
+    assert pq.read_table(tmp_path / "prompts.parquet").equals(
+        pq.read_table(examples / "prompts.parquet")
+    )
