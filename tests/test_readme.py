@@ -226,9 +226,11 @@ def test_make_test_runs_ruff_mypy_and_the_suite() -> None:
     )
     steps = [line.split()[0].rsplit("/", 1)[-1] for line in dry.stdout.splitlines() if line]
     assert [s for s in steps if s in ("ruff", "mypy", "pytest")] == [
-        "ruff", "ruff", "mypy", "pytest",
+        "ruff", "ruff", "mypy", "pytest", "pytest",
     ]  # fmt: skip
-    assert "pytest" in dry.stdout.splitlines()[-1] and "-m" not in dry.stdout.splitlines()[-1]
+    suite, doctests = [line for line in dry.stdout.splitlines() if "pytest" in line.split()[0]]
+    assert "-m" not in suite.split()  # the whole suite, slow tests included
+    assert "--doctest-modules" in doctests.split()
 
 
 # --------------------------------------------------------------------------- use it
