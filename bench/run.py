@@ -23,7 +23,7 @@ Writes ``bench/RESULTS.md``, ``bench/results.json`` and ``bench/makespan.png`` (
 
 from __future__ import annotations
 
-from studio_flows.deployments.quiet import quiet_environment
+from studio_flows.cli.quiet import quiet_environment
 
 # Every later import may load Prefect: the environment must be quiet first.
 quiet_environment()

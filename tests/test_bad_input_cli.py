@@ -22,9 +22,9 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from studio_flows.deployments.cli import app
 from typer.testing import CliRunner
 
+from studio_flows.cli import app
 from studio_flows.emulator import EmulatorServer
 from tests.fixtures.prefect_server import free_port
 from tests.test_crash import (

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from studio_flows.deployments.cli import app
 from typer.testing import CliRunner
 
+from studio_flows.cli import app
 from studio_flows.models import Message
 from studio_flows.rows import GenerationParams, ResultRecord, Row, Shard
 from studio_flows.storage import complete_shard, make_engine

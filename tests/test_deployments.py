@@ -265,8 +265,9 @@ def test_python_m_deployments_serve_takes_the_nightly_dataset_and_the_limit(
 def test_the_serve_command_passes_the_nightly_dataset_and_the_limit(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from studio_flows.deployments.cli import app
     from typer.testing import CliRunner
+
+    from studio_flows.cli import app
 
     seen = fake_prefect_serve(monkeypatch)
     args = ["serve", "--nightly-dataset", "/srv/data/prompts.jsonl", "--limit", "3"]

@@ -18,8 +18,8 @@ from typing import Any
 import httpx
 import pytest
 import typer.main
-from studio_flows.deployments.cli import app
 
+from studio_flows.cli import app
 from studio_flows.emulator import EmulatorConfig
 from tests.fixtures.prefect_server import free_port
 from tests.test_crash import STUDIO_FLOWS

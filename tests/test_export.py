@@ -17,8 +17,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from studio_flows.deployments.export import ExportFormat, write_export
 
+from studio_flows.cli.export import ExportFormat, write_export
 from studio_flows.errors import ConfigurationError
 from studio_flows.models import Message
 from studio_flows.rows import GenerationParams, ResultRecord, Row, Shard

@@ -16,9 +16,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from studio_flows.deployments.cli import app
 from typer.testing import CliRunner
 
+from studio_flows.cli import app
 from studio_flows.datasets import DatasetOptions, iter_good_rows, iter_shards
 from studio_flows.emulator import EmulatorServer
 from studio_flows.models import Message

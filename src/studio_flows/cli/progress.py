@@ -7,8 +7,8 @@ from contextlib import contextmanager
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from studio_flows.flows.generate import reporting_progress
 
+from studio_flows.flows.generate import reporting_progress
 from studio_flows.summary import RunTally
 
 

@@ -34,15 +34,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
-from studio_flows.tasks.slots import LOCAL_SERVER_ENV
 
 from studio_flows.errors import PrefectUnavailableError
+from studio_flows.tasks.slots import LOCAL_SERVER_ENV
 
 START_TIMEOUT_S = 300.0
 SLOW_START_NOTICE_S = 15.0
 STOP_TIMEOUT_S = 10.0
 
-SERVER_MODULE = "studio_flows.deployments.local_server"
+SERVER_MODULE = "studio_flows.cli.local_server"
 FILESYSTEM_LEASES = "prefect.server.concurrency.lease_storage.filesystem"
 SERVER_ENVIRONMENT = {
     "PREFECT_UI_ENABLED": "0",
@@ -130,7 +130,7 @@ class _ServerProcess:
                 [
                     sys.executable,
                     "-m",
-                    "studio_flows.deployments.local_server",
+                    "studio_flows.cli.local_server",
                     str(os.getpid()),
                     str(port),
                 ],

@@ -1,0 +1,83 @@
+"""`studio-flows emulator`: the local Model Studio stand-in as a server."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from studio_flows.cli.app import DEMO_TOKEN, _clear_errors, _option_flags, app, console
+from studio_flows.errors import ConfigurationError
+
+
+@app.command()
+def emulator(
+    host: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on")] = 8000,
+    token: Annotated[str, typer.Option(help="Bearer token the emulator accepts")] = DEMO_TOKEN,
+    job_latency_s: Annotated[float, typer.Option(help="Seconds every job takes")] = 0.2,
+    task_latency_s: Annotated[float, typer.Option(help="Extra seconds per conversation")] = 0.0,
+    error_5xx_rate: Annotated[
+        float, typer.Option(help="Share of API requests answered 500/502/503/504")
+    ] = 0.0,
+    rate_429: Annotated[float, typer.Option(help="Share of API requests answered 429")] = 0.0,
+    drop_connection_rate: Annotated[
+        float, typer.Option(help="Share of API requests closed without a response")
+    ] = 0.0,
+    lost_post_response_rate: Annotated[
+        float, typer.Option(help="Share of created jobs whose POST response is dropped")
+    ] = 0.0,
+    failed_job_rate: Annotated[float, typer.Option(help="Share of jobs that end FAILED")] = 0.0,
+    task_failure_rate: Annotated[float, typer.Option(help="Share of tasks that end failed")] = 0.0,
+    not_found_window_s: Annotated[
+        float, typer.Option(help="Seconds after creation during which a GET of the job is 404")
+    ] = 0.0,
+    shuffle_results: Annotated[
+        bool, typer.Option(help="List results in a seeded random order")
+    ] = False,
+    fair_use_limit: Annotated[int, typer.Option(help="Active jobs allowed per token")] = 3,
+    retry_after_s: Annotated[float, typer.Option(help="Retry-After sent with every 429")] = 1.0,
+    seed: Annotated[int | None, typer.Option(help="Seed of the fault generator")] = None,
+    known_models: Annotated[
+        list[str] | None,
+        typer.Option("--known-model", help="A model id it serves (repeat; default: any)"),
+    ] = None,
+) -> None:
+    """Run the Model Studio emulator as a server (for scripts and manual tries)."""
+    from pydantic import ValidationError
+
+    from studio_flows.emulator import EmulatorConfig, serve
+    from studio_flows.settings import describe_validation_error
+
+    with _clear_errors():
+        try:
+            config = EmulatorConfig(
+                tokens=[token],
+                job_latency_s=job_latency_s,
+                task_latency_s=task_latency_s,
+                error_5xx_rate=error_5xx_rate,
+                rate_429=rate_429,
+                drop_connection_rate=drop_connection_rate,
+                lost_post_response_rate=lost_post_response_rate,
+                failed_job_rate=failed_job_rate,
+                task_failure_rate=task_failure_rate,
+                not_found_window_s=not_found_window_s,
+                shuffle_results=shuffle_results,
+                fair_use_limit=fair_use_limit,
+                retry_after_s=retry_after_s,
+                seed=seed,
+                known_models=known_models or None,
+            )
+        except ValidationError as err:
+            flags = {**_option_flags("emulator"), "tokens": "--token"}
+            raise ConfigurationError(describe_validation_error(err, flags=flags)) from None
+        root = f"http://{host}:{port}"
+
+        def announce() -> None:
+            console.print(f"MODEL_STUDIO_BASE_URL={root}{config.prefix}")
+            console.print(f"MODEL_STUDIO_TOKEN={token}")
+            console.print("MODEL_STUDIO_ORGANIZATION_ID=<any>")
+            console.print(f"stats: {root}/_emulator/stats  (Ctrl-C stops)")
+
+        serve(config, host=host, port=port, on_listening=announce)
+    console.print("emulator stopped")
