@@ -26,8 +26,7 @@ from typer.testing import CliRunner
 
 from studio_flows.cli import app
 from studio_flows.emulator import EmulatorServer
-from tests.fixtures.prefect_server import free_port
-from tests.test_crash import (
+from tests.fixtures.cli_runs import (
     DATABASES,
     MODEL,
     SECRET_TOKEN,
@@ -38,6 +37,7 @@ from tests.test_crash import (
     ledger,
     start_cli,
 )
+from tests.fixtures.prefect_server import free_port
 
 _counter = itertools.count()
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from studio_flows.emulator import EmulatorServer
+from tests.fixtures.cli_runs import SECRET_TOKEN, cli_env, generate_args, run_cli, summary_value
 from tests.fixtures.harness import write_prompts
-from tests.test_crash import SECRET_TOKEN, cli_env, generate_args, run_cli, summary_value
 
 pytestmark = pytest.mark.slow
 

@@ -27,8 +27,7 @@ from studio_flows.flows.generate import generate_dataset
 
 from studio_flows.emulator import EmulatorServer
 from studio_flows.options import GenerateOptions
-from tests.fixtures.harness import write_prompts
-from tests.test_crash import (
+from tests.fixtures.cli_runs import (
     DATABASES,
     MODEL,
     SECRET_TOKEN,
@@ -36,6 +35,7 @@ from tests.test_crash import (
     results_table,
     write_chaos_section,
 )
+from tests.fixtures.harness import write_prompts
 
 ROWS = 500
 SHARD_SIZE = 10

@@ -21,8 +21,8 @@ import typer.main
 
 from studio_flows.cli import app
 from studio_flows.emulator import EmulatorConfig
+from tests.fixtures.cli_runs import STUDIO_FLOWS
 from tests.fixtures.prefect_server import free_port
-from tests.test_crash import STUDIO_FLOWS
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 BANNER_LINES = 4

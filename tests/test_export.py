@@ -23,7 +23,7 @@ from studio_flows.errors import ConfigurationError
 from studio_flows.models import Message
 from studio_flows.rows import GenerationParams, ResultRecord, Row, Shard
 from studio_flows.storage import complete_shard, iter_results, make_engine
-from tests.test_crash import STUDIO_FLOWS
+from tests.fixtures.cli_runs import STUDIO_FLOWS
 
 COMPLETED, FAILED, SHARD = 10_050, 5, 100  # more completed rows than one Parquet batch
 FORMATS: list[ExportFormat] = ["jsonl", "csv", "parquet"]

@@ -25,9 +25,7 @@ from pathlib import Path
 import pytest
 
 from studio_flows.emulator import EmulatorServer
-from tests.fixtures.harness import write_prompts
-from tests.fixtures.prefect_server import PrefectServer
-from tests.test_crash import (
+from tests.fixtures.cli_runs import (
     DATABASES,
     SECRET_TOKEN,
     assert_every_row_completed_once,
@@ -40,6 +38,8 @@ from tests.test_crash import (
     wait_for,
     write_chaos_section,
 )
+from tests.fixtures.harness import write_prompts
+from tests.fixtures.prefect_server import PrefectServer
 
 LEASE_S = 60.0
 REPOSSESSOR_LOOP_S = 15.0

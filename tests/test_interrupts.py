@@ -22,8 +22,7 @@ import psutil
 import pytest
 
 from studio_flows.emulator import EmulatorServer
-from tests.fixtures.harness import write_prompts
-from tests.test_crash import (
+from tests.fixtures.cli_runs import (
     DATABASES,
     SECRET_TOKEN,
     CliResult,
@@ -39,6 +38,7 @@ from tests.test_crash import (
     wait_for,
     write_chaos_section,
 )
+from tests.fixtures.harness import write_prompts
 
 ROWS = 300
 SHARD = 10

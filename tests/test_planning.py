@@ -10,7 +10,7 @@ from studio_flows import planning
 from studio_flows.planning import Planner
 from studio_flows.rows import Shard
 from studio_flows.storage import complete_shard, record_job_submitted, record_shard_intent
-from tests.test_storage import counting_selects, make_records, make_shard
+from tests.fixtures.storage_rows import counting_selects, make_records, make_shard
 
 
 def test_plan_skips_done_rows_reattaches_jobs_and_keeps_the_order(engine: Engine) -> None:

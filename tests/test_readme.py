@@ -56,9 +56,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from studio_flows.emulator import EmulatorServer
+from tests.fixtures.cli_runs import CliResult, run_cli
 from tests.fixtures.emulator import TEST_ORGANIZATION
 from tests.fixtures.prefect_server import PrefectServer, free_port
-from tests.test_crash import CliResult, run_cli
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 READMES = (REPO_ROOT / "README.md", REPO_ROOT / "examples" / "README.md")

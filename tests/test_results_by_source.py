@@ -30,7 +30,7 @@ from studio_flows.storage import (
     make_engine,
     results_of_rows,
 )
-from tests.test_crash import (
+from tests.fixtures.cli_runs import (
     SECRET_TOKEN,
     STUDIO_FLOWS,
     cli_env,

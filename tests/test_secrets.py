@@ -27,10 +27,7 @@ from studio_flows.client import ModelStudioClient, RetryPolicy
 from studio_flows.emulator import EmulatorServer
 from studio_flows.errors import ModelStudioError
 from studio_flows.models import GenerateRequest
-from tests.fixtures.emulator import TEST_ORGANIZATION
-from tests.fixtures.harness import write_prompts
-from tests.fixtures.prefect_server import PrefectServer
-from tests.test_crash import (
+from tests.fixtures.cli_runs import (
     CAPTURED_OUTPUT,
     DATABASES,
     PREFECT_HOMES,
@@ -39,6 +36,9 @@ from tests.test_crash import (
     generate_args,
     run_cli,
 )
+from tests.fixtures.emulator import TEST_ORGANIZATION
+from tests.fixtures.harness import write_prompts
+from tests.fixtures.prefect_server import PrefectServer
 
 NEEDLE = SECRET_TOKEN.encode()
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 import math
 import multiprocessing
 import random
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -22,8 +20,7 @@ from sqlalchemy.engine import Engine
 
 from studio_flows import storage
 from studio_flows.errors import ConfigurationError
-from studio_flows.models import Message
-from studio_flows.rows import GenerationParams, ResultRecord, Row, RowIdentity, Shard
+from studio_flows.rows import RowIdentity, Shard
 from studio_flows.storage import (
     complete_shard,
     completed_identities,
@@ -41,30 +38,7 @@ from studio_flows.storage import (
     upsert_results,
     upsert_statement,
 )
-
-PARAMS = GenerationParams(model_id="model-a", temperature=0.2, max_tokens=32)
-
-
-def make_shard(n: int, *, start: int = 0, dataset: str = "data.jsonl") -> Shard:
-    rows = tuple(
-        Row.from_messages([Message(role="user", content=f"question {i}")], line=i + 1)
-        for i in range(start, start + n)
-    )
-    return Shard(dataset=dataset, params=PARAMS, rows=rows)
-
-
-def make_records(shard: Shard, *, status: str = "completed", tag: str = "") -> list[ResultRecord]:
-    return [
-        ResultRecord(
-            identity=row.identity(shard.params),
-            task_index=i,
-            messages=row.messages,
-            status=status,
-            result=f"answer {i}{tag}" if status == "completed" else None,
-            error=None if status == "completed" else f"task {i} failed{tag}",
-        )
-        for i, row in enumerate(shard.rows)
-    ]
+from tests.fixtures.storage_rows import counting_selects, make_records, make_shard
 
 
 def result_row(i: int, *, status: str = "completed", result: str | None = None) -> dict[str, Any]:
@@ -627,21 +601,6 @@ def test_complete_shard_never_downgrades_earlier_answers(engine: Engine) -> None
 
 
 # --------------------------------------------------------------------------- lookups
-
-
-@contextmanager
-def counting_selects(engine: Engine) -> Iterator[list[str]]:
-    seen: list[str] = []
-
-    def before(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if statement.lstrip().upper().startswith("SELECT"):
-            seen.append(statement)
-
-    sa.event.listen(engine, "before_cursor_execute", before)
-    try:
-        yield seen
-    finally:
-        sa.event.remove(engine, "before_cursor_execute", before)
 
 
 def test_completed_identities_uses_batched_queries(engine: Engine) -> None:
