@@ -241,3 +241,16 @@ def test_a_cancelled_job_is_its_own_typed_error() -> None:
 
     assert caught.value.job_id == "j1" and caught.value.job_status == "CANCELLED"
     assert not isinstance(caught.value, GenerationJobFailed)
+
+
+def test_the_own_flow_example_answers_every_prompt_and_hands_them_on(
+    env: EmulatorServer,
+) -> None:
+    from studio_flows.examples.own_flow import PROMPTS, answer_prompts
+
+    env.configure(job_latency_s=0.3)
+
+    answers = answer_prompts(PROMPTS, model_id=MODEL)
+
+    assert answers == {prompt: f"{MODEL} answers: {prompt}" for prompt in PROMPTS}
+    assert env.stats()["jobs_created"] == 4 and env.stats()["max_active_jobs"] <= 3
