@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from studio_flows.tasks.slots import FAIR_USE_TAG
+
+_ensured: set[tuple[str, str]] = set()
+_ensured_lock = threading.Lock()
 
 
 @task(name="ensure-concurrency-limit", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
@@ -20,7 +26,34 @@ def ensure_concurrency_limit(limit: int = 3, tag: str = FAIR_USE_TAG) -> int:
         >>> ensure_concurrency_limit(limit=3)  # doctest: +SKIP
         3
     """
-    log = get_run_logger()
+    return ensure_limit_exists(limit, tag, get_run_logger())  # type: ignore[arg-type]
+
+
+def ensure_limit_once(limit: int, tag: str = FAIR_USE_TAG) -> None:
+    """:func:`ensure_limit_exists` once per Prefect API and tag in this process.
+
+    For tasks that take slots themselves (a user's mapped ``generate``): one read per
+    process, not one per job.
+
+    Example:
+        >>> ensure_limit_once(3)  # doctest: +SKIP
+    """
+    with get_client(sync_client=True) as client:
+        key = (str(client.api_url), tag)
+    with _ensured_lock:
+        if key in _ensured:
+            return
+        ensure_limit_exists(limit, tag, logging.getLogger("studio_flows.limits"))
+        _ensured.add(key)
+
+
+def ensure_limit_exists(limit: int, tag: str, log: logging.Logger) -> int:
+    """The body of :func:`ensure_concurrency_limit`, callable outside a task run.
+
+    Example:
+        >>> ensure_limit_exists(3, "model-studio", logging.getLogger())  # doctest: +SKIP
+        3
+    """
     with get_client(sync_client=True) as client:
         try:
             existing = client.read_concurrency_limit_by_tag(tag)

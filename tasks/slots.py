@@ -15,7 +15,12 @@ pool instead:
   (:mod:`studio_flows.tasks.slot_holders`); leases also expire on a server with a repossessor;
 - gives every lease back at once when the process is asked to stop (:meth:`release_all`);
 - says within seconds that it waits, then every 30 s, and gives up with a clear error after
-  ``wait_limit_s``.
+  ``wait_limit_s`` without a slot coming free (a job queued behind this process's own jobs
+  is not waiting on anyone else: it is neither announced nor timed out while they turn);
+- keeps a *parked* lease (its job was submitted by ``submit_generation_job`` and nobody
+  waits on it yet) for the task that will wait on that job (:meth:`park`, :meth:`claim`),
+  and refuses with :class:`SlotDeadlockError` a wait that only this process's parked jobs
+  could end (see :meth:`_check_not_deadlocked`).
 
 Example:
     >>> pool = slot_pool()  # doctest: +SKIP
@@ -46,7 +51,13 @@ from studio_flows.tasks.slot_holders import (
 )
 
 from studio_flows import interrupts
-from studio_flows.errors import FairUseError, PrefectUnavailableError, SlotWaitTimeoutError
+from studio_flows.errors import (
+    FairUseError,
+    PrefectUnavailableError,
+    RunInterrupted,
+    SlotDeadlockError,
+    SlotWaitTimeoutError,
+)
 
 FAIR_USE_TAG = "model-studio"
 FAIR_USE_LIMIT_NAME = f"tag:{FAIR_USE_TAG}"
@@ -58,6 +69,12 @@ WAIT_NOTICE_EVERY_S = 30.0
 # A waiting pool looks for slots of dead holders this often.
 RECLAIM_EVERY_S = 5.0
 LEAK_RECHECK_S = 1.0
+# A wait fails as a deadlock once parked jobs have filled the limit for this long: long
+# enough for a mapped wait task to start after its submit (tens of ms), short enough to be
+# told within seconds.
+PARKED_DEADLOCK_S = 5.0
+# Every waiter checks the limit's size each poll; an operator changes it rarely.
+LIMIT_READ_EVERY_S = 5.0
 # Set by the command line when it started the local Prefect server of this machine.
 LOCAL_SERVER_ENV = "STUDIO_FLOWS_LOCAL_PREFECT_API"
 
@@ -128,6 +145,10 @@ class PrefectSlotApi:
         limit = self._call(self._client.read_global_concurrency_limit_by_name, limit_name)
         return int(limit.active_slots), int(limit.limit)
 
+    def close(self) -> None:
+        """Close the Prefect client (a pool's own API stays open for the process)."""
+        self._client.__exit__(None, None, None)
+
     def limit_id(self, limit_name: str) -> uuid.UUID:
         """The limit's id (lease files name limits by id)."""
         limit = self._call(self._client.read_global_concurrency_limit_by_name, limit_name)
@@ -175,6 +196,7 @@ class _Waiting:
     next_reclaim: float = 0.0
     unavailable_since: float | None = None
     backoff: float = 0.0
+    deadlocked_since: float | None = None
 
 
 class SlotPool:
@@ -207,8 +229,14 @@ class SlotPool:
         self._held: dict[uuid.UUID, Lease] = {}
         self._unreturned: set[uuid.UUID] = set()
         self._idle: list[Lease] = []
+        self._parked: set[uuid.UUID] = set()
         self._waiters = 0
+        self._fetcher: threading.Thread | None = None
+        self._fetch_error: Exception | None = None
+        self._last_freed = float("-inf")
         self._renewer: threading.Thread | None = None
+        self.deadlock_after_s = PARKED_DEADLOCK_S
+        self._limit_read: tuple[int, float] | None = None
 
     @property
     def held(self) -> int:
@@ -219,28 +247,74 @@ class SlotPool:
     def acquire(self) -> Lease:
         """A slot for one job: a lease handed over locally, or a new one from the server.
 
-        Raises :class:`RunInterrupted` when the process is asked to stop and
-        :class:`SlotWaitTimeoutError` after ``wait_limit_s`` without a slot.
+        Callers queue here; the pool's one fetcher thread asks the server while more
+        callers wait than leases are ready, so a lease freed meanwhile is handed over at
+        once. Raises :class:`RunInterrupted` when the process is asked to stop,
+        :class:`SlotWaitTimeoutError` after ``wait_limit_s`` without a slot and
+        :class:`SlotDeadlockError` (see :meth:`_check_not_deadlocked`).
         """
         with self._cond:
             if self._idle:
                 return self._idle.pop()
             self._waiters += 1
+            self._start_fetcher()
+            self._cond.notify_all()
         try:
             return self._wait_for_slot(_Waiting(since=self._clock()))
         finally:
             with self._cond:
                 self._waiters -= 1
+                if not self._waiters:
+                    self._fetch_error = None  # told to every caller that waited
+                    self._cond.notify_all()
+                orphans = self._orphans()
+            for lease in orphans:
+                self._give_back(lease.lease_id)
+
+    @property
+    def waiting(self) -> int:
+        """Callers of :meth:`acquire` waiting for a slot now."""
+        with self._cond:
+            return self._waiters
+
+    @property
+    def parked(self) -> int:
+        """Leases of submitted jobs that no task waits on yet."""
+        with self._cond:
+            return len(self._parked)
+
+    def park(self, lease: Lease) -> None:
+        """``lease``'s job was submitted: keep it (renewed) for whoever will wait on the job."""
+        with self._cond:
+            if lease.lease_id in self._held:
+                self._parked.add(lease.lease_id)
+
+    def claim(self, lease_id: uuid.UUID) -> Lease | None:
+        """The lease of a parked job, now held by its waiter; None if this process lacks it."""
+        with self._cond:
+            self._parked.discard(lease_id)
+            return self._held.get(lease_id)
+
+    def release_id(self, lease_id: uuid.UUID) -> None:
+        """:meth:`release` by id; a lease another process took is given back to the server."""
+        lease = self.claim(lease_id)
+        if lease is not None:
+            self.release(lease)
+        else:
+            with contextlib.suppress(Exception):  # unknown or expired: nothing is held
+                self._api.release(lease_id)
 
     def release(self, lease: Lease) -> None:
         """Done with ``lease``: hand it to a local waiter, or give it back to the server."""
         with self._cond:
             if lease.lease_id not in self._held:
                 return  # already given back (release_all)
+            self._parked.discard(lease.lease_id)
+            self._last_freed = self._clock()
             fresh = self._clock() - lease.since < self.turn_s
-            if self._waiters and fresh and not interrupts.stop_requested():
+            if self._waiters > len(self._idle) and fresh and not interrupts.stop_requested():
                 self._idle.append(lease)
-                self._cond.notify()
+                self._cond.notify_all()
                 return
             del self._held[lease.lease_id]
         self._give_back(lease.lease_id)
@@ -251,6 +325,7 @@ class SlotPool:
             leases = list(self._held)
             self._held.clear()
             self._idle.clear()
+            self._parked.clear()
             self._cond.notify_all()
         for lease_id in leases:
             self._give_back(lease_id)
@@ -271,34 +346,97 @@ class SlotPool:
         waiting.next_notice = waiting.since + FIRST_WAIT_NOTICE_S
         while True:
             interrupts.check()
-            lease = self._ask_server(waiting)
-            if lease is not None:
-                return lease
-            self._on_refused(waiting)
             with self._cond:
-                self._cond.wait(timeout=self.poll_s * random.uniform(0.5, 1.0))
+                if not self._idle and self._fetch_error is None:
+                    self._cond.wait(timeout=self.poll_s)
                 if self._idle:
-                    return self._idle.pop()
+                    lease = self._idle.pop()
+                    break
+                if self._fetch_error is not None:
+                    raise self._fetch_error
+            self._still_waiting(waiting)
+            self._check_not_deadlocked(waiting)
+        waited = self._clock() - waiting.since
+        if waited >= FIRST_WAIT_NOTICE_S and not self._holds_every_slot():
+            logger.warning("fair-use slot acquired after waiting %.0f s", waited)
+        return lease
 
-    def _ask_server(self, waiting: _Waiting) -> Lease | None:
+    def _still_waiting(self, waiting: _Waiting) -> None:
+        """Say within seconds that this caller waits, and give up after the wait limit."""
+        now = self._clock()
+        if now >= waiting.next_notice:
+            waiting.next_notice = now + WAIT_NOTICE_EVERY_S
+            if not self._holds_every_slot():
+                logger.warning(self._describe_wait(waiting, timed_out=False))
+        # A slot this process freed is a turn: its queued jobs are moving, not stuck.
+        if now - max(waiting.since, self._last_freed) >= self.wait_limit_s:
+            raise SlotWaitTimeoutError(self._describe_wait(waiting, timed_out=True))
+
+    def _orphans(self) -> list[Lease]:
+        """Ready leases nobody waits for any more, taken off the books (under the lock)."""
+        extra = len(self._idle) - self._waiters
+        if extra <= 0:
+            return []
+        orphans, self._idle = self._idle[:extra], self._idle[extra:]
+        for lease in orphans:
+            del self._held[lease.lease_id]
+        return orphans
+
+    # ----------------------------------------------------------------- fetching
+
+    def _start_fetcher(self) -> None:
+        if self._fetcher is None:
+            self._fetcher = threading.Thread(
+                target=self._fetch_forever, name="slot-lease-fetcher", daemon=True
+            )
+            self._fetcher.start()
+
+    def _fetch_forever(self) -> None:
+        """Ask the server for a lease whenever more callers wait than leases are ready."""
+        fetching = _Waiting(since=self._clock())
+        while True:
+            with self._cond:
+                while self._waiters <= len(self._idle) or self._fetch_error is not None:
+                    self._cond.wait()
+                    fetching = _Waiting(since=self._clock())
+            try:
+                if self._holds_every_slot(refresh=True):
+                    # Asking would be refused: this process's own jobs hold the limit, and
+                    # the next one to end hands its lease over (a busy server answers a
+                    # refusal in seconds, and every other call of this process waits).
+                    with self._cond:
+                        self._cond.wait(timeout=self.poll_s)
+                    continue
+                self._fetch_one(fetching)
+            except RunInterrupted:
+                pass  # each waiting caller sees the stop request itself
+            except Exception as err:  # the limit is missing, the API gone: tell the callers
+                with self._cond:
+                    self._fetch_error = err
+                    self._cond.notify_all()
+
+    def _fetch_one(self, fetching: _Waiting) -> None:
         try:
             lease_id = self._api.acquire(self.limit_name, self.lease_s)
         except SlotRefused:
             self.refusals += 1
-            return None
+            self._on_refused(fetching)
+            return
         except SlotServerUnavailable as err:
-            self._server_unavailable(waiting, str(err))
-            return None
+            self._server_unavailable(fetching, str(err))
+            return
+        fetching.unavailable_since = None
         lease = Lease(lease_id, self._clock())
         with self._cond:
             self._held[lease_id] = lease
             self._unreturned.add(lease_id)
             self._record_holders()
             self._start_renewer()
-        waited = lease.since - waiting.since
-        if waited >= FIRST_WAIT_NOTICE_S:
-            logger.warning("fair-use slot acquired after waiting %.0f s", waited)
-        return lease
+            self._idle.append(lease)
+            orphans = self._orphans()  # a caller got a lease handed over meanwhile
+            self._cond.notify_all()
+        for orphan in orphans:
+            self._give_back(orphan.lease_id)
 
     def _server_unavailable(self, waiting: _Waiting, cause: str) -> None:
         """A busy or restarting Prefect server is asked again; one gone for minutes fails."""
@@ -314,19 +452,65 @@ class SlotPool:
         waiting.backoff = min(max(waiting.backoff * 2, self.poll_s), 10.0)
         interrupts.sleep(waiting.backoff * random.uniform(0.5, 1.0))
 
-    def _on_refused(self, waiting: _Waiting) -> None:
+    def _on_refused(self, fetching: _Waiting) -> None:
+        """The limit is full: look for dead holders' slots now and then, then ask again."""
         now = self._clock()
-        waiting.unavailable_since = None
-        if self._reclaim is not None and now >= waiting.next_reclaim:
-            waiting.next_reclaim = now + RECLAIM_EVERY_S
+        fetching.unavailable_since = None
+        if self._reclaim is not None and now >= fetching.next_reclaim:
+            fetching.next_reclaim = now + RECLAIM_EVERY_S
             with contextlib.suppress(SlotServerUnavailable):
                 if self._reclaim():
                     return
-        if now - waiting.since >= self.wait_limit_s:
-            raise SlotWaitTimeoutError(self._describe_wait(waiting, timed_out=True))
-        if now >= waiting.next_notice:
-            waiting.next_notice = now + WAIT_NOTICE_EVERY_S
-            logger.warning(self._describe_wait(waiting, timed_out=False))
+        with self._cond:  # a lease handed over locally meanwhile may end the demand
+            self._cond.wait(timeout=self.poll_s * random.uniform(0.5, 1.0))
+
+    def _holds_every_slot(self, *, refresh: bool = False) -> bool:
+        """True when this process holds the whole limit (its jobs queue behind its own).
+
+        Callers read the limit's size as the fetcher last read it (``refresh``): a caller
+        must never wait on a Prefect call while a lease waits for it.
+        """
+        with self._cond:
+            held = len(self._held)
+        limit = self._limit_size(refresh=refresh) if held else None
+        return limit is not None and held >= limit
+
+    def _limit_size(self, *, refresh: bool) -> int | None:
+        """The limit's number of slots, read again (``refresh``) every ``LIMIT_READ_EVERY_S``."""
+        now = self._clock()
+        stale = self._limit_read is None or now - self._limit_read[1] >= LIMIT_READ_EVERY_S
+        if refresh and stale:
+            with contextlib.suppress(Exception):  # unknown: keep the last size read
+                _, limit = self._api.occupancy(self.limit_name)
+                self._limit_read = (limit, now)
+        return None if self._limit_read is None else self._limit_read[0]
+
+    def _check_not_deadlocked(self, waiting: _Waiting) -> None:
+        """Raise :class:`SlotDeadlockError` when only this process's parked jobs hold slots.
+
+        Why: a parked job's slot comes back only when a task waits on it, and a flow that
+        submits one job more than the limit before it waits on any (a plain loop) never
+        starts that wait; a mapped submit-then-wait pipeline claims each lease as its
+        submit ends, so parked jobs filling the limit for seconds means nobody will wait.
+        """
+        with self._cond:
+            parked, held = len(self._parked), len(self._held)
+        stuck = parked > 0 and parked == held and self._holds_every_slot()
+        now = self._clock()
+        if not stuck:
+            waiting.deadlocked_since = None
+            return
+        if waiting.deadlocked_since is None:
+            waiting.deadlocked_since = now
+        if now - waiting.deadlocked_since >= self.deadlock_after_s:
+            raise SlotDeadlockError(
+                f"All {held} slots of the Prefect concurrency limit {self.limit_name!r} are "
+                "held by jobs this flow submitted and has not started waiting for, so the "
+                "next job would wait forever. Wait for those jobs (wait_for_generation_job) "
+                "before submitting more, map submit_generation_job and then "
+                "wait_for_generation_job over the jobs, or use generate, which submits and "
+                "waits in one task."
+            )
 
     def _describe_wait(self, waiting: _Waiting, *, timed_out: bool) -> str:
         try:
@@ -409,6 +593,8 @@ def slot_pool(
         if pool is None:
             pool = _new_pool(api, limit_name, turn_s=turn_s, wait_limit_s=wait_limit_s)
             _pools[key] = pool
+        else:
+            api.close()  # the pool talks through its own
         pool.turn_s, pool.wait_limit_s = turn_s, wait_limit_s
         return pool
 

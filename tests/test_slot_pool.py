@@ -17,7 +17,7 @@ from studio_flows.tasks.slot_holders import HolderFile, live_holders, reclaim_de
 from studio_flows.tasks.slots import SlotPool, SlotRefused, SlotServerUnavailable
 
 from studio_flows import interrupts
-from studio_flows.errors import RunInterrupted, SlotWaitTimeoutError
+from studio_flows.errors import RunInterrupted, SlotDeadlockError, SlotWaitTimeoutError
 
 
 class FakeLimit:
@@ -78,7 +78,7 @@ def test_a_freed_slot_goes_straight_to_a_local_waiter_without_the_server() -> No
     got: list[object] = []
     waiter = threading.Thread(target=lambda: got.append(pool.acquire()))
     waiter.start()
-    wait_until(lambda: pool.refusals >= 1)
+    wait_until(lambda: pool.waiting == 1)
 
     pool.release(first)
     waiter.join(timeout=10)
@@ -94,7 +94,7 @@ def test_a_lease_held_for_a_turn_goes_back_to_the_server_not_to_a_local_waiter()
     got: list[object] = []
     waiter = threading.Thread(target=lambda: got.append(pool.acquire()))
     waiter.start()
-    wait_until(lambda: pool.refusals >= 1)
+    wait_until(lambda: pool.waiting == 1)
 
     pool.release(first)
     waiter.join(timeout=10)
@@ -220,3 +220,59 @@ def _recorded(holders: HolderFile) -> list[str]:
 
     leases: list[str] = json.loads(holders.path.read_text())["leases"]
     return leases
+
+
+def test_jobs_parked_beyond_the_limit_are_a_deadlock_error_naming_the_limit() -> None:
+    limit = FakeLimit(2)
+    pool = SlotPool(api=limit, poll_s=0.01)
+    pool.deadlock_after_s = 0.2
+    for _ in range(2):
+        pool.park(pool.acquire())  # submitted, nobody waits on them
+
+    with pytest.raises(SlotDeadlockError, match="'tag:model-studio'") as caught:
+        pool.acquire()
+
+    assert "before submitting more" in str(caught.value)
+    assert pool.parked == 2 and limit.acquired == 2
+
+
+def test_a_parked_job_whose_wait_starts_is_not_a_deadlock() -> None:
+    limit = FakeLimit(1)
+    pool = SlotPool(api=limit, poll_s=0.01)
+    pool.deadlock_after_s = 0.2
+    parked = pool.acquire()
+    pool.park(parked)
+    got: list[object] = []
+    waiter = threading.Thread(target=lambda: got.append(pool.acquire()))
+    waiter.start()
+    wait_until(lambda: pool.waiting == 1)
+
+    claimed = pool.claim(parked.lease_id)  # the wait task starts
+    assert claimed is parked and pool.parked == 0
+    time.sleep(0.5)  # the job runs for longer than a deadlock takes to be called one
+    pool.release_id(parked.lease_id)
+    waiter.join(timeout=10)
+
+    assert got == [parked] and limit.acquired == 1
+
+
+def test_a_lease_freed_while_the_server_is_slow_goes_to_the_waiter_at_once() -> None:
+    class SlowLimit(FakeLimit):
+        def acquire(self, limit_name: str, lease_s: float) -> uuid.UUID:
+            if self.leases:
+                time.sleep(2.0)  # a busy Prefect server
+            return super().acquire(limit_name, lease_s)
+
+    limit = SlowLimit(1)
+    pool = SlotPool(api=limit, poll_s=0.01)
+    first = pool.acquire()
+    got: list[object] = []
+    waiter = threading.Thread(target=lambda: got.append(pool.acquire()))
+    waiter.start()
+    wait_until(lambda: pool.waiting == 1)
+
+    handed = time.monotonic()
+    pool.release(first)
+    waiter.join(timeout=10)
+
+    assert got == [first] and time.monotonic() - handed < 1.0

@@ -42,7 +42,18 @@ _PUBLIC = {
     "RunInterrupted": "studio_flows.errors",
     "FairUseError": "studio_flows.errors",
     "SlotWaitTimeoutError": "studio_flows.errors",
+    "SlotDeadlockError": "studio_flows.errors",
+    "GenerationJobFailed": "studio_flows.errors",
+    "GenerationJobCancelled": "studio_flows.errors",
+    "GenerationJobTimedOut": "studio_flows.errors",
+    "Generation": "studio_flows.generation",
+    "GenerationJob": "studio_flows.generation",
+    "GenerationResult": "studio_flows.generation",
     "ModelStudioCredentials": "studio_flows.blocks",
+    "submit_generation_job": "studio_flows.tasks.generation",
+    "wait_for_generation_job": "studio_flows.tasks.generation",
+    "generate": "studio_flows.tasks.generation",
+    "read_results": "studio_flows.tasks.generation",
     "generate_dataset": "studio_flows.flows.generate",
 }
 
@@ -54,6 +65,12 @@ __all__ = [
     "EmulatorServer",
     "FairUseError",
     "GenerateOptions",
+    "Generation",
+    "GenerationJob",
+    "GenerationJobCancelled",
+    "GenerationJobFailed",
+    "GenerationJobTimedOut",
+    "GenerationResult",
     "JobDeadlineExceededError",
     "JobFailedError",
     "ModelStudioClient",
@@ -63,10 +80,15 @@ __all__ = [
     "RunInterrupted",
     "RunSummary",
     "Settings",
+    "SlotDeadlockError",
     "SlotWaitTimeoutError",
     "StudioFlowsError",
     "__version__",
+    "generate",
     "generate_dataset",
+    "read_results",
+    "submit_generation_job",
+    "wait_for_generation_job",
 ]
 
 if TYPE_CHECKING:
@@ -77,18 +99,29 @@ if TYPE_CHECKING:
         ConfigurationError,
         DatasetError,
         FairUseError,
+        GenerationJobCancelled,
+        GenerationJobFailed,
+        GenerationJobTimedOut,
         JobDeadlineExceededError,
         JobFailedError,
         ModelStudioError,
         RequestRejectedError,
         RunInterrupted,
+        SlotDeadlockError,
         SlotWaitTimeoutError,
         StudioFlowsError,
     )
     from studio_flows.flows.generate import generate_dataset
+    from studio_flows.generation import Generation, GenerationJob, GenerationResult
     from studio_flows.options import GenerateOptions
     from studio_flows.settings import Settings
     from studio_flows.summary import RunSummary
+    from studio_flows.tasks.generation import (
+        generate,
+        read_results,
+        submit_generation_job,
+        wait_for_generation_job,
+    )
 
 
 def __getattr__(name: str) -> Any:

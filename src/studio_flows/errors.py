@@ -8,6 +8,7 @@ The whole tree::
     ├── RunInterrupted                a signal asked this process to stop (CLI exit 130/143)
     ├── FairUseError                  the fair-use slots of the Prefect concurrency limit
     │   ├── SlotWaitTimeoutError          no slot came free within the wait limit (exit 2)
+    │   ├── SlotDeadlockError             every slot is held by jobs nobody waits on yet
     │   └── PrefectUnavailableError       the Prefect API cannot be started or reached (exit 2)
     └── ModelStudioError              anything that went wrong talking to Model Studio
         ├── APIConnectionError        no HTTP response at all
@@ -26,7 +27,10 @@ The whole tree::
         ├── RequestRejectedError      POST /generate answered 400/404: every job would be refused
         ├── UnexpectedResponseError   a 2xx whose body is not what the reference documents
         ├── JobFailedError            the job ended FAILED / ERROR / CANCELLED
+        │   ├── GenerationJobFailed       ... FAILED or ERROR (wait_for_generation_job)
+        │   └── GenerationJobCancelled    ... CANCELLED or CANCELED (wait_for_generation_job)
         └── JobDeadlineExceededError  the job was still running at the deadline
+            └── GenerationJobTimedOut     ... (wait_for_generation_job)
 """
 
 from __future__ import annotations
@@ -62,6 +66,14 @@ class FairUseError(StudioFlowsError):
 
 class SlotWaitTimeoutError(FairUseError):
     """Every slot stayed taken for longer than the wait limit; the message says how to look."""
+
+
+class SlotDeadlockError(FairUseError):
+    """Every slot is held by jobs this process submitted and nobody waits on yet.
+
+    A flow that submits more jobs than the limit before it waits on any would wait forever;
+    the message names the limit and what to do instead.
+    """
 
 
 class PrefectUnavailableError(FairUseError):
@@ -194,6 +206,18 @@ class JobDeadlineExceededError(ModelStudioError):
     def __init__(self, message: str, *, job_id: str) -> None:
         super().__init__(message)
         self.job_id = job_id
+
+
+class GenerationJobFailed(JobFailedError):
+    """A job of ``wait_for_generation_job`` ended FAILED or ERROR: none of its answers came."""
+
+
+class GenerationJobCancelled(JobFailedError):
+    """A job of ``wait_for_generation_job`` was cancelled (CANCELLED or CANCELED)."""
+
+
+class GenerationJobTimedOut(JobDeadlineExceededError):
+    """A job of ``wait_for_generation_job`` was still running when its deadline passed."""
 
 
 STATUS_ERRORS: dict[int, type[APIStatusError]] = {

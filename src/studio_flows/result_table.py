@@ -1,0 +1,56 @@
+"""What a run wrote, as a ``pyarrow.Table``: the next task of a pipeline reads it in memory.
+
+The columns and types are those of the Parquet export (``studio-flows results --format
+parquet``), so a table read here and a file exported there agree.
+
+Example:
+    >>> results_table([]).num_rows
+    0
+    >>> results_table([]).schema.field("messages").type
+    ListType(list<item: struct<role: string, content: string>>)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import pyarrow as pa
+
+RESULT_COLUMNS = (
+    "dataset", "row_key", "model_id", "status", "task_index", "messages", "result", "error",
+    "job_id", "shard_key", "temperature", "max_tokens", "flow_run_id", "completed_at",
+    "created_at",
+)  # fmt: skip
+
+
+def results_schema() -> pa.Schema:
+    """The schema of a results table (required columns are not nullable)."""
+    text, timestamp = pa.string(), pa.timestamp("us", tz="UTC")
+    turn = pa.struct([pa.field("role", text), pa.field("content", text)])
+    nullable = {"result", "error", "job_id", "flow_run_id", "completed_at"}
+    types: dict[str, pa.DataType] = {
+        "task_index": pa.int64(),
+        "messages": pa.list_(turn),
+        "temperature": pa.float64(),
+        "max_tokens": pa.int64(),
+        "completed_at": timestamp,
+        "created_at": timestamp,
+    }
+    return pa.schema(
+        [
+            pa.field(name, types.get(name, text), nullable=name in nullable)
+            for name in RESULT_COLUMNS
+        ]
+    )
+
+
+def results_table(rows: Iterable[dict[str, Any]]) -> pa.Table:
+    """One table of result rows (dicts of ``generation_results`` columns), in their order."""
+    schema = results_schema()
+    listed = list(rows)
+    columns = {name: [row.get(name) for row in listed] for name in schema.names}
+    return pa.Table.from_pydict(columns, schema=schema)
+
+
+__all__ = ["RESULT_COLUMNS", "results_schema", "results_table"]

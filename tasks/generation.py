@@ -1,0 +1,276 @@
+"""Tasks a user's own flow composes: submit a job, wait for it, or both in one task run.
+
+Every job holds a fair-use slot of this process's pool (:mod:`studio_flows.tasks.slots`)
+from before its POST until it is terminal, so mapping these tasks over any number of
+batches keeps at most the limit's jobs active, and a freed slot goes straight to the next
+local job. Retries live in the HTTP client only (transport errors, 429, 5xx): a task retry
+of a POST could pay twice, and one of a wait would only repeat the client's own.
+
+Example:
+    >>> from prefect import flow, unmapped
+    >>> @flow
+    ... def answers(batches: list[list[str]]) -> list[list[Generation]]:
+    ...     return generate.map(batches, model_id=unmapped("my-model")).result()
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from studio_flows.tasks.jobs import engine_for, job_client
+from studio_flows.tasks.limits import ensure_limit_once
+from studio_flows.tasks.slots import Lease, SlotPool, slot_pool
+
+from studio_flows.blocks import ModelStudioCredentials
+from studio_flows.client import ModelStudioClient
+from studio_flows.errors import (
+    GenerationJobCancelled,
+    GenerationJobFailed,
+    GenerationJobTimedOut,
+    JobDeadlineExceededError,
+    JobFailedError,
+)
+from studio_flows.generation import (
+    ConversationInput,
+    Generation,
+    GenerationJob,
+    GenerationResult,
+    generation_request,
+    generations_of,
+)
+from studio_flows.models import GenerateRequest
+from studio_flows.result_table import results_table
+from studio_flows.settings import Settings, load_settings
+from studio_flows.storage import iter_results
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+CANCELLED_STATUSES = frozenset({"CANCELLED", "CANCELED"})
+
+
+@task(name="submit-generation-job", cache_policy=NO_CACHE)
+def submit_generation_job(
+    conversations: Sequence[ConversationInput],
+    model_id: str,
+    *,
+    temperature: float = 0.7,
+    max_tokens: int = 512,
+    credentials: ModelStudioCredentials | None = None,
+) -> GenerationJob:
+    """Take a fair-use slot, POST one job of ``conversations``, return the job.
+
+    The slot stays held, for :func:`wait_for_generation_job`, until the job is terminal;
+    it is given back at once if the POST fails. Submitting more jobs than the limit before
+    waiting on any is refused within seconds with :class:`SlotDeadlockError`.
+
+    Example:
+        >>> job = submit_generation_job(["Hi", "Name a colour"], "my-model")  # doctest: +SKIP
+        >>> result = wait_for_generation_job(job)  # doctest: +SKIP
+    """
+    request = generation_request(
+        conversations, model_id, temperature=temperature, max_tokens=max_tokens
+    )
+    settings = _settings(credentials)
+    pool = _pool(settings, ensure=True)
+    with job_client(settings) as client:
+        lease = pool.acquire()
+        job = _post(client, pool, lease, request)
+    pool.park(lease)  # held for the wait task, which claims it
+    get_run_logger().info("job %s submitted: %d conversation(s)", job.job_id, job.size)
+    return job
+
+
+@task(name="wait-for-generation-job", cache_policy=NO_CACHE)
+def wait_for_generation_job(
+    job: GenerationJob,
+    *,
+    credentials: ModelStudioCredentials | None = None,
+    deadline_s: float | None = None,
+) -> GenerationResult:
+    """Poll ``job`` until it is terminal, give its slot back, return its answers.
+
+    Raises :class:`GenerationJobFailed`, :class:`GenerationJobCancelled` or
+    :class:`GenerationJobTimedOut` (``deadline_s`` after the POST; default
+    ``MODEL_STUDIO_JOB_DEADLINE_S``). The slot is given back whatever happens.
+
+    Example:
+        >>> result = wait_for_generation_job(job, deadline_s=600)  # doctest: +SKIP
+        >>> result.job_status, result.texts  # doctest: +SKIP
+        ('FINISHED', ['Hello!', 'Blue'])
+    """
+    settings = _settings(credentials)
+    pool = _pool(settings)
+    if job.lease_id is not None:
+        pool.claim(job.lease_id)  # first thing: the pool must see this job is waited on
+    try:
+        with job_client(settings) as client:
+            result = await_generation(client, job, deadline_s or settings.job_deadline_s)
+    finally:
+        if job.lease_id is not None:
+            pool.release_id(job.lease_id)
+    _log_result(result)
+    return result
+
+
+@task(name="generate", cache_policy=NO_CACHE)
+def generate(
+    prompts_or_conversations: Sequence[ConversationInput],
+    model_id: str,
+    *,
+    temperature: float = 0.7,
+    max_tokens: int = 512,
+    credentials: ModelStudioCredentials | None = None,
+    deadline_s: float | None = None,
+) -> list[Generation]:
+    """Submit one job and wait for it in one task run; return one answer per prompt.
+
+    ``.map`` it over batches (up to 100 prompts each): at most the limit's jobs are active,
+    and the next job starts the moment one ends. Errors as :func:`wait_for_generation_job`.
+
+    Example:
+        >>> from prefect import unmapped
+        >>> futures = generate.map([["Hi"], ["Bye"]], model_id=unmapped("m"))  # doctest: +SKIP
+        >>> [g.text for batch in futures.result() for g in batch]  # doctest: +SKIP
+        ['m answers: Hi', 'm answers: Bye']
+    """
+    request = generation_request(
+        prompts_or_conversations, model_id, temperature=temperature, max_tokens=max_tokens
+    )
+    settings = _settings(credentials)
+    pool = _pool(settings, ensure=True)
+    with job_client(settings) as client:
+        lease = pool.acquire()
+        try:
+            job = _post(client, pool, lease, request)
+            result = await_generation(client, job, deadline_s or settings.job_deadline_s)
+        finally:
+            pool.release(lease)
+    _log_result(result)
+    return result.generations
+
+
+@task(name="read-results", cache_policy=NO_CACHE)
+def read_results(
+    *,
+    database_url: str | None = None,
+    dataset: str | None = None,
+    model_id: str | None = None,
+    status: str | None = None,
+    flow_run_id: str | None = None,
+) -> pa.Table:
+    """What runs wrote to the results database, as a ``pyarrow.Table`` in write order.
+
+    ``database_url`` defaults to ``MODEL_STUDIO_DATABASE_URL``; the filters are exact
+    matches. The columns are those of ``studio-flows results --format parquet``.
+
+    Example:
+        >>> table = read_results(database_url="sqlite:///r.db", dataset="prompts.jsonl")
+        ... # doctest: +SKIP
+        >>> table.column("result").to_pylist()[:1]  # doctest: +SKIP
+        ['my-model answers: ...']
+    """
+    engine = engine_for(database_url or load_settings().database_url)
+    rows = iter_results(
+        engine, dataset=dataset, model_id=model_id, status=status, flow_run_id=flow_run_id
+    )
+    return results_table(rows)
+
+
+def await_generation(
+    client: ModelStudioClient, job: GenerationJob, deadline_s: float
+) -> GenerationResult:
+    """Poll ``job`` with ``client`` until terminal; typed errors for a failed or late job.
+
+    Example:
+        >>> await_generation(client, job, deadline_s=60).job_status  # doctest: +SKIP
+        'FINISHED'
+    """
+    # The poller dates the job on the monotonic clock; the job carries wall time.
+    age_s = max((datetime.now(UTC) - job.submitted_at).total_seconds(), 0.0)
+    try:
+        status = client.wait_for_job(
+            job.job_id,
+            deadline_s=deadline_s,
+            total_tasks=job.size,
+            submitted_at=time.monotonic() - age_s,
+        )
+    except JobFailedError as err:
+        raise _failed(job, err.job_status) from None
+    except JobDeadlineExceededError:
+        raise GenerationJobTimedOut(
+            f"Generation job {job.job_id} still running {deadline_s:g} s after it was "
+            "submitted (deadline_s)",
+            job_id=job.job_id,
+        ) from None
+    generations = generations_of(status, job.size)
+    return GenerationResult(
+        job_id=job.job_id, job_status=status.job_status, generations=generations
+    )
+
+
+def _post(
+    client: ModelStudioClient, pool: SlotPool, lease: Lease, request: GenerateRequest
+) -> GenerationJob:
+    """POST ``request`` under ``lease``; give the slot back if no job came of it."""
+    submitted_at = datetime.now(UTC)
+    try:
+        created = client.create_job(request)
+    except BaseException:
+        pool.release(lease)
+        raise
+    return GenerationJob(
+        job_id=created.job_id,
+        size=len(request.messages),
+        model_id=request.model_id,
+        lease_id=lease.lease_id,
+        submitted_at=submitted_at,
+    )
+
+
+def _failed(job: GenerationJob, job_status: str) -> JobFailedError:
+    kind = (
+        GenerationJobCancelled if job_status.upper() in CANCELLED_STATUSES else GenerationJobFailed
+    )
+    return kind(
+        f"Generation job {job.job_id} ended {job_status}: none of its {job.size} "
+        "conversation(s) is answered",
+        job_id=job.job_id,
+        job_status=job_status,
+    )
+
+
+def _settings(credentials: ModelStudioCredentials | None) -> Settings:
+    settings = load_settings()
+    return settings if credentials is None else credentials.apply_to(settings)
+
+
+def _pool(settings: Settings, *, ensure: bool = False) -> SlotPool:
+    if ensure:  # a slot is about to be taken: the limit must exist (never overwritten)
+        ensure_limit_once(settings.concurrency_limit)
+    return slot_pool(turn_s=settings.slot_turn_s, wait_limit_s=settings.slot_wait_limit_s)
+
+
+def _log_result(result: GenerationResult) -> None:
+    answered = sum(g.ok for g in result.generations)
+    get_run_logger().info(
+        "job %s %s: %d/%d answered",
+        result.job_id,
+        result.job_status,
+        answered,
+        len(result.generations),
+    )
+
+
+__all__ = [
+    "await_generation",
+    "generate",
+    "read_results",
+    "submit_generation_job",
+    "wait_for_generation_job",
+]

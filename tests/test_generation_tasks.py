@@ -1,0 +1,256 @@
+"""The task library a user's own flow composes, against the emulator on loopback.
+
+The emulator accepts 50 active jobs in these tests (its default is the account's 3): the
+maximum it sees is then the tasks' own fair-use discipline, not its 429s.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prefect import flow, unmapped
+from studio_flows.tasks.generation import (
+    await_generation,
+    generate,
+    read_results,
+    submit_generation_job,
+    wait_for_generation_job,
+)
+from studio_flows.tasks.slots import release_all_slots, slot_pool
+
+from studio_flows.client import ModelStudioClient
+from studio_flows.emulator import EmulatorServer
+from studio_flows.errors import (
+    DatasetError,
+    FairUseError,
+    GenerationJobCancelled,
+    GenerationJobFailed,
+    GenerationJobTimedOut,
+    SlotDeadlockError,
+)
+from studio_flows.generation import Generation, GenerationJob, GenerationResult
+from studio_flows.options import GenerateOptions
+from tests.fixtures.harness import write_prompts
+
+MODEL = "lib-model"
+
+
+@pytest.fixture
+def env(flow_env: EmulatorServer) -> Iterator[EmulatorServer]:
+    """The emulator, allowing 50 active jobs; every slot of this process back afterwards."""
+    flow_env.configure(fair_use_limit=50)
+    yield flow_env
+    release_all_slots()
+
+
+def batches_of(count: int, size: int, prefix: str = "q") -> list[list[str]]:
+    return [[f"{prefix} {b}.{i}" for i in range(size)] for b in range(count)]
+
+
+def held_slots() -> int:
+    return slot_pool().held
+
+
+def assert_answers(batches: list[list[str]], answered: list[list[Generation]]) -> None:
+    assert len(answered) == len(batches)
+    for prompts, generations in zip(batches, answered, strict=True):
+        assert [g.task_index for g in generations] == list(range(len(prompts)))
+        assert [g.text for g in generations] == [f"{MODEL} answers: {p}" for p in prompts]
+        assert all(g.ok and g.error is None for g in generations)
+
+
+@flow
+def mapped_generate(batches: list[list[str]]) -> list[list[Generation]]:
+    return generate.map(batches, model_id=unmapped(MODEL)).result()  # type: ignore[no-any-return]
+
+
+@flow
+def mapped_submit_then_wait(batches: list[list[str]]) -> list[GenerationResult]:
+    jobs = submit_generation_job.map(batches, model_id=unmapped(MODEL))
+    return wait_for_generation_job.map(jobs).result()  # type: ignore[no-any-return]
+
+
+@flow
+def submit_all_then_wait(batches: list[list[str]]) -> list[GenerationResult]:
+    jobs = [submit_generation_job(batch, MODEL) for batch in batches]
+    return [wait_for_generation_job(job) for job in jobs]
+
+
+@flow
+def submit_and_wait(batch: list[str], deadline_s: float | None = None) -> GenerationResult:
+    job = submit_generation_job(batch, MODEL)
+    return wait_for_generation_job(job, deadline_s=deadline_s)
+
+
+@flow
+def generate_one(batch: list[Any]) -> list[Generation]:
+    return generate(batch, MODEL)
+
+
+def test_mapping_generate_over_20_batches_keeps_three_jobs_active_and_answers_in_order(
+    env: EmulatorServer,
+) -> None:
+    env.configure(job_latency_s=0.5, shuffle_results=True)
+    batches = batches_of(20, 5)
+
+    started = time.monotonic()
+    answered = mapped_generate(batches)
+    makespan = time.monotonic() - started
+
+    stats = env.stats()
+    assert stats["jobs_created"] == 20
+    assert stats["max_active_jobs"] == 3, stats
+    assert stats["rejections"] == {}, stats  # no 429: nothing leaned on the service's limit
+    assert_answers(batches, answered)
+    assert held_slots() == 0
+    print(f"20 jobs of 0.5 s mapped: makespan {makespan:.2f} s (ideal 3.5 s)")
+
+
+def test_mapped_submit_then_wait_is_never_refused_and_keeps_three_active(
+    env: EmulatorServer,
+) -> None:
+    # Jobs of 1 s: twelve task runs starting at once on a loaded machine still overlap.
+    env.configure(job_latency_s=1.0)
+    batches = batches_of(12, 3, prefix="s")
+
+    results = mapped_submit_then_wait(batches)
+
+    assert env.stats()["max_active_jobs"] == 3
+    assert [r.job_status for r in results] == ["FINISHED"] * 12
+    assert_answers(batches, [r.generations for r in results])
+    assert held_slots() == 0
+
+
+def test_a_loop_that_submits_more_than_the_limit_before_waiting_gets_a_clear_error(
+    env: EmulatorServer,
+) -> None:
+    env.configure(job_latency_s=0.05)
+
+    with pytest.raises(SlotDeadlockError) as caught:
+        submit_all_then_wait(batches_of(4, 1))
+
+    message = str(caught.value)
+    assert "'tag:model-studio'" in message
+    assert "before submitting more" in message and "generate" in message
+    assert isinstance(caught.value, FairUseError)
+    assert env.stats()["jobs_created"] == 3  # the fourth was never posted
+
+
+def test_a_failed_job_is_a_typed_error_and_its_slot_comes_back(env: EmulatorServer) -> None:
+    env.configure(failed_job_rate=1.0)
+
+    with pytest.raises(GenerationJobFailed, match="ended FAILED"):
+        submit_and_wait(["doomed"])
+    assert held_slots() == 0
+
+    with pytest.raises(GenerationJobFailed):
+        generate_one(["doomed too"])
+    assert held_slots() == 0
+
+
+def test_a_job_past_its_deadline_is_a_typed_error_and_its_slot_comes_back(
+    env: EmulatorServer,
+) -> None:
+    env.configure(job_latency_s=30.0)
+
+    with pytest.raises(GenerationJobTimedOut, match="deadline_s"):
+        submit_and_wait(["slow"], deadline_s=0.5)
+
+    assert held_slots() == 0
+
+
+def test_conversations_may_be_strings_or_turns(env: EmulatorServer) -> None:
+    conversation = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Name a colour"},
+    ]
+
+    answered = generate_one(["plain prompt", conversation])
+
+    assert [g.text for g in answered] == [
+        f"{MODEL} answers: plain prompt",
+        f"{MODEL} answers: Name a colour",
+    ]
+
+
+def test_a_bad_conversation_is_refused_before_a_slot_is_taken(env: EmulatorServer) -> None:
+    with pytest.raises(DatasetError, match="conversation 1"):
+        generate_one(["fine", [{"role": "robot", "content": "x"}]])
+
+    assert env.stats()["jobs_created"] == 0 and held_slots() == 0
+
+
+def test_read_results_returns_the_rows_a_run_wrote(
+    env: EmulatorServer, tmp_path: Path, sqlite_url: str
+) -> None:
+    from studio_flows.flows.generate import generate_dataset
+
+    dataset = write_prompts(tmp_path / "q.jsonl", 7)
+    generate_dataset(
+        GenerateOptions(
+            dataset_path=str(dataset),
+            model_id=MODEL,
+            database_url=sqlite_url,
+            shard_size=3,
+            id_column="id",
+        )
+    )
+
+    @flow
+    def read_back() -> object:
+        return read_results(database_url=sqlite_url, model_id=MODEL)
+
+    table = read_back()
+
+    rows = table.to_pylist()  # type: ignore[attr-defined]
+    assert sorted(r["row_key"] for r in rows) == sorted(f"question-{i}" for i in range(7))
+    for row in rows:
+        assert row["result"] == f"{MODEL} answers: {row['messages'][-1]['content']}"
+        assert row["status"] == "completed" and row["dataset"] == "q.jsonl"
+    assert read_results.fn(database_url=sqlite_url, model_id="other-model").num_rows == 0
+
+
+def test_the_results_table_has_the_parquet_exports_schema() -> None:
+    from studio_flows.deployments.export import parquet_schema
+
+    from studio_flows.result_table import results_schema
+
+    assert results_schema().equals(parquet_schema())
+
+
+def test_a_cancelled_job_is_its_own_typed_error() -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"job_id": "j1", "job_status": "CANCELLED"})
+
+    job = GenerationJob(job_id="j1", size=2, model_id=MODEL)
+    with (
+        ModelStudioClient(
+            token="t",
+            organization_id="org",
+            transport=httpx.MockTransport(answer),
+            poll_interval_s=0.01,
+        ) as client,
+        pytest.raises(GenerationJobCancelled, match="ended CANCELLED") as caught,
+    ):
+        await_generation(client, job, deadline_s=5)
+
+    assert caught.value.job_id == "j1" and caught.value.job_status == "CANCELLED"
+    assert not isinstance(caught.value, GenerationJobFailed)
+
+
+def test_the_own_flow_example_answers_every_prompt_and_hands_them_on(
+    env: EmulatorServer,
+) -> None:
+    from studio_flows.examples.own_flow import PROMPTS, answer_prompts
+
+    env.configure(job_latency_s=0.3)
+
+    answers = answer_prompts(PROMPTS, model_id=MODEL)
+
+    assert answers == {prompt: f"{MODEL} answers: {prompt}" for prompt in PROMPTS}
+    assert env.stats()["jobs_created"] == 4 and env.stats()["max_active_jobs"] <= 3
