@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from studio_flows.emulator import EmulatorServer
+from tests.fixtures.cli_runs import SECRET_TOKEN, cli_env, finish_cli, start_cli
 from tests.fixtures.prefect_server import PrefectServer
-from tests.test_crash import SECRET_TOKEN, cli_env, finish_cli, start_cli
 
 MODEL = "chaos-model"
 USER_FLOW = """

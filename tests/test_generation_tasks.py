@@ -216,8 +216,7 @@ def test_read_results_returns_the_rows_a_run_wrote(
 
 
 def test_the_results_table_has_the_parquet_exports_schema() -> None:
-    from studio_flows.deployments.export import parquet_schema
-
+    from studio_flows.cli.export import parquet_schema
     from studio_flows.result_table import results_schema
 
     assert results_schema().equals(parquet_schema())

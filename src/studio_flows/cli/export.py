@@ -238,32 +238,14 @@ def parquet_schema(*, by_source: bool = False) -> pa.Schema:
     """
     import pyarrow as pa
 
-    always = {"line", "row_key", "messages"}  # what a row read from the source always has
+    from studio_flows.result_table import results_schema
 
-    def required(name: str, kind: pa.DataType) -> pa.Field:
-        return pa.field(name, kind, nullable=by_source and name not in always)
-
-    text, timestamp = pa.string(), pa.timestamp("us", tz="UTC")
-    turn = pa.struct([pa.field("role", text), pa.field("content", text)])
-    fields = [
-        required("dataset", text),
-        required("row_key", text),
-        required("model_id", text),
-        required("status", text),
-        required("task_index", pa.int64()),
-        required("messages", pa.list_(turn)),
-        pa.field("result", text),
-        pa.field("error", text),
-        pa.field("job_id", text),
-        required("shard_key", text),
-        required("temperature", pa.float64()),
-        required("max_tokens", pa.int64()),
-        pa.field("flow_run_id", text),
-        pa.field("completed_at", timestamp),
-        required("created_at", timestamp),
-    ]
-    if by_source:
-        fields.insert(0, required("line", pa.int64()))
+    schema = results_schema()  # the same columns read_results hands a pipeline
+    if not by_source:
+        return schema
+    always = {"row_key", "messages"}  # what a row read from the source always has
+    fields = [pa.field("line", pa.int64(), nullable=False)]
+    fields += [field.with_nullable(field.name not in always) for field in schema]
     return pa.schema(fields)
 
 
