@@ -18,6 +18,7 @@ from studio_flows.tasks.slots import SlotPool, SlotRefused, SlotServerUnavailabl
 
 from studio_flows import interrupts
 from studio_flows.errors import RunInterrupted, SlotDeadlockError, SlotWaitTimeoutError
+from tests.fixtures.cli_runs import wait_for
 
 
 class FakeLimit:
@@ -64,13 +65,6 @@ def no_stop_request() -> Iterator[None]:
     interrupts.reset()
 
 
-def wait_until(condition: object, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.005)  # polling a condition, not waiting for luck
-
-
 def test_a_freed_slot_goes_straight_to_a_local_waiter_without_the_server() -> None:
     limit = FakeLimit(1)
     pool = SlotPool(api=limit, poll_s=0.01)
@@ -78,7 +72,7 @@ def test_a_freed_slot_goes_straight_to_a_local_waiter_without_the_server() -> No
     got: list[object] = []
     waiter = threading.Thread(target=lambda: got.append(pool.acquire()))
     waiter.start()
-    wait_until(lambda: pool.waiting == 1)
+    wait_for(lambda: pool.waiting == 1, 10, "the pool to get there")
 
     pool.release(first)
     waiter.join(timeout=10)
@@ -94,7 +88,7 @@ def test_a_lease_held_for_a_turn_goes_back_to_the_server_not_to_a_local_waiter()
     got: list[object] = []
     waiter = threading.Thread(target=lambda: got.append(pool.acquire()))
     waiter.start()
-    wait_until(lambda: pool.waiting == 1)
+    wait_for(lambda: pool.waiting == 1, 10, "the pool to get there")
 
     pool.release(first)
     waiter.join(timeout=10)
@@ -166,7 +160,7 @@ def test_a_stop_request_ends_a_wait_at_once() -> None:
 
     waiter = threading.Thread(target=wait)
     waiter.start()
-    wait_until(lambda: pool.refusals >= 1)
+    wait_for(lambda: pool.refusals >= 1, 10, "the pool to get there")
     interrupts.request_stop("SIGINT")
     waiter.join(timeout=5)
 
@@ -245,7 +239,7 @@ def test_a_parked_job_whose_wait_starts_is_not_a_deadlock() -> None:
     got: list[object] = []
     waiter = threading.Thread(target=lambda: got.append(pool.acquire()))
     waiter.start()
-    wait_until(lambda: pool.waiting == 1)
+    wait_for(lambda: pool.waiting == 1, 10, "the pool to get there")
 
     claimed = pool.claim(parked.lease_id)  # the wait task starts
     assert claimed is parked and pool.parked == 0
@@ -269,7 +263,7 @@ def test_a_lease_freed_while_the_server_is_slow_goes_to_the_waiter_at_once() -> 
     got: list[object] = []
     waiter = threading.Thread(target=lambda: got.append(pool.acquire()))
     waiter.start()
-    wait_until(lambda: pool.waiting == 1)
+    wait_for(lambda: pool.waiting == 1, 10, "the pool to get there")
 
     handed = time.monotonic()
     pool.release(first)

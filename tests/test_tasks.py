@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 
@@ -15,6 +14,7 @@ from studio_flows.tasks.limits import ensure_concurrency_limit
 from studio_flows.tasks.slots import PrefectSlotApi, SlotPool
 
 from studio_flows.errors import FairUseError
+from tests.fixtures.cli_runs import wait_for
 
 
 @pytest.fixture
@@ -54,7 +54,7 @@ def test_a_second_process_pool_waits_for_the_slot_and_gets_it_when_freed(tag: st
 
     waiter = threading.Thread(target=lambda: got.append(second.acquire()))
     waiter.start()
-    wait_until(lambda: second.refusals >= 2)
+    wait_for(lambda: second.refusals >= 2, 20, "the pool to get there")
     assert not got
 
     first.release(held)
@@ -68,10 +68,3 @@ def test_a_missing_limit_is_an_error_not_a_free_pass(prefect_harness: None) -> N
     pool = SlotPool(f"tag:missing-{uuid.uuid4().hex[:8]}", api=PrefectSlotApi())
     with pytest.raises(FairUseError, match="does not exist"):
         pool.acquire()
-
-
-def wait_until(condition: object, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)  # polling a condition, not waiting for luck
