@@ -28,6 +28,7 @@ installed ``studio-flows`` and ``prefect`` console scripts, ``make``, the venv's
 | `prefect block register -m studio_flows.blocks` | test_readme.py::test_the_three_commands_and_an_adhoc_run |
 | `prefect concurrency-limit inspect model-studio` | test_readme.py::test_the_fair_use_limit_commands |
 | `prefect gcl update tag:model-studio --limit 5` | test_readme.py::test_the_fair_use_limit_commands |
+| `python examples/own_flow.py --model-id <model-id>` | test_readme.py::test_the_own_flow_example_runs_as_typed |
 | `.venv/bin/python examples/make_examples.py [OUTPUT_DIR]` | test_readme.py::test_make_examples_regenerates_the_shipped_datasets |
 
 Commands named in the prose, outside the blocks: `prefect --no-prompt deploy --all`,
@@ -360,6 +361,26 @@ def test_the_fair_use_limit_commands(own_prefect_server: PrefectServer, tmp_path
 
 
 @pytest.mark.slow
+@pytest.mark.slow
+def test_the_own_flow_example_runs_as_typed(
+    emulator: EmulatorServer, prefect_server: str, tmp_path: Path
+) -> None:
+    argv = substitute(command("python examples/own_flow.py"), {"<model-id>": MODEL})
+    env = _env(
+        tmp_path / "prefect",
+        PREFECT_API_URL=prefect_server,
+        MODEL_STUDIO_BASE_URL=emulator.base_url,
+        MODEL_STUDIO_TOKEN=emulator.token,
+        MODEL_STUDIO_ORGANIZATION_ID=TEST_ORGANIZATION,
+    )
+
+    done = _run(argv, env, REPO_ROOT)
+
+    assert done.returncode == 0, done
+    assert f"  -> {MODEL} answers: What is 12 times 12?" in done.stdout, done
+    assert emulator.stats()["max_active_jobs"] <= 3
+
+
 def test_make_examples_regenerates_the_shipped_datasets(tmp_path: Path) -> None:
     argv = substitute(command(".venv/bin/python examples/make_examples.py"),
                       {"[OUTPUT_DIR]": str(tmp_path)})  # fmt: skip

@@ -55,6 +55,7 @@ _PUBLIC = {
     "generate": "studio_flows.tasks.generation",
     "read_results": "studio_flows.tasks.generation",
     "generate_dataset": "studio_flows.flows.generate",
+    "generate_rows": "studio_flows.flows.rows",
 }
 
 __all__ = [
@@ -86,6 +87,7 @@ __all__ = [
     "__version__",
     "generate",
     "generate_dataset",
+    "generate_rows",
     "read_results",
     "submit_generation_job",
     "wait_for_generation_job",
@@ -112,6 +114,7 @@ if TYPE_CHECKING:
         StudioFlowsError,
     )
     from studio_flows.flows.generate import generate_dataset
+    from studio_flows.flows.rows import generate_rows
     from studio_flows.generation import Generation, GenerationJob, GenerationResult
     from studio_flows.options import GenerateOptions
     from studio_flows.settings import Settings
