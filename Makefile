@@ -35,6 +35,7 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.first_contact
 
 clean:
 	rm -rf $(VENV) studio_flows.db .pytest_cache .mypy_cache .ruff_cache

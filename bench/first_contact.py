@@ -27,11 +27,13 @@ CLI = shutil.which("studio-flows", path=os.path.dirname(sys.executable)) or "stu
 def _env(home: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MODEL_STUDIO_"))}
     env.update(
-        PREFECT_HOME=str(home),
-        MODEL_STUDIO_TOKEN="bench-token",
-        MODEL_STUDIO_ORGANIZATION_ID="bench-org",
-        MODEL_STUDIO_DATABASE_URL=f"sqlite:///{home / 'r.db'}",
-        **extra,
+        {
+            "PREFECT_HOME": str(home),
+            "MODEL_STUDIO_TOKEN": "bench-token",
+            "MODEL_STUDIO_ORGANIZATION_ID": "bench-org",
+            "MODEL_STUDIO_DATABASE_URL": f"sqlite:///{home.parent / (home.name + '.db')}",
+            **extra,
+        }
     )
     return {k: v for k, v in env.items() if v != ""}
 
@@ -49,13 +51,13 @@ def _cases(folder: Path) -> dict[str, tuple[list[str], dict[str, str]]]:
     }
 
 
-def measure() -> dict[str, tuple[float, int]]:
-    """Median seconds to exit and the exit code, per case."""
-    figures: dict[str, tuple[float, int]] = {}
+def measure() -> dict[str, tuple[float, int, bool]]:
+    """Median seconds to exit, the exit code and whether a Prefect server started, per case."""
+    figures: dict[str, tuple[float, int, bool]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         for name, (args, extra) in _cases(folder).items():
-            seconds, codes = [], set()
+            seconds, codes, servers = [], set(), False
             for run in range(RUNS):
                 home = folder / f"home-{len(figures)}-{run}"
                 started = time.monotonic()
@@ -69,11 +71,12 @@ def measure() -> dict[str, tuple[float, int]]:
                 )
                 seconds.append(time.monotonic() - started)
                 codes.add(done.returncode)
-            figures[name] = (statistics.median(seconds), max(codes))
+                servers |= (home / "prefect.db").exists()  # a server start creates it
+            figures[name] = (statistics.median(seconds), max(codes), servers)
     return figures
 
 
-def render(figures: dict[str, tuple[float, int]]) -> str:
+def render(figures: dict[str, tuple[float, int, bool]]) -> str:
     lines = [
         "# First contact: how fast a wrong input is reported",
         "",
@@ -81,10 +84,13 @@ def render(figures: dict[str, tuple[float, int]]) -> str:
         f"start to exit of `studio-flows generate`, median of {RUNS} runs, fresh PREFECT_HOME.",
         "Target: about a second, no Prefect server started.",
         "",
-        "| input | exit code | median (s) |",
-        "| --- | ---: | ---: |",
+        "| input | exit code | median (s) | a Prefect server started |",
+        "| --- | ---: | ---: | --- |",
     ]
-    lines += [f"| {name} | {code} | {sec:.2f} |" for name, (sec, code) in figures.items()]
+    lines += [
+        f"| {name} | {code} | {sec:.2f} | {'yes' if server else 'no'} |"
+        for name, (sec, code, server) in figures.items()
+    ]
     return "\n".join(lines) + "\n"
 
 
