@@ -13,7 +13,7 @@ export DO_NOT_TRACK := 1
 # A strict editable install: a tree of links under build/ that tools such as mypy can read
 # (the default mode maps the folders with an import hook only Python itself follows). A new
 # module joins that tree on the next install, so the stamp depends on the module list.
-MODULES := $(sort $(wildcard src/studio_flows/*.py tasks/*.py flows/*.py deployments/*.py examples/*.py))
+MODULES := $(sort $(shell find src tasks flows deployments examples -name '*.py'))
 $(STAMP): pyproject.toml $(MODULES)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip

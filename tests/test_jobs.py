@@ -122,9 +122,10 @@ def test_a_post_refused_with_404_for_its_model_is_one_rejected_request(
     emulator: EmulatorServer, studio_client: ModelStudioClient, sqlite_engine: Engine
 ) -> None:
     emulator.configure(known_models=["another-model"])
+    shard = make_shard()
 
     with pytest.raises(RequestRejectedError) as info:
-        run_shard(studio_client, sqlite_engine, WorkItem(make_shard()))
+        run_shard(studio_client, sqlite_engine, WorkItem(shard))
 
     assert info.value.status_code == 404
     assert str(info.value) == (
@@ -133,6 +134,10 @@ def test_a_post_refused_with_404_for_its_model_is_one_rejected_request(
     )
     assert emulator.stats()["requests"]["POST /generate"] == {"404": 1}  # not retried
     assert emulator.stats()["jobs_created"] == 0
+    # No job exists: the shard is closed, not left an unknown outcome for the next run.
+    record = get_shard(sqlite_engine, shard.shard_key)
+    assert record is not None and (record.status, record.job_id) == ("failed", None)
+    assert record.error == "HTTP 404: Model 'm' not found"
 
 
 def test_a_404_on_a_get_just_after_create_is_not_a_rejected_request(

@@ -42,6 +42,7 @@ from studio_flows.storage import (
     get_shard,
     record_ambiguous,
     record_job_submitted,
+    record_rejected,
     record_shard_intent,
 )
 
@@ -200,7 +201,9 @@ def submit_shard(
         try:
             created = client.create_job(shard.request())
         except (BadRequestError, NotFoundError) as err:
-            # Refused as a request (unknown model, bad body): every other shard would be too.
+            # Refused as a request (unknown model, bad body): every other shard would be too,
+            # and no job exists, so the intent is closed rather than left an unknown outcome.
+            record_rejected(engine, shard.shard_key, f"HTTP {err.status_code}: {err.detail}")
             raise RequestRejectedError.for_model(
                 shard.params.model_id, status_code=err.status_code, detail=err.detail
             ) from err

@@ -37,6 +37,7 @@ from studio_flows.storage.ledger import (
     open_shards,
     record_ambiguous,
     record_job_submitted,
+    record_rejected,
     record_shard_intent,
 )
 from studio_flows.storage.migrations import ensure_schema
@@ -72,6 +73,7 @@ __all__ = [
     "open_shards",
     "record_ambiguous",
     "record_job_submitted",
+    "record_rejected",
     "record_shard_intent",
     "results_of_rows",
     "schema_version",

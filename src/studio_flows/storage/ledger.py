@@ -223,6 +223,31 @@ _AMBIGUOUS: Final = (
 )
 
 
+_REJECTED: Final = (
+    generation_jobs.update()
+    .where(generation_jobs.c.shard_key == sa.bindparam("key"))
+    .values(
+        status=FAILED,
+        error=sa.bindparam("new_error"),
+        finished_at=sa.bindparam("new_now"),
+        updated_at=sa.bindparam("new_now"),
+    )
+)
+
+
+def record_rejected(engine: Engine, shard_key: str, reason: str) -> None:
+    """Record that the service refused the shard's POST: no job exists, nothing was paid.
+
+    The shard is closed ``failed`` with ``reason``, so the next run plans its rows afresh
+    instead of counting an unknown outcome.
+
+    Example:
+        >>> record_rejected(engine, shard.shard_key, "HTTP 404: model not found")  # doctest: +SKIP
+    """
+    with _writing(engine) as conn:
+        _update_shard(conn, _REJECTED, shard_key, new_error=reason, new_now=utcnow())
+
+
 def record_job_submitted(engine: Engine, shard_key: str, job_id: str) -> None:
     """Record the job created for ``shard_key`` at once after its POST returned.
 
