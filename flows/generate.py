@@ -87,6 +87,8 @@ class _Progress:
 
     total: int
     tally: RunTally
+    # Rows a past run answered, as planning finds them: a rerun's bar starts where it was.
+    already_done: Callable[[], int] = lambda: 0
     artifact_id: object | None = None
     in_flight: int = 0
     _last_artifact_update: float = 0.0
@@ -98,15 +100,20 @@ class _Progress:
             progress=0.0, key="generation-progress", description="Rows done of this run"
         )
 
+    @property
+    def rows_done(self) -> int:
+        """Rows with an answer: this run's, and those past runs left."""
+        return min(self.tally.rows_done + self.already_done(), self.total)
+
     def job_started(self) -> None:
         with self._lock:
             self.in_flight += 1
-        self._notify()
+            self._notify()
 
     def job_ended(self) -> None:
         with self._lock:
             self.in_flight -= 1
-        self._notify()
+            self._notify()
         now = time.monotonic()
         # One artifact update a second is plenty for a human and spares the API.
         if now - self._last_artifact_update >= 1.0:
@@ -118,12 +125,13 @@ class _Progress:
 
     def _update_artifact(self) -> None:
         if self.artifact_id is not None and self.total:
-            done = min(self.tally.rows_done, self.total)
+            done = self.rows_done
             update_progress_artifact(self.artifact_id, progress=100.0 * done / self.total)  # type: ignore[arg-type]
 
     def _notify(self) -> None:
+        # Called under the lock: lanes report one at a time, so the count never goes back.
         if self._listener is not None:
-            self._listener(self.tally.rows_done, self.total, self.tally, self.in_flight)
+            self._listener(self.rows_done, self.total, self.tally, self.in_flight)
 
 
 @dataclass
@@ -286,7 +294,9 @@ def generate_dataset(options: GenerateOptions) -> RunSummary:
     lane = _Lane(
         work=SharedIterator(planner.plan(shards)),
         tally=tally,
-        progress=_Progress(total=report.rows, tally=tally),
+        progress=_Progress(
+            total=report.rows, tally=tally, already_done=lambda: planner.counts.already_done
+        ),
         stats=ClientStats(),
         stop=threading.Event(),
         settings=settings,

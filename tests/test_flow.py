@@ -233,3 +233,22 @@ def test_a_stopped_run_hands_a_task_run_no_further_job() -> None:
         stop.set()  # another lane hit a fatal error
     assert len(taken) == 1
     assert len(list(work)) == 4
+
+
+def test_a_reruns_progress_counts_the_rows_past_runs_answered_and_never_goes_back(
+    flow_env: EmulatorServer, tmp_path: Path, sqlite_url: str
+) -> None:
+    from studio_flows.flows.generate import reporting_progress
+
+    first = write_prompts(tmp_path / "first.jsonl", 12)
+    generate_dataset(options(first, sqlite_url))
+    more = tmp_path / "more.jsonl"
+    more.write_text(first.read_text() + write_prompts(tmp_path / "x.jsonl", 8, "extra").read_text())
+    seen: list[tuple[int, int]] = []
+
+    with reporting_progress(lambda done, total, tally, flying: seen.append((done, total))):
+        summary = generate_dataset(options(more, sqlite_url))
+
+    assert summary.already_done == 12 and summary.completed == 8
+    assert seen[-1] == (20, 20)
+    assert [done for done, _ in seen] == sorted(done for done, _ in seen)
