@@ -327,3 +327,30 @@ def test_a_local_server_that_cannot_start_is_one_sentence_and_leaves_no_process(
     assert "PREFECT_API_URL" in result.stderr
     assert "Traceback" not in result.output
     assert_nothing_left_running(home)
+
+
+def test_a_ctrl_c_while_the_local_server_starts_stops_it_and_says_so(
+    slow_emulator: EmulatorServer, prefect_home: Path, tmp_path: Path
+) -> None:
+    scenario = Scenario(slow_emulator, prefect_home, tmp_path)
+    stderr = tmp_path / "stderr.txt"
+    with stderr.open("w") as err:
+        process = subprocess.Popen(
+            scenario.args,
+            env=scenario.env(),
+            cwd=tmp_path,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            start_new_session=True,
+        )
+    wait_for(lambda: "starting a local Prefect server" in stderr.read_text(), 60, "the start")
+
+    os.killpg(process.pid, signal.SIGINT)
+    code = process.wait(timeout=30)
+
+    output = stderr.read_text()
+    assert code == 130, output
+    assert "interrupted by SIGINT" in output and "Traceback" not in output
+    assert scenario.jobs_created() == 0 or "left; run the same command again" in output
+    assert_nothing_left_running(prefect_home)

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import httpx
 
+from studio_flows import interrupts
 from studio_flows.errors import PrefectUnavailableError
 from studio_flows.tasks.slots import LOCAL_SERVER_ENV
 
@@ -92,6 +93,8 @@ def local_prefect_api(notify: Callable[[str], None]) -> Iterator[str]:
     """Start a local Prefect server for this command, yield its API URL, stop it last."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    interrupts.check()  # asked to stop while Prefect loaded: start nothing
+    notify("starting a local Prefect server for this run (set PREFECT_API_URL to use yours)")
     server = _start(notify)
     api_url = f"http://127.0.0.1:{server.port}/api"
     os.environ[LOCAL_SERVER_ENV] = api_url
@@ -141,10 +144,12 @@ class _ServerProcess:
                 start_new_session=True,
             )
 
-    def stop(self) -> None:
+    def stop(self, *, at_once: bool = False) -> None:
+        """Stop the server (``at_once``: SIGKILL, for one that never answered: no client
+        holds anything there yet, and its database writes are transactions)."""
         if self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
+                os.killpg(self.process.pid, signal.SIGKILL if at_once else signal.SIGTERM)
             try:
                 self.process.wait(timeout=STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
@@ -174,9 +179,9 @@ def _start(notify: Callable[[str], None]) -> _ServerProcess:
                 notify(
                     "the local Prefect server is slow to start (a busy machine, or a first start)"
                 )
-            time.sleep(0.1)
+            interrupts.sleep(0.1)  # a Ctrl-C here stops the start (and the server) at once
     except BaseException:
-        server.stop()
+        server.stop(at_once=True)
         raise
     return server
 

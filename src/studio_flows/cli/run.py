@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
+from studio_flows import interrupts
 from studio_flows.cli.app import (
     DEMO_TOKEN,
     EXAMPLES,
@@ -50,24 +51,33 @@ def _run_flow(options: GenerateOptions, show_progress: bool) -> RunSummary:
     # Bad input is reported before Prefect is even imported (about a second, not fifteen).
     check_run_inputs(options)
 
-    from studio_flows.cli.local_server import prefect_api
-    from studio_flows.cli.progress import progress_display
     from studio_flows.cli.run_control import exit_code_for, run_until_signal
     from studio_flows.errors import RunInterrupted
-    from studio_flows.flows.generate import generate_dataset
 
     def run() -> RunSummary:
-        with progress_display(console, enabled=show_progress):
+        # Imported and started inside the run, under its signal handlers: a Ctrl-C while
+        # Prefect loads or its local server starts ends as cleanly as one mid-run.
+        from studio_flows.cli.local_server import prefect_api
+        from studio_flows.cli.progress import progress_display
+        from studio_flows.flows.generate import generate_dataset
+
+        display = progress_display(console, enabled=show_progress)
+        with prefect_api(notify=_notice), _slot_notices(), display:
+            interrupts.check()
             return generate_dataset(options)
 
-    with prefect_api(notify=_notice), _slot_notices():
-        try:
-            return run_until_signal(run, on_stop=_stopping, on_force_exit=_exiting_now)
-        except RunInterrupted as err:
-            summary = err.summary
-            line = summary.stopped_line() if summary is not None else f"interrupted: {err}"
-            err_console.print(line, highlight=False, soft_wrap=True)
-            raise typer.Exit(exit_code_for(summary.interrupted_by if summary else None)) from None
+    try:
+        return run_until_signal(run, on_stop=_stopping, on_force_exit=_exiting_now)
+    except RunInterrupted as err:
+        summary = err.summary
+        reason = summary.interrupted_by if summary is not None else interrupts.stop_reason()
+        line = (
+            summary.stopped_line()
+            if summary is not None
+            else f"interrupted by {reason} before any job was submitted; nothing to resume"
+        )
+        err_console.print(line, highlight=False, soft_wrap=True)
+        raise typer.Exit(exit_code_for(reason)) from None
 
 
 def _notice(message: str) -> None:
