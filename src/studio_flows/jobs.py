@@ -234,14 +234,15 @@ def submit_shard(
 def _orphan_wait(client: ModelStudioClient, tasks: int) -> float:
     """How long a job the lost POST may have created could still run.
 
-    Twice the predicted duration (predictions may run short: see polling's upper-bound
-    samples) plus one poll interval; with no job seen yet, the longest poll interval.
-    Waiting too little lets the lane's next job overlap the orphan: a 4th active job.
+    The longer of twice the predicted duration and the longest such job seen (predictions
+    run short after jobs seen late), plus one poll interval; with no job seen yet, the
+    longest poll interval. Waiting too little lets the lane's next job overlap the orphan:
+    a 4th active job.
     """
     predicted = client.history.predict(tasks)
     if predicted is None:
         return client.poll_max_interval_s
-    return 2 * predicted + client.poll_interval_s
+    return max(2 * predicted, client.history.longest(tasks)) + client.poll_interval_s
 
 
 def run_shard(

@@ -44,6 +44,7 @@ class DurationHistory:
     """Seconds per task of the jobs finished so far (thread-safe; one per run or client)."""
 
     _seconds_per_task: float | None = None
+    _longest_per_task: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def record(self, *, seconds: float, tasks: int, upper_bound: bool = False) -> None:
@@ -56,6 +57,8 @@ class DurationHistory:
             return
         sample = seconds / tasks * (_UPPER_BOUND_SHRINK if upper_bound else 1.0)
         with self._lock:
+            # As seen, never shrunk: an upper bound is still a time a job may take.
+            self._longest_per_task = max(self._longest_per_task, seconds / tasks)
             previous = self._seconds_per_task
             # An exponential average follows a service that slows down or speeds up.
             self._seconds_per_task = sample if previous is None else 0.5 * previous + 0.5 * sample
@@ -65,6 +68,18 @@ class DurationHistory:
         with self._lock:
             per_task = self._seconds_per_task
         return None if per_task is None else per_task * max(tasks, 1)
+
+    def longest(self, tasks: int) -> float:
+        """The longest a job of ``tasks`` conversations took so far, per task (0 before any).
+
+        Example:
+            >>> history = DurationHistory()
+            >>> history.record(seconds=2.0, tasks=4, upper_bound=True)
+            >>> history.longest(4), history.predict(4)
+            (2.0, 1.0)
+        """
+        with self._lock:
+            return self._longest_per_task * max(tasks, 1)
 
 
 @dataclass
