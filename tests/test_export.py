@@ -17,7 +17,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from typer.testing import CliRunner
 
+from studio_flows.cli import app
 from studio_flows.cli.export import ExportFormat, write_export
 from studio_flows.errors import ConfigurationError
 from studio_flows.models import Message
@@ -192,3 +194,13 @@ def test_jsonl_export_is_complete_and_replaces_the_target(big_db: str, tmp_path:
     assert count == len(lines) == COMPLETED + FAILED
     assert json.loads(lines[-1])["status"] == "failed"
     assert list(tmp_path.iterdir()) == [out]
+
+
+def test_reading_a_database_that_does_not_exist_is_refused_not_created(tmp_path: Path) -> None:
+    missing = tmp_path / "typo.db"
+
+    result = CliRunner().invoke(app, ["results", "--database-url", f"sqlite:///{missing}"])
+
+    assert result.exit_code == 2, result.output
+    assert f"no results database at {missing}" in result.output
+    assert not missing.exists()

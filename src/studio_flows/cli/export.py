@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 
 from studio_flows.datasets import DatasetOptions, iter_good_rows
 from studio_flows.errors import ConfigurationError
@@ -105,6 +105,18 @@ class Selection:
         }
 
 
+def _check_database_exists(url: str) -> None:
+    """Reading back must not create an empty SQLite file where a path was mistyped."""
+    parsed = make_url(url)
+    path = parsed.database
+    is_file = parsed.get_backend_name() == "sqlite" and path and path != ":memory:"
+    if is_file and not Path(str(path)).exists():
+        raise ConfigurationError(
+            f"no results database at {path} (nothing has been written there yet): "
+            "check --database-url or MODEL_STUDIO_DATABASE_URL"
+        )
+
+
 def export_results(
     console: Console,
     *,
@@ -124,7 +136,10 @@ def export_results(
         40
     """
     check_destination(output_format, output)
-    engine = make_engine(database_url or load_settings().database_url)
+    url = database_url or load_settings().database_url
+    if selection.source is None or Path(selection.source).exists():
+        _check_database_exists(url)  # a missing source file is the first thing to say
+    engine = make_engine(url)
     try:
         records = selection.records(engine, on_bad_row)
         if limit is not None:
