@@ -84,6 +84,19 @@ class Scenario:
     def start(self) -> tuple[subprocess.Popen[str], float]:
         return start_cli(self.args, self.env(), self.folder), time.monotonic()
 
+    def start_writing_stderr_to(self, path: Path) -> subprocess.Popen[bytes]:
+        """Start a run whose stderr a test can read while it runs (a pipe is read at the end)."""
+        with path.open("w") as err:
+            return subprocess.Popen(
+                self.args,
+                env=self.env(),
+                cwd=self.folder,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                start_new_session=True,
+            )
+
     def jobs_created(self) -> int:
         return int(self.emulator.stats()["jobs_created"])
 
@@ -190,16 +203,7 @@ def test_a_second_ctrl_c_exits_at_once(
 ) -> None:
     scenario = Scenario(slow_emulator, prefect_home, tmp_path)
     stderr = tmp_path / "stderr.txt"
-    with stderr.open("w") as err:
-        process = subprocess.Popen(
-            scenario.args,
-            env=scenario.env(),
-            cwd=tmp_path,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-            start_new_session=True,
-        )
+    process = scenario.start_writing_stderr_to(stderr)
     scenario.wait_for_finished_jobs(process, 3)  # type: ignore[arg-type]
 
     os.killpg(process.pid, signal.SIGINT)
@@ -334,16 +338,7 @@ def test_a_ctrl_c_while_the_local_server_starts_stops_it_and_says_so(
 ) -> None:
     scenario = Scenario(slow_emulator, prefect_home, tmp_path)
     stderr = tmp_path / "stderr.txt"
-    with stderr.open("w") as err:
-        process = subprocess.Popen(
-            scenario.args,
-            env=scenario.env(),
-            cwd=tmp_path,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-            start_new_session=True,
-        )
+    process = scenario.start_writing_stderr_to(stderr)
     wait_for(lambda: "starting a local Prefect server" in stderr.read_text(), 60, "the start")
 
     os.killpg(process.pid, signal.SIGINT)
