@@ -59,7 +59,7 @@ def instrument(timers: Timers) -> None:
     import studio_flows.tasks.slots as slots
 
     import studio_flows.client as client
-    import studio_flows.datasets as datasets
+    import studio_flows.datasets.scan as datasets
     import studio_flows.jobs as jobs
     import studio_flows.planning as planning
 

@@ -548,7 +548,7 @@ def test_conflicting_ids_are_bad_rows_naming_the_first(tmp_path: Path) -> None:
 
 
 def test_duplicate_verdicts_do_not_depend_on_batch_boundaries(tmp_path: Path) -> None:
-    batch = datasets._DEDUP_BATCH
+    batch = datasets.dedup._DEDUP_BATCH
     rows: list[dict[str, Any]] = [{"id": f"r{i}", "prompt": f"Q{i}"} for i in range(3 * batch)]
     rows[batch + 5] = {"id": "r1", "prompt": "Q1"}  # exact duplicate, next batch
     rows[batch + 6] = {"id": "r2", "prompt": "other"}  # conflict with line 3
@@ -569,7 +569,7 @@ def _no_seen_keys_store(*args: object) -> None:
 def test_a_validated_file_is_not_deduplicated_twice(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    batch = datasets._DEDUP_BATCH
+    batch = datasets.dedup._DEDUP_BATCH
     rows: list[dict[str, Any]] = [{"id": f"r{i}", "prompt": f"Q{i}"} for i in range(2 * batch)]
     rows[batch + 5] = {"id": "r1", "prompt": "Q1"}  # exact duplicate of line 2
     rows[batch + 6] = {"id": "r2", "prompt": "other"}  # conflict with line 3
@@ -578,7 +578,7 @@ def test_a_validated_file_is_not_deduplicated_twice(
     looked_up: list[BadRow] = []
     expected = [r.line for r in iter_good_rows(path, BY_ID, on_bad_row=looked_up.append)]
 
-    monkeypatch.setattr(datasets, "_SeenKeys", _no_seen_keys_store)
+    monkeypatch.setattr(datasets.scan, "_SeenKeys", _no_seen_keys_store)
     judged: list[BadRow] = []
     lines = [
         r.line
@@ -601,7 +601,7 @@ def test_a_verdict_is_not_used_once_the_file_changed(tmp_path: Path) -> None:
 
 def test_a_file_changed_while_validated_leaves_no_verdict(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "A"}, {"prompt": "B"}])
-    scan = datasets._Scan(path, DatasetOptions(), dedup=True)
+    scan = datasets.scan._Scan(path, DatasetOptions(), dedup=True)
     items = iter(scan)
     next(items)
     with path.open("a") as handle:
@@ -810,7 +810,7 @@ def test_a_million_rows_in_bounded_memory(tmp_path: Path) -> None:
     (small_peak, small_rss), (large_peak, large_rss) = results[100_000], results[1_000_000]
     assert large_peak < 1.5 * small_peak, results
     # RSS also counts SQLite's page cache, capped at _DEDUP_CACHE_KIB: allow that, no more.
-    assert large_rss < small_rss + datasets._DEDUP_CACHE_KIB + 16 * 1024, results
+    assert large_rss < small_rss + datasets.dedup._DEDUP_CACHE_KIB + 16 * 1024, results
 
 
 def test_an_id_too_long_to_store_is_a_bad_row(tmp_path: Path) -> None:

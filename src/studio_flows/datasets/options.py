@@ -1,0 +1,90 @@
+"""What a dataset is read as (its format, columns, system prompt), and what a pass found."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+
+from studio_flows.errors import DatasetError
+from studio_flows.rows import BadRow
+
+if TYPE_CHECKING:
+    from studio_flows.datasets.dedup import DedupVerdict
+
+DatasetFormat = Literal["jsonl", "csv", "parquet"]
+OnBadRows = Literal["fail", "skip"]
+PathLike: TypeAlias = str | os.PathLike[str]
+
+_SUFFIXES: dict[str, DatasetFormat] = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+# A record as the format readers hand it over: (line, messages, prompt, id); None = absent.
+_Record: TypeAlias = tuple[int, Any, Any, Any]
+
+
+@dataclass(frozen=True)
+class DatasetOptions:
+    """How to read a dataset: its format (default: from the suffix) and column names.
+
+    Example:
+        >>> DatasetOptions(id_column="id", system_prompt="Answer briefly.").prompt_column
+        'prompt'
+    """
+
+    format: DatasetFormat | None = None
+    prompt_column: str = "prompt"
+    messages_column: str = "messages"
+    id_column: str | None = None
+    system_prompt: str | None = None
+
+
+@dataclass
+class DatasetReport:
+    """What one validation pass found: good unique rows, bad rows, exact duplicates.
+
+    Example:
+        >>> DatasetReport(path=Path("p.jsonl"), rows=40).bad_count
+        0
+    """
+
+    path: Path
+    rows: int = 0
+    bad_count: int = 0
+    bad_rows: list[BadRow] = field(default_factory=list)
+    duplicates: int = 0
+    # What de-duplication decided, for the next pass over the same file (None if the file
+    # changed while it was read).
+    verdict: DedupVerdict | None = field(default=None, repr=False)
+
+
+def detect_format(path: PathLike) -> DatasetFormat:
+    """The dataset format named by the file's suffix.
+
+    Example:
+        >>> detect_format("data/prompts.ndjson")
+        'jsonl'
+    """
+    suffix = Path(path).suffix.lower()
+    try:
+        return _SUFFIXES[suffix]
+    except KeyError:
+        raise DatasetError(
+            f"{os.fspath(path)}: cannot tell the dataset format from the suffix {suffix!r}; "
+            "use .jsonl/.ndjson, .csv or .parquet/.pq, or set the format explicitly"
+        ) from None
+
+
+def dataset_name(path: PathLike) -> str:
+    """The name stored in the results' ``dataset`` column: the file name.
+
+    Example:
+        >>> dataset_name("/data/in/prompts.jsonl")
+        'prompts.jsonl'
+    """
+    return Path(path).name

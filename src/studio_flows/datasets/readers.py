@@ -1,0 +1,199 @@
+"""One reader per format: each streams a file's records as ``(line, messages, prompt, id)``
+(None where absent) or a bad row; validating a record into a row is not theirs."""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from studio_flows.datasets.options import DatasetFormat, DatasetOptions, _Record
+from studio_flows.errors import DatasetError
+from studio_flows.rows import BadRow
+
+_UTF8_BOM = b"\xef\xbb\xbf"
+_PARQUET_BATCH = 4096
+
+
+def jsonl_records(path: Path, options: DatasetOptions) -> Iterator[_Record | BadRow]:
+    prompt_column = options.prompt_column
+    messages_column = options.messages_column
+    id_column = options.id_column
+    loads = orjson.loads
+    with open(path, "rb") as handle:
+        for line, raw in enumerate(handle, 1):
+            if line == 1 and raw.startswith(_UTF8_BOM):
+                raw = raw[len(_UTF8_BOM) :]
+            try:
+                obj = loads(raw)
+            except orjson.JSONDecodeError as err:
+                # Only on the error path: a blank line is not a record, just spacing.
+                if not raw.strip():
+                    continue
+                yield BadRow(os.fspath(path), line, _json_error_reason(raw, err))
+                continue
+            if type(obj) is not dict:
+                yield BadRow(
+                    os.fspath(path), line, f"expected a JSON object, got {_json_type(obj)}"
+                )
+                continue
+            yield (
+                line,
+                obj.get(messages_column),
+                obj.get(prompt_column),
+                obj.get(id_column) if id_column is not None else None,
+            )
+
+
+def csv_records(path: Path, options: DatasetOptions) -> Iterator[_Record | BadRow]:
+    # surrogateescape: an undecodable byte spoils its record only (a bad row), not the
+    # whole file; utf-8-sig drops the BOM spreadsheet programs write.
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
+        # strict: a stray quote is an error we report, not a field silently merged.
+        reader = csv.reader(handle, strict=True)
+        header: list[str] | None = None
+        while header is None:
+            try:
+                header = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as err:
+                raise DatasetError(f"{os.fspath(path)}:1: unreadable CSV header ({err})") from err
+            if not header:
+                header = None  # leading blank lines
+        header = [name.strip() for name in header]
+        m_index, p_index, id_index = _columns(path, options, header)
+        width = len(header)
+        while True:
+            # The record starts on the line after the last one the reader consumed;
+            # this stays right when quoted fields span several lines.
+            line = reader.line_num + 1
+            try:
+                cells = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as err:
+                yield BadRow(os.fspath(path), line, f"malformed CSV record: {err}")
+                continue
+            if not cells:
+                continue
+            if len(cells) != width:
+                yield BadRow(
+                    os.fspath(path),
+                    line,
+                    f"the record has {len(cells)} fields, the header has {width}",
+                )
+                continue
+            # A CSV cell cannot say null: an empty cell means the value is absent.
+            yield (
+                line,
+                (cells[m_index] or None) if m_index is not None else None,
+                (cells[p_index] or None) if p_index is not None else None,
+                (cells[id_index] or None) if id_index is not None else None,
+            )
+
+
+def parquet_records(path: Path, options: DatasetOptions) -> Iterator[_Record | BadRow]:
+    import pyarrow.parquet as pq  # imported here: JSONL and CSV users need no pyarrow
+
+    try:
+        parquet = pq.ParquetFile(path)
+        names = list(parquet.schema_arrow.names)
+    except Exception as err:
+        raise DatasetError(f"{os.fspath(path)}: not a readable Parquet file ({err})") from err
+    m_index, p_index, id_index = _columns(path, options, names)
+    wanted = [names[i] for i in (m_index, p_index, id_index) if i is not None]
+    row = 0
+    try:
+        for batch in parquet.iter_batches(batch_size=_PARQUET_BATCH, columns=wanted):
+            size = batch.num_rows
+            absent = [None] * size
+            messages = _column(batch, names, m_index, absent)
+            prompts = _column(batch, names, p_index, absent)
+            ids = _column(batch, names, id_index, absent)
+            for j in range(size):
+                yield (row + j + 1, messages[j], prompts[j], ids[j])
+            row += size
+    except DatasetError:
+        raise
+    except Exception as err:
+        raise DatasetError(
+            f"{os.fspath(path)}: unreadable Parquet data after row {row} ({err})"
+        ) from err
+
+
+def _columns(
+    path: Path, options: DatasetOptions, names: list[str]
+) -> tuple[int | None, int | None, int | None]:
+    """Positions of the messages, prompt and id columns; a missing one is fatal."""
+
+    def position(name: str) -> int | None:
+        found = [i for i, candidate in enumerate(names) if candidate == name]
+        if len(found) > 1:
+            raise DatasetError(f"{os.fspath(path)}: the column {name!r} appears {len(found)} times")
+        return found[0] if found else None
+
+    m_index = position(options.messages_column)
+    p_index = position(options.prompt_column)
+    if m_index is None and p_index is None:
+        raise DatasetError(
+            f"{os.fspath(path)}: neither a {options.prompt_column!r} nor a "
+            f"{options.messages_column!r} column (columns: {', '.join(names) or 'none'})"
+        )
+    id_index = None
+    if options.id_column is not None:
+        id_index = position(options.id_column)
+        if id_index is None:
+            raise DatasetError(
+                f"{os.fspath(path)}: no id column {options.id_column!r} "
+                f"(columns: {', '.join(names)})"
+            )
+    return m_index, p_index, id_index
+
+
+READERS: dict[DatasetFormat, Callable[[Path, DatasetOptions], Iterator[_Record | BadRow]]] = {
+    "jsonl": jsonl_records,
+    "csv": csv_records,
+    "parquet": parquet_records,
+}
+
+
+def _column(batch: Any, names: list[str], index: int | None, absent: list[None]) -> list[Any]:
+    """One Parquet column of a record batch as Python values (or all None if not asked)."""
+    if index is None:
+        return absent
+    return batch.column(names[index]).to_pylist()  # type: ignore[no-any-return]
+
+
+def _json_error_reason(raw: bytes, err: orjson.JSONDecodeError) -> str:
+    """Why a line is not JSON, telling undecodable bytes apart from bad syntax."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        return f"not valid UTF-8 (byte 0x{raw[bad.start]:02x} at column {bad.start + 1})"
+    return f"invalid JSON: {_single_line(str(err))}"
+
+
+def _single_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _json_type(value: object) -> str:
+    """The JSON name of a parsed value's type, for messages users understand."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
