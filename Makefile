@@ -38,4 +38,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.first_contact
 
 clean:
-	rm -rf $(VENV) studio_flows.db .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build studio_flows.db .pytest_cache .mypy_cache .ruff_cache
