@@ -66,7 +66,6 @@ FIRST_WAIT_NOTICE_S = 3.0
 WAIT_NOTICE_EVERY_S = 30.0
 # A waiting pool looks for slots of dead holders this often.
 RECLAIM_EVERY_S = 5.0
-LEAK_RECHECK_S = 1.0
 # A wait fails as a deadlock once parked jobs have filled the limit for this long: long
 # enough for a mapped wait task to start after its submit (tens of ms), short enough to be
 # told within seconds.
@@ -510,11 +509,14 @@ def release_all_slots() -> int:
 def _new_pool(
     api: PrefectSlotApi, limit_name: str, *, turn_s: float, wait_limit_s: float
 ) -> SlotPool:
+    # Imported here: it loads Prefect's server-side lease storage, which only this needs.
+    from studio_flows.tasks.local_leases import reclaim_local
+
     directory = holders_directory()
     server = _server_key(api.server)
 
     def reclaim() -> int:
-        return reclaim_dead_holders(directory, server, api.release) + _reclaim_local(
+        return reclaim_dead_holders(directory, server, api.release) + reclaim_local(
             api, limit_name, server
         )
 
@@ -533,39 +535,3 @@ def _server_key(api_url: str) -> str:
     """The local server's port changes every run; its leases live in this PREFECT_HOME."""
     local = os.environ.get(LOCAL_SERVER_ENV, "").rstrip("/")
     return "local" if local and local == api_url.rstrip("/") else api_url
-
-
-def _reclaim_local(api: PrefectSlotApi, limit_name: str, server: str) -> int:
-    """On the local server (no repossessor), give back leases that expired, and slots no
-    lease accounts for (left by a server that kept its leases in memory and died)."""
-    if server != "local":
-        return 0
-    from studio_flows.tasks.local_leases import expired_lease_ids, slots_under_lease
-
-    expired = expired_lease_ids()
-    for lease_id in expired:
-        api.release(lease_id)
-    try:
-        limit_id = api.limit_id(limit_name)
-    except Exception:  # no limit yet: nothing can be leaked
-        return len(expired)
-    leaked = _leaked(api, limit_name, limit_id, slots_under_lease)
-    if leaked:
-        # Seen twice a second apart: a slot counted a moment before its lease is written
-        # is not mistaken for a leaked one.
-        interrupts.sleep(LEAK_RECHECK_S)
-        leaked = min(leaked, _leaked(api, limit_name, limit_id, slots_under_lease))
-    if leaked:
-        api.decrement(limit_name, leaked)
-        logger.warning("gave back %d fair-use slot(s) that no live lease held", leaked)
-    return len(expired) + leaked
-
-
-def _leaked(
-    api: PrefectSlotApi,
-    limit_name: str,
-    limit_id: uuid.UUID,
-    slots_under_lease: Callable[[uuid.UUID], int],
-) -> int:
-    active, _ = api.occupancy(limit_name)
-    return max(active - slots_under_lease(limit_id), 0)
