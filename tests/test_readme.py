@@ -23,7 +23,7 @@ installed ``studio-flows`` and ``prefect`` console scripts, ``make``, the venv's
 | `prefect config set PREFECT_API_URL=http://prefect.example.internal:4200/api` | test_readme.py::test_prefect_config_set_points_the_profile_at_the_server |
 | `prefect work-pool create studio-flows --type process` | test_readme.py::test_the_three_commands_and_an_adhoc_run |
 | `prefect deploy --all` | test_readme.py::test_the_three_commands_and_an_adhoc_run |
-| `prefect worker start --pool studio-flows` | test_readme.py::test_the_three_commands_and_an_adhoc_run (a run to the end: test_deployments.py::test_deploy_all_then_a_process_worker_runs_the_adhoc_deployment) |
+| `prefect worker start --pool studio-flows` | test_readme.py::test_the_three_commands_and_an_adhoc_run (a run to the end: deployments/test_deployments.py::test_deploy_all_then_a_process_worker_runs_the_adhoc_deployment) |
 | `prefect deployment run generate-dataset/adhoc-generation --params …` | test_readme.py::test_the_three_commands_and_an_adhoc_run |
 | `prefect block register -m studio_flows.blocks` | test_readme.py::test_the_three_commands_and_an_adhoc_run |
 | `prefect concurrency-limit inspect model-studio` | test_readme.py::test_the_fair_use_limit_commands |
@@ -33,9 +33,9 @@ installed ``studio-flows`` and ``prefect`` console scripts, ``make``, the venv's
 
 Commands named in the prose, outside the blocks: `prefect --no-prompt deploy --all`,
 `prefect deploy --name nightly-generation` and `prefect deployment run
-generate-dataset/nightly-generation` (test_deployments.py's slow tests), `studio-flows
-serve [--nightly-dataset PATH]` (test_deployments.py::test_serve_and_deploy_on_one_server_leave_each_other_alone,
-test_deployments.py::test_the_serve_command_passes_the_nightly_dataset_and_the_limit).
+generate-dataset/nightly-generation` (deployments/test_deployments.py's slow tests), `studio-flows
+serve [--nightly-dataset PATH]` (deployments/test_deployments.py::test_serve_and_deploy_on_one_server_leave_each_other_alone,
+deployments/test_deployments.py::test_the_serve_command_passes_the_nightly_dataset_and_the_limit).
 """  # noqa: E501 - a table row is one line
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def test_the_docstring_table_lists_every_readme_command_and_no_other() -> None:
     ]
     assert all(covered), [c for c, ok in zip(commands, covered, strict=True) if not ok]
     assert len(tabled) == len(commands), sorted(tabled)
-    named = re.findall(r"(test_\w+\.py)::(test_\w+)", __doc__ or "")
+    named = re.findall(r"((?:\w+/)?test_\w+\.py)::(test_\w+)", __doc__ or "")
     for module, name in named:
         assert f"def {name}(" in (REPO_ROOT / "tests" / module).read_text(), (module, name)
 

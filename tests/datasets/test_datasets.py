@@ -47,7 +47,7 @@ from studio_flows.rows import (
     sha256_hex,
 )
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 BY_ID = DatasetOptions(id_column="id")
 PARAMS = GenerationParams(model_id="meta-llama/Llama-3.3-70B-Instruct", temperature=0.7)
 

@@ -24,7 +24,7 @@ from studio_flows.emulator import EmulatorConfig
 from tests.fixtures.cli_runs import STUDIO_FLOWS
 from tests.fixtures.prefect_server import free_port
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 BANNER_LINES = 4
 BODY = {"model_id": "m", "messages": [[{"role": "user", "content": "The capital of France is"}]]}
 

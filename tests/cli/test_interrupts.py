@@ -258,7 +258,7 @@ def _write_figures() -> None:
         return
     lines = [
         f"{ROWS} rows, shards of {SHARD}, jobs of {JOB_S:.0f} s, one shared PREFECT_HOME "
-        "(tests/test_interrupts.py).",
+        "(tests/cli/test_interrupts.py).",
         "",
         "| figure | runs | median | max |",
         "| --- | ---: | ---: | ---: |",

@@ -51,7 +51,7 @@ from studio_flows.storage import count_results, make_engine
 from tests.fixtures.emulator import TEST_ORGANIZATION
 from tests.fixtures.prefect_server import PREFECT_CLI, PrefectServer, stop_process_group
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 PREFECT_YAML = REPO_ROOT / "prefect.yaml"
 EXPECTED_DEPLOYMENTS = {"nightly-generation", "adhoc-generation"}
 SECRET_TOKEN = "ms-token-must-never-leak-0123456789"
