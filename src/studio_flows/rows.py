@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -103,21 +103,33 @@ class Row:
 
     ``row_key`` is the user's id column when given, else the conversation's hash.
     ``line`` is the 1-based line (JSONL, CSV record start) or row number (Parquet).
+    ``metadata`` holds the input columns a user keeps (JSON values), stored beside the
+    answer; it is not part of the row's identity.
     """
 
     row_key: str
     messages: Messages
     line: int
     prompt_hash: str
+    metadata: Mapping[str, Any] | None = None
 
     @classmethod
     def from_messages(
-        cls, messages: Sequence[Message], *, line: int, row_key: str | None = None
+        cls,
+        messages: Sequence[Message],
+        *,
+        line: int,
+        row_key: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
     ) -> Row:
         """Build a row, defaulting its key to the conversation's hash."""
         digest = prompt_hash(messages)
         return cls(
-            row_key=row_key or digest, messages=tuple(messages), line=line, prompt_hash=digest
+            row_key=row_key or digest,
+            messages=tuple(messages),
+            line=line,
+            prompt_hash=digest,
+            metadata=metadata,
         )
 
     def identity(self, params: GenerationParams) -> RowIdentity:
@@ -180,3 +192,4 @@ class ResultRecord:
     status: RowStatus
     result: str | None
     error: str | None
+    metadata: Mapping[str, Any] | None = None
