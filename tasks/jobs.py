@@ -36,6 +36,11 @@ from studio_flows.jobs import (
 from studio_flows.polling import DurationHistory
 from studio_flows.settings import Settings
 from studio_flows.storage import complete_shard, make_engine
+from studio_flows.storage.outages import (
+    describe_unavailable,
+    is_unavailable,
+    retry_while_unavailable,
+)
 
 
 @functools.cache
@@ -182,7 +187,9 @@ class _JobRunner:
             deadline_s=deadline_s or self.settings.job_deadline_s,
             policy=self.policy,
         )
-        _persist(outcome, self.database_url, self.flow_run_id)
+        _persist(
+            outcome, self.database_url, self.flow_run_id, bound_s=self.settings.database_retry_s
+        )
         return outcome.report()
 
     def run_with_retries(self, work: WorkItem) -> JobReport:
@@ -195,26 +202,43 @@ class _JobRunner:
             except AmbiguousShardError as err:
                 return JobReport.gave_up(work.shard, str(err))
             except Exception as err:
+                # A driver's error spans lines; the summary shows one sentence per shard.
+                said = describe_unavailable(err, self.database_url) if is_unavailable(err) else err
                 if attempt == JOB_RETRIES:
-                    return JobReport.gave_up(work.shard, str(err))
+                    return JobReport.gave_up(work.shard, f"{said}; its rows stay for the next run")
                 get_run_logger().warning(
                     "shard %s: %s; retrying in %.0f s",
                     work.shard.shard_key,
-                    err,
+                    said,
                     JOB_RETRY_DELAY_S,
                 )
                 interrupts.sleep(JOB_RETRY_DELAY_S)
         raise AssertionError("unreachable")
 
 
-def _persist(outcome: JobOutcome, database_url: str, flow_run_id: str | None) -> None:
-    complete_shard(
-        engine_for(database_url),
-        outcome.shard,
-        job_id=outcome.job_id,
-        job_status=outcome.job_status,
-        records=outcome.records,
-        flow_run_id=flow_run_id,
+def _persist(
+    outcome: JobOutcome,
+    database_url: str,
+    flow_run_id: str | None,
+    *,
+    bound_s: float = 60.0,
+) -> None:
+    """Write the job's results and close its shard, retrying a database that went away.
+
+    The job's outcome is only in memory: a database restart must not cost its answers
+    (after ``bound_s`` its job_id stays recorded, so a retry or the next run re-reads it).
+    """
+    retry_while_unavailable(
+        lambda: complete_shard(
+            engine_for(database_url),
+            outcome.shard,
+            job_id=outcome.job_id,
+            job_status=outcome.job_status,
+            records=outcome.records,
+            flow_run_id=flow_run_id,
+        ),
+        bound_s=bound_s,
+        url=database_url,
     )
 
 

@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.databases",
     "tests.fixtures.harness",
     "tests.fixtures.prefect_server",
+    "tests.fixtures.private_postgres",
 ]

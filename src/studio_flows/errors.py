@@ -50,6 +50,10 @@ class DatasetError(StudioFlowsError):
     """The dataset cannot be used as it is; the message names file, line and reason."""
 
 
+class ResultsDatabaseUnavailableError(StudioFlowsError):
+    """The results database did not answer within the retry bound; the message names it."""
+
+
 class RunInterrupted(StudioFlowsError):
     """A signal (Ctrl-C, ``kill``, a container stop) asked this process to stop.
 

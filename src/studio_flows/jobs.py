@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ from studio_flows.storage import (
     record_rejected,
     record_shard_intent,
 )
+from studio_flows.storage.outages import retry_while_unavailable
 
 logger = logging.getLogger("studio_flows.jobs")
 
@@ -227,7 +229,12 @@ def submit_shard(
             )
             sleep(orphan_wait)
             continue
-        record_job_submitted(engine, shard.shard_key, created.job_id)
+        # The job runs and is paid for now: its job_id must reach the ledger even if the
+        # database is restarting, or the next run would pay for the shard again.
+        retry_while_unavailable(
+            functools.partial(record_job_submitted, engine, shard.shard_key, created.job_id),
+            url=engine.url,
+        )
         return created.job_id, resubmits
 
 

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     slot_turn_s: float = Field(
         default=60.0, gt=0, description="Re-acquire a slot at least this often"
     )
+    database_retry_s: float = Field(
+        default=60.0, ge=0, description="Retry a results database that does not answer this long"
+    )
     slot_wait_limit_s: float = Field(
         default=600.0, gt=0, description="Give up when no fair-use slot comes free in this time"
     )

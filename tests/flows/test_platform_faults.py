@@ -34,11 +34,13 @@ from tests.fixtures.cli_runs import (
     ledger,
     run_cli,
     start_cli,
+    summary_value,
     wait_for,
     write_chaos_section,
 )
 from tests.fixtures.harness import write_prompts
 from tests.fixtures.prefect_server import PrefectServer
+from tests.fixtures.private_postgres import PrivateCluster
 
 ROWS = 16
 SHARD = 2
@@ -66,11 +68,14 @@ def submitted(database_url: str) -> int:
 
 
 def assert_one_sentence_or_success(result: CliResult) -> None:
-    """Exit 0, or an early end that says in one sentence that rows were left for a rerun."""
+    """Exit 0, or exit 1 with rows left unfinished and one line per shard error."""
     assert "Traceback" not in result.output, str(result)
     if result.returncode != 0:
-        assert result.returncode in (1, 2), str(result)
-        assert "run the same command again" in result.stderr, str(result)
+        assert result.returncode == 1, str(result)
+        assert "unfinished" in result.stdout, str(result)
+        errors = result.stdout.split("errors:\n", 1)[-1].rstrip().splitlines()
+        assert all(line.startswith("  shard ") for line in errors), str(result)
+        assert all("stay for the next run" in line for line in errors), str(result)
 
 
 def test_a_prefect_server_restart_mid_run_loses_nothing_and_leaks_no_slot(
@@ -118,4 +123,63 @@ def test_a_prefect_server_restart_mid_run_loses_nothing_and_leaks_no_slot(
         f"- emulator: {stats['jobs_created']} jobs for {SHARDS} shards (bound "
         f"{SHARDS} + {in_flight_at_restart} in flight), at most {stats['max_active_jobs']} "
         "active; every row completed once; 0 active slots on the restarted server",
+    )
+
+
+PERSIST_BOUND_S = 3.0
+DB_DOWN_S = 17.0  # longer than a job's persist bound and its 2 retries 5 s apart
+
+
+def test_a_results_database_restart_loses_nothing_and_pays_nothing_twice(
+    emulator: EmulatorServer,
+    prefect_server_process: PrefectServer,
+    private_postgres: PrivateCluster,
+    tmp_path: Path,
+) -> None:
+    emulator.configure(job_latency_s=JOB_S, fair_use_limit=50, tokens=[SECRET_TOKEN])
+    database_url = private_postgres.create_database("results")
+    DATABASES.append(database_url)
+    dataset = write_prompts(tmp_path / "db-restart.jsonl", ROWS)
+    args = generate_args(dataset, database_url, "--shard-size", str(SHARD), "--id-column", "id")
+    # Persists give up before the database is back: their jobs are left for the rerun.
+    env = cli_env(
+        emulator,
+        tmp_path / "client",
+        api_url=prefect_server_process.api_url,
+        MODEL_STUDIO_DATABASE_RETRY_S=str(PERSIST_BOUND_S),
+    )
+
+    started = time.monotonic()
+    first = start_cli(args, env, tmp_path)
+    wait_for(lambda: submitted(database_url) >= 3 or first.poll() is not None, 120, "3 jobs")
+    assert first.poll() is None, "the run ended before the database stopped"
+    recorded = {str(r["job_id"]) for r in ledger(database_url)}
+    private_postgres.stop()
+    time.sleep(DB_DOWN_S)  # the fault itself: the database stays down this long
+    private_postgres.start()
+    run1 = finish_cli(first, started, timeout_s=300)
+    assert_one_sentence_or_success(run1)
+    after_run1 = ledger(database_url)
+    left_open = [r for r in after_run1 if r["status"] == "submitted"]
+
+    run2 = run_cli(args, env, tmp_path, timeout_s=240)
+    assert run2.returncode == 0, str(run2)
+    assert summary_value(run2.stdout, "jobs re-attached") == len(left_open), str(run2)
+
+    stats = emulator.stats()
+    assert left_open, "no persist failed: the fault missed the jobs in flight"
+    assert_every_row_completed_once(database_url, {f"question-{i}" for i in range(ROWS)})
+    assert stats["jobs_created"] == SHARDS, f"a recorded job was paid twice: {stats}"
+    assert recorded <= {str(r["job_id"]) for r in ledger(database_url)}
+    assert stats["max_active_jobs"] <= 3, stats
+    outcome = "completed" if run1.returncode == 0 else f"exit {run1.returncode}, rows left"
+    write_chaos_section(
+        "Results database restarted mid-run (PostgreSQL)",
+        f"- {ROWS} rows, {SHARDS} shards of {SHARD}, jobs of {JOB_S:.0f} s; a private "
+        f"PostgreSQL cluster holding the results stopped (fast shutdown) with 3 jobs in "
+        f"flight and started again {DB_DOWN_S:.0f} s later\n"
+        f"- run 1: {outcome} in {run1.seconds:.1f} s; {len(left_open)} jobs left recorded "
+        f"but not persisted; rerun: exit 0 in {run2.seconds:.1f} s\n"
+        f"- emulator: {stats['jobs_created']} jobs for {SHARDS} shards (nothing paid twice), "
+        f"at most {stats['max_active_jobs']} active; every row completed once",
     )
