@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.harness",
     "tests.fixtures.prefect_server",
     "tests.fixtures.private_postgres",
+    "tests.fixtures.redis_server",
 ]
