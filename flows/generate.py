@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import (
@@ -309,10 +310,33 @@ def generate_dataset(options: GenerateOptions) -> RunSummary:
         _run_lanes(lane, limit)
     except RunInterrupted as err:
         interrupted = err
-    finally:
+    except BaseException:
+        # Prefect's cancellation (a TerminationSignal) or another stop: the run ends
+        # Cancelled with the summary so far, as a signal to the command line does.
         lane.progress.finish()
+        _report(_summary(options, report, planner, tally, lane, started, stopped=True))
+        raise
+    lane.progress.finish()
+    summary = _summary(options, report, planner, tally, lane, started, stopped=bool(interrupted))
+    _report(summary)
+    if interrupted is not None:
+        interrupted.summary = summary
+        raise interrupted
+    return summary
 
-    summary = RunSummary(
+
+def _summary(
+    options: GenerateOptions,
+    report: Any,
+    planner: Planner,
+    tally: RunTally,
+    lane: _Lane,
+    started: float,
+    *,
+    stopped: bool,
+) -> RunSummary:
+    """The run's summary from its counters (so far, for a run that was stopped)."""
+    return RunSummary(
         dataset=dataset_name(options.dataset_path),
         model_id=options.model_id,
         rows_in_dataset=report.rows,
@@ -331,13 +355,8 @@ def generate_dataset(options: GenerateOptions) -> RunSummary:
         wall_time_s=round(time.monotonic() - started, 2),
         bad_rows=[str(bad) for bad in report.bad_rows],
         errors=tally.errors,
-        interrupted_by=interrupts.stop_reason() if interrupted else None,
+        interrupted_by=interrupts.stop_reason() if stopped else None,
     )
-    _report(summary)
-    if interrupted is not None:
-        interrupted.summary = summary
-        raise interrupted
-    return summary
 
 
 def _report(summary: RunSummary) -> None:
