@@ -179,13 +179,14 @@ class SqlSource(DatasetSource):
         dumps = orjson.dumps
         try:
             with engine.connect() as connection, path.open("wb") as out:
-                result = connection.execution_options(
-                    stream_results=True, yield_per=SQL_FETCH_ROWS
-                ).execute(statement)
+                result = connection.execute(
+                    statement,
+                    execution_options={"stream_results": True, "yield_per": SQL_FETCH_ROWS},
+                )
                 if not result.returns_rows:
                     raise DatasetError(f"{self.label}: the query returns no rows (not a SELECT?)")
                 names = list(result.keys())
-                for partition in result.partitions():
+                for partition in result.partitions(SQL_FETCH_ROWS):
                     # str() for what JSON cannot hold (dates, decimals): the text a template
                     # shows, identical in every pass since every pass reads this file.
                     out.write(
