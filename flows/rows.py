@@ -70,20 +70,23 @@ def generate_rows(
     with tempfile.TemporaryDirectory(prefix="studio-flows-rows-") as folder:
         if database_url is None and database_block is None:
             database_url = f"sqlite:///{Path(folder) / 'results.db'}"
-        options = GenerateOptions(
-            model_id=model_id,
-            temperature=temperature,
-            max_tokens=max_tokens,
-            shard_size=shard_size,
-            system_prompt=system_prompt,
-            prompt_column=prompt_column,
-            messages_column=messages_column,
-            id_column=id_column,
-            template=template,
-            system_template=system_template,
-            database_url=database_url,
-            database_block=database_block,
-            credentials_block=credentials_block,
+        options = GenerateOptions.model_validate(
+            dict(
+                model_id=model_id,
+                temperature=temperature,
+                max_tokens=max_tokens,
+                shard_size=shard_size,
+                system_prompt=system_prompt,
+                prompt_column=prompt_column,
+                messages_column=messages_column,
+                id_column=id_column,
+                template=template,
+                system_template=system_template,
+                database_url=database_url,
+                database_block=database_block,
+                credentials_block=credentials_block,
+            ),
+            context={"rows_in_memory": True},
         )
         run_generation(options, source)
         url = resolve_database_url(database_url, database_block, load_settings())

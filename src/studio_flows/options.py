@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
 from studio_flows.datasets import DatasetOptions, DatasetSource, FileSource, SqlSource
 from studio_flows.errors import ConfigurationError
@@ -77,9 +77,13 @@ class GenerateOptions(BaseModel):
     id_column: str | None = None
 
     @model_validator(mode="after")
-    def _one_source(self) -> GenerateOptions:
+    def _one_source(self, info: ValidationInfo) -> GenerateOptions:
         if self.dataset_path is not None and self.sql is not None:
             raise ValueError("give dataset_path or sql, not both")
+        # Rows in memory (generate_rows) are the one source options cannot name.
+        in_memory = bool(info.context and info.context.get("rows_in_memory"))
+        if self.dataset_path is None and self.sql is None and not in_memory:
+            raise ValueError("give dataset_path (a file) or sql (a query)")
         if self.sql is None and (self.source_url or self.source_block):
             raise ValueError("source_url and source_block name where sql runs; give sql too")
         return self
