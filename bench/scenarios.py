@@ -226,6 +226,12 @@ def run_child(
     return result
 
 
+def run_p3_sql(env: dict[str, str], rows: int, shard_size: int) -> dict[str, Any] | None:
+    from bench.sql_source import run_p3_sql as run
+
+    return run(env, rows, shard_size)
+
+
 def run_all(sizes: Sizes, out: Path, *, postgres: bool, real_server: bool) -> Results:
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
@@ -330,6 +336,8 @@ def run_all(sizes: Sizes, out: Path, *, postgres: bool, real_server: bool) -> Re
                         ],
                         env=env,
                     )
+        if postgres:
+            d["p3_sql"] = run_p3_sql(env, sizes.p3_rows, sizes.shard_size)
     if real_server:
         log("P1 on a real prefect server")
         d["p1_real_server"] = p1_real_server(sizes)
@@ -343,6 +351,9 @@ def run_all(sizes: Sizes, out: Path, *, postgres: bool, real_server: bool) -> Re
     f["p3_rows_per_s"] = d["p3"]["rows_per_s"]
     f["p4_rss_ratio"] = round(d["p3"]["peak_rss_mb"] / d["p4_small"]["peak_rss_mb"], 3)
     f["p5_requests_per_job"] = d["p1"]["requests_per_job"]
+    if d.get("p3_sql"):
+        f["p3_sql_rows_per_s"] = d["p3_sql"]["p3_sql_rows_per_s"]
+        f["p3_sql_vs_jsonl"] = d["p3_sql"]["p3_sql_vs_jsonl"]
     f["machine"] = machine()
     f["date"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     d["bench_wall_s"] = round(time.monotonic() - wall_started, 1)

@@ -21,7 +21,6 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import (
@@ -42,7 +41,7 @@ from studio_flows.tasks.slots import Lease, SlotPool, release_all_slots, slot_po
 from studio_flows import interrupts
 from studio_flows.blocks import resolve_settings
 from studio_flows.client import ClientStats
-from studio_flows.datasets import dataset_name, iter_good_rows, iter_shards
+from studio_flows.datasets import DatasetReport, DatasetSource, iter_good_rows, iter_shards
 from studio_flows.errors import RunInterrupted
 from studio_flows.jobs import JobReport, WorkItem
 from studio_flows.options import GenerateOptions
@@ -274,19 +273,33 @@ def generate_dataset(options: GenerateOptions) -> RunSummary:
         >>> summary.completed  # doctest: +SKIP
         40
     """
+    return run_generation(options)
+
+
+def run_generation(options: GenerateOptions, source: DatasetSource | None = None) -> RunSummary:
+    """The body of :func:`generate_dataset`, in the calling flow run: ``source`` is read
+    instead of the file or query of ``options`` when given (rows in memory).
+
+    Example:
+        >>> run_generation(options, MemorySource([{"prompt": "Hi"}]))  # doctest: +SKIP
+        RunSummary(dataset='rows', ...)
+    """
     started = time.monotonic()
     settings = resolve_settings(options.credentials_block)
     settings.require_credentials()
     database_url = resolve_database_url(options.database_url, options.database_block, settings)
-    report = validate_dataset_task(options)
+    report = validate_dataset_task(options, source)
+    assert report.source is not None  # every validation pass names what it read
+    dataset = report.source.dataset
     check_model_studio_access(options.credentials_block)
     limit = ensure_concurrency_limit(settings.concurrency_limit)
 
     params = GenerationParams(options.model_id, options.temperature, options.max_tokens)
-    rows = iter_good_rows(options.dataset_path, options.dataset_options(), verdict=report.verdict)
+    # The source the validation read (a query's snapshot), judged as it judged it.
+    rows = iter_good_rows(report.source, options.dataset_options(), verdict=report.verdict)
     shards = iter_shards(
         rows,
-        dataset=dataset_name(options.dataset_path),
+        dataset=dataset,
         params=params,
         shard_size=options.shard_size or settings.shard_size,
     )
@@ -327,7 +340,7 @@ def generate_dataset(options: GenerateOptions) -> RunSummary:
 
 def _summary(
     options: GenerateOptions,
-    report: Any,
+    report: DatasetReport,
     planner: Planner,
     tally: RunTally,
     lane: _Lane,
@@ -336,8 +349,9 @@ def _summary(
     stopped: bool,
 ) -> RunSummary:
     """The run's summary from its counters (so far, for a run that was stopped)."""
+    assert report.source is not None  # every validation pass names what it read
     return RunSummary(
-        dataset=dataset_name(options.dataset_path),
+        dataset=report.source.dataset,
         model_id=options.model_id,
         rows_in_dataset=report.rows,
         bad_rows_skipped=report.bad_count,

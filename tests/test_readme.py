@@ -19,6 +19,9 @@ installed ``studio-flows`` and ``prefect`` console scripts, ``make``, the venv's
 | `studio-flows generate prompts.jsonl --model-id <model-id> [--database-url postgresql://...]` | test_readme.py::test_the_use_it_block_generates_and_exports |
 | `studio-flows results --dataset prompts.jsonl --format jsonl --output answers.jsonl` | test_readme.py::test_the_use_it_block_generates_and_exports |
 | `studio-flows results prompts.parquet --format csv --output answers.csv` | test_readme.py::test_the_use_it_block_generates_and_exports |
+| `studio-flows generate --sql 'SELECT id, question FROM faq WHERE id > 0' --dataset-name faq --id-column id --template 'Answer in one word: {{ question }}' --model-id <model-id> --dry-run` | test_readme.py::test_the_sql_block_dry_runs_generates_and_exports |
+| `studio-flows generate --sql 'SELECT id, question FROM faq WHERE id > 0' --dataset-name faq --id-column id --template 'Answer in one word: {{ question }}' --model-id <model-id>` | test_readme.py::test_the_sql_block_dry_runs_generates_and_exports |
+| `studio-flows results --dataset faq --format csv --output faq.csv` | test_readme.py::test_the_sql_block_dry_runs_generates_and_exports |
 | `studio-flows emulator --port 8000` | test_readme.py::test_the_emulator_command_serves_and_stops_on_sigint |
 | `prefect config set PREFECT_API_URL=http://prefect.example.internal:4200/api` | test_readme.py::test_prefect_config_set_points_the_profile_at_the_server |
 | `prefect work-pool create studio-flows --type process` | test_readme.py::test_the_three_commands_and_an_adhoc_run |
@@ -46,6 +49,7 @@ import selectors
 import shlex
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -251,8 +255,8 @@ def test_the_use_it_block_generates_and_exports(
         env.update([assignment.split("=", 1)])
     values = {"<model-id>": MODEL}
 
-    generated = _run(substitute(command("studio-flows generate"), values), env, tmp_path)
-    by_name = _run(command("studio-flows results --dataset"), env, tmp_path)
+    generated = _run(substitute(command("studio-flows generate prompts"), values), env, tmp_path)
+    by_name = _run(command("studio-flows results --dataset prompts"), env, tmp_path)
     by_file = _run(command("studio-flows results prompts.parquet"), env, tmp_path)
 
     assert generated.returncode == 0, generated
@@ -264,6 +268,34 @@ def test_the_use_it_block_generates_and_exports(
     csv_lines = (tmp_path / "answers.csv").read_text(encoding="utf-8").splitlines()
     assert csv_lines[0].startswith("line,dataset,")
     assert [line.split(",")[0] for line in csv_lines[1:]] == [str(n) for n in range(1, 41)]
+
+
+@pytest.mark.slow
+def test_the_sql_block_dry_runs_generates_and_exports(
+    emulator: EmulatorServer, prefect_server: str, tmp_path: Path
+) -> None:
+    with sqlite3.connect(tmp_path / "studio_flows.db") as db:  # the default results database
+        db.execute("CREATE TABLE faq (id INTEGER PRIMARY KEY, question TEXT)")
+        db.executemany("INSERT INTO faq VALUES (?, ?)", [(i, f"question {i}?") for i in range(5)])
+    env = _env(tmp_path / "prefect", PREFECT_API_URL=prefect_server,
+               MODEL_STUDIO_BASE_URL=emulator.base_url, MODEL_STUDIO_TOKEN=emulator.token,
+               MODEL_STUDIO_ORGANIZATION_ID=TEST_ORGANIZATION)  # fmt: skip
+    dry, run = (
+        substitute(shlex.split(c), {"<model-id>": MODEL})
+        for c in readme_commands()
+        if c.startswith("studio-flows generate --sql")
+    )
+    emulator.reset()
+
+    planned = _run(dry, env, tmp_path)
+    assert planned.returncode == 0, planned
+    assert re.search(r"│ jobs that would be submitted +│ +1 │", planned.stdout), planned
+    assert emulator.stats()["jobs_created"] == 0
+    generated = _run(run, env, tmp_path)
+    assert re.search(r"│ completed +│ +4 │", generated.stdout), generated  # WHERE id > 0
+    exported = _run(command("studio-flows results --dataset faq"), env, tmp_path)
+    assert exported.stderr.strip() == "wrote 4 rows to faq.csv", exported
+    assert "Answer in one word: question 4?" in (tmp_path / "faq.csv").read_text()
 
 
 @pytest.mark.slow

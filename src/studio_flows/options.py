@@ -13,17 +13,43 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
-from studio_flows.datasets import DatasetOptions
+from studio_flows.datasets import DatasetOptions, DatasetSource, FileSource, SqlSource
+from studio_flows.errors import ConfigurationError
 
 
 class GenerateOptions(BaseModel):
     """What to generate, where to write it, and how to treat bad rows and unknown outcomes."""
 
-    model_config = ConfigDict(extra="forbid")
+    # The form asks for a file or a query: one of the two is required.
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"anyOf": [{"required": ["dataset_path"]}, {"required": ["sql"]}]},
+    )
 
-    dataset_path: str = Field(description="JSONL, CSV or Parquet file, one conversation a row")
+    dataset_path: str | None = Field(
+        default=None, description="JSONL, CSV or Parquet file, one conversation a row"
+    )
+    sql: str | None = Field(
+        default=None, description="A SQL query whose rows are the dataset (instead of a file)"
+    )
+    source_url: str | None = Field(
+        default=None, description="SQLAlchemy URL the query runs on (default: the results DB)"
+    )
+    source_block: str | None = Field(
+        default=None, description="SqlAlchemyConnector block the query runs on (keeps the password)"
+    )
+    dataset_name: str | None = Field(
+        default=None,
+        description="Name the results are stored under (default: the file name, or sql:<hash>)",
+    )
+    template: str | None = Field(
+        default=None, description="Jinja2 template of the user message, e.g. '{{ question }}'"
+    )
+    system_template: str | None = Field(
+        default=None, description="Jinja2 template of the system message"
+    )
     model_id: str = Field(min_length=1, description="Model Studio model id")
     temperature: float = Field(default=0.7, ge=0.0, le=2.0)
     max_tokens: int = Field(default=512, gt=0)
@@ -50,6 +76,18 @@ class GenerateOptions(BaseModel):
     messages_column: str = "messages"
     id_column: str | None = None
 
+    @model_validator(mode="after")
+    def _one_source(self, info: ValidationInfo) -> GenerateOptions:
+        if self.dataset_path is not None and self.sql is not None:
+            raise ValueError("give dataset_path or sql, not both")
+        # Rows in memory (generate_rows) are the one source options cannot name.
+        in_memory = bool(info.context and info.context.get("rows_in_memory"))
+        if self.dataset_path is None and self.sql is None and not in_memory:
+            raise ValueError("give dataset_path (a file) or sql (a query)")
+        if self.sql is None and (self.source_url or self.source_block):
+            raise ValueError("source_url and source_block name where sql runs; give sql too")
+        return self
+
     def dataset_options(self) -> DatasetOptions:
         """How to read the dataset."""
         return DatasetOptions(
@@ -57,4 +95,25 @@ class GenerateOptions(BaseModel):
             messages_column=self.messages_column,
             id_column=self.id_column,
             system_prompt=self.system_prompt,
+            template=self.template,
+            system_template=self.system_template,
         )
+
+    def source(self, sql_url: str | None = None) -> DatasetSource:
+        """The dataset to read: the file, or the query run on ``sql_url`` (resolved by the
+        caller from ``source_url``, ``source_block`` or the results database).
+
+        Example:
+            >>> GenerateOptions(dataset_path="data/p.jsonl", model_id="m").source().dataset
+            'p.jsonl'
+        """
+        if self.sql is not None:
+            if sql_url is None:
+                raise ConfigurationError("a SQL source needs the URL of the database it runs on")
+            return SqlSource(self.sql, sql_url, self.dataset_name)
+        if self.dataset_path is None:
+            raise ConfigurationError("give a dataset file or --sql QUERY")
+        source = FileSource(self.dataset_path)
+        if self.dataset_name:
+            source.dataset = self.dataset_name
+        return source

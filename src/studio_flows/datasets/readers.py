@@ -1,5 +1,6 @@
-"""One reader per format: each streams a file's records as ``(line, messages, prompt, id)``
-(None where absent) or a bad row; validating a record into a row is not theirs."""
+"""One reader per format: each streams a file's records as ``(line, messages, prompt, id,
+columns)`` (None where absent; ``columns`` maps the names a template uses to their values,
+None when no template is set) or a bad row; validating a record into a row is not theirs."""
 
 from __future__ import annotations
 
@@ -19,7 +20,11 @@ _UTF8_BOM = b"\xef\xbb\xbf"
 _PARQUET_BATCH = 4096
 
 
-def jsonl_records(path: Path, options: DatasetOptions) -> Iterator[_Record | BadRow]:
+def jsonl_records(
+    path: Path, options: DatasetOptions, columns: tuple[str, ...] = (), label: str | None = None
+) -> Iterator[_Record | BadRow]:
+    file = label or os.fspath(path)
+    with_columns = bool(columns)
     prompt_column = options.prompt_column
     messages_column = options.messages_column
     id_column = options.id_column
@@ -34,22 +39,23 @@ def jsonl_records(path: Path, options: DatasetOptions) -> Iterator[_Record | Bad
                 # Only on the error path: a blank line is not a record, just spacing.
                 if not raw.strip():
                     continue
-                yield BadRow(os.fspath(path), line, _json_error_reason(raw, err))
+                yield BadRow(file, line, _json_error_reason(raw, err))
                 continue
             if type(obj) is not dict:
-                yield BadRow(
-                    os.fspath(path), line, f"expected a JSON object, got {_json_type(obj)}"
-                )
+                yield BadRow(file, line, f"expected a JSON object, got {_json_type(obj)}")
                 continue
             yield (
                 line,
                 obj.get(messages_column),
                 obj.get(prompt_column),
                 obj.get(id_column) if id_column is not None else None,
+                obj if with_columns else None,
             )
 
 
-def csv_records(path: Path, options: DatasetOptions) -> Iterator[_Record | BadRow]:
+def csv_records(
+    path: Path, options: DatasetOptions, columns: tuple[str, ...] = ()
+) -> Iterator[_Record | BadRow]:
     # surrogateescape: an undecodable byte spoils its record only (a bad row), not the
     # whole file; utf-8-sig drops the BOM spreadsheet programs write.
     with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
@@ -67,6 +73,7 @@ def csv_records(path: Path, options: DatasetOptions) -> Iterator[_Record | BadRo
                 header = None  # leading blank lines
         header = [name.strip() for name in header]
         m_index, p_index, id_index = _columns(path, options, header)
+        wanted = [(name, header.index(name)) for name in columns if name in header]
         width = len(header)
         while True:
             # The record starts on the line after the last one the reader consumed;
@@ -94,10 +101,13 @@ def csv_records(path: Path, options: DatasetOptions) -> Iterator[_Record | BadRo
                 (cells[m_index] or None) if m_index is not None else None,
                 (cells[p_index] or None) if p_index is not None else None,
                 (cells[id_index] or None) if id_index is not None else None,
+                {name: cells[i] or None for name, i in wanted} if columns else None,
             )
 
 
-def parquet_records(path: Path, options: DatasetOptions) -> Iterator[_Record | BadRow]:
+def parquet_records(
+    path: Path, options: DatasetOptions, columns: tuple[str, ...] = ()
+) -> Iterator[_Record | BadRow]:
     import pyarrow.parquet as pq  # imported here: JSONL and CSV users need no pyarrow
 
     try:
@@ -107,6 +117,8 @@ def parquet_records(path: Path, options: DatasetOptions) -> Iterator[_Record | B
         raise DatasetError(f"{os.fspath(path)}: not a readable Parquet file ({err})") from err
     m_index, p_index, id_index = _columns(path, options, names)
     wanted = [names[i] for i in (m_index, p_index, id_index) if i is not None]
+    extra = [name for name in columns if name in names]
+    wanted += [name for name in extra if name not in wanted]
     row = 0
     try:
         for batch in parquet.iter_batches(batch_size=_PARQUET_BATCH, columns=wanted):
@@ -115,8 +127,10 @@ def parquet_records(path: Path, options: DatasetOptions) -> Iterator[_Record | B
             messages = _column(batch, names, m_index, absent)
             prompts = _column(batch, names, p_index, absent)
             ids = _column(batch, names, id_index, absent)
+            values = {name: batch.column(name).to_pylist() for name in extra}
             for j in range(size):
-                yield (row + j + 1, messages[j], prompts[j], ids[j])
+                cells = {name: value[j] for name, value in values.items()} if columns else None
+                yield (row + j + 1, messages[j], prompts[j], ids[j], cells)
             row += size
     except DatasetError:
         raise
@@ -139,7 +153,8 @@ def _columns(
 
     m_index = position(options.messages_column)
     p_index = position(options.prompt_column)
-    if m_index is None and p_index is None:
+    # With a template the conversation comes from the columns it names, not these two.
+    if m_index is None and p_index is None and options.template is None:
         raise DatasetError(
             f"{os.fspath(path)}: neither a {options.prompt_column!r} nor a "
             f"{options.messages_column!r} column (columns: {', '.join(names) or 'none'})"
@@ -155,7 +170,9 @@ def _columns(
     return m_index, p_index, id_index
 
 
-READERS: dict[DatasetFormat, Callable[[Path, DatasetOptions], Iterator[_Record | BadRow]]] = {
+READERS: dict[
+    DatasetFormat, Callable[[Path, DatasetOptions, tuple[str, ...]], Iterator[_Record | BadRow]]
+] = {
     "jsonl": jsonl_records,
     "csv": csv_records,
     "parquet": parquet_records,
