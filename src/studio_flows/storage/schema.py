@@ -15,7 +15,8 @@ from studio_flows.rows import (
 )
 from studio_flows.statuses import RowStatus, ShardStatus
 
-SCHEMA_VERSION: Final = 2
+# The Alembic head (revision 000N is schema N, storage/_migrations/versions/).
+SCHEMA_VERSION: Final = 3
 
 # Plain strings of the enums: SQLAlchemy renders them into CHECK constraints and SQL.
 COMPLETED: Final = RowStatus.COMPLETED.value
@@ -100,6 +101,8 @@ metadata = sa.MetaData(
     }
 )
 
+# The versions a database has been through, as studio-flows kept them before Alembic (whose
+# own table is the record now); each revision still appends to it, for older releases.
 schema_version = sa.Table(
     "studio_flows_schema",
     metadata,
@@ -131,6 +134,8 @@ generation_results = sa.Table(
     sa.Column("flow_run_id", sa.String(64), nullable=True),
     sa.Column("created_at", UTCDateTime, nullable=False, default=utcnow),
     sa.Column("completed_at", UTCDateTime, nullable=True),
+    # The input columns a user keeps (--keep-columns), by name; last, as schema 3 added it.
+    sa.Column("metadata", JSONType, nullable=True),
     sa.CheckConstraint(sa.column("status").in_(RESULT_STATUSES), name="status"),
 )
 # The row identity is unique through its digest, after the row key (see the module docstring).
