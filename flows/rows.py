@@ -50,6 +50,7 @@ def generate_rows(
     prompt_column: str = "prompt",
     messages_column: str = "messages",
     id_column: str | None = None,
+    keep_columns: list[str] | None = None,
     database_url: str | None = None,
     database_block: str | None = None,
     credentials_block: str | None = None,
@@ -58,7 +59,8 @@ def generate_rows(
 
     ``task_index`` of each answer is the row's position. A row holds ``prompt`` or
     ``messages`` (the column names are settable), and may hold an id column. Bad rows stop
-    the run before any job, as for a file.
+    the run before any job, as for a file. ``keep_columns`` are stored beside each answer
+    in the database (``read_results`` returns them as columns); a row lacking one is bad.
 
     Example:
         >>> import pyarrow as pa
@@ -80,6 +82,7 @@ def generate_rows(
             prompt_column=prompt_column,
             messages_column=messages_column,
             id_column=id_column,
+            keep_columns=keep_columns or [],
             database_url=database_url,
             database_block=database_block,
             credentials_block=credentials_block,

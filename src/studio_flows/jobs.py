@@ -154,6 +154,7 @@ def map_results(shard: Shard, status: JobStatus) -> list[ResultRecord]:
                 status=status_text,
                 result=result,
                 error=error,
+                metadata=row.metadata,
             )
         )
     return records
@@ -176,6 +177,7 @@ def failed_records(shard: Shard, error: str) -> list[ResultRecord]:
             status=RowStatus.FAILED,
             result=None,
             error=error,
+            metadata=row.metadata,
         )
         for index, row in enumerate(shard.rows)
     ]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from studio_flows.datasets import DatasetOptions
 
@@ -49,6 +49,15 @@ class GenerateOptions(BaseModel):
     prompt_column: str = "prompt"
     messages_column: str = "messages"
     id_column: str | None = None
+    keep_columns: list[str] = Field(
+        default_factory=list,
+        description="Input columns stored beside each answer (as JSON) and exported with it",
+    )
+
+    @field_validator("keep_columns")
+    @classmethod
+    def _distinct_names(cls, names: list[str]) -> list[str]:
+        return check_keep_columns(names)
 
     def dataset_options(self) -> DatasetOptions:
         """How to read the dataset."""
@@ -57,4 +66,23 @@ class GenerateOptions(BaseModel):
             messages_column=self.messages_column,
             id_column=self.id_column,
             system_prompt=self.system_prompt,
+            keep_columns=tuple(self.keep_columns),
         )
+
+
+def check_keep_columns(names: list[str]) -> list[str]:
+    """``names`` if each is a non-empty column name given once, else a ValueError saying why.
+
+    Example:
+        >>> check_keep_columns(["id", "id"])
+        Traceback (most recent call last):
+        ValueError: the column 'id' is named twice
+    """
+    seen: set[str] = set()
+    for name in names:
+        if not name.strip():
+            raise ValueError("a column name is empty")
+        if name in seen:
+            raise ValueError(f"the column {name!r} is named twice")
+        seen.add(name)
+    return names

@@ -24,13 +24,17 @@ _SUFFIXES: dict[str, DatasetFormat] = {
     ".parquet": "parquet",
     ".pq": "parquet",
 }
-# A record as the format readers hand it over: (line, messages, prompt, id); None = absent.
-_Record: TypeAlias = tuple[int, Any, Any, Any]
+# A record as the format readers hand it over: (line, messages, prompt, id, kept); None =
+# absent, and kept (the --keep-columns values by name) is None when no column is kept.
+_Record: TypeAlias = tuple[int, Any, Any, Any, dict[str, Any] | None]
 
 
 @dataclass(frozen=True)
 class DatasetOptions:
     """How to read a dataset: its format (default: from the suffix) and column names.
+
+    ``keep_columns`` are input columns carried, as JSON values, into each row's
+    ``metadata`` (stored beside its answer, never part of its identity).
 
     Example:
         >>> DatasetOptions(id_column="id", system_prompt="Answer briefly.").prompt_column
@@ -42,6 +46,7 @@ class DatasetOptions:
     messages_column: str = "messages"
     id_column: str | None = None
     system_prompt: str | None = None
+    keep_columns: tuple[str, ...] = ()
 
 
 @dataclass

@@ -30,7 +30,9 @@ class RowBuilder:
     def _bad(self, line: int, reason: str) -> BadRow:
         return BadRow(self.file, line, reason)
 
-    def build(self, line: int, messages: Any, prompt: Any, key: Any) -> Row | BadRow:
+    def build(
+        self, line: int, messages: Any, prompt: Any, key: Any, kept: dict[str, Any] | None = None
+    ) -> Row | BadRow:
         """Validate one record's values and build its row; the hot path, kept flat."""
         options = self.options
         try:
@@ -99,7 +101,7 @@ class RowBuilder:
                     if not key.isascii():
                         key.encode("utf-8")  # undecodable bytes raise, caught below
                     row_key = key
-            return Row.from_messages(conversation, line=line, row_key=row_key)
+            return Row.from_messages(conversation, line=line, row_key=row_key, metadata=kept)
         except (ValidationError, UnicodeError) as err:
             # Our own checks come first; this is the net for text pydantic refuses, chiefly
             # undecodable bytes (lone surrogates) from a non-UTF-8 CSV.

@@ -41,7 +41,12 @@ from studio_flows.storage.ledger import (
     record_shard_intent,
 )
 from studio_flows.storage.migrations import SchemaUpgrade, ensure_schema, upgrade_database
-from studio_flows.storage.readback import count_results, iter_results, results_of_rows
+from studio_flows.storage.readback import (
+    count_results,
+    iter_metadata,
+    iter_results,
+    results_of_rows,
+)
 from studio_flows.storage.schema import (
     IDENTITY_COLUMNS,
     LOOKUP_CHUNK,
@@ -68,6 +73,7 @@ __all__ = [
     "generation_results",
     "get_shard",
     "get_shards",
+    "iter_metadata",
     "iter_results",
     "make_engine",
     "metadata",

@@ -88,6 +88,10 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 # JSONB on PostgreSQL (indexable, compact); SQLAlchemy's JSON (text) everywhere else.
 JSONType = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+# The same, where Python's None is SQL NULL rather than JSON null: "no columns were kept".
+NullableJSONType = sa.JSON(none_as_null=True).with_variant(
+    postgresql.JSONB(none_as_null=True), "postgresql"
+)
 # SQLite only aliases the rowid (and auto-increments) for a column typed exactly INTEGER.
 BigIntId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
@@ -135,7 +139,7 @@ generation_results = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False, default=utcnow),
     sa.Column("completed_at", UTCDateTime, nullable=True),
     # The input columns a user keeps (--keep-columns), by name; last, as schema 3 added it.
-    sa.Column("metadata", JSONType, nullable=True),
+    sa.Column("metadata", NullableJSONType, nullable=True),
     sa.CheckConstraint(sa.column("status").in_(RESULT_STATUSES), name="status"),
 )
 # The row identity is unique through its digest, after the row key (see the module docstring).
