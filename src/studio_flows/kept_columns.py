@@ -4,8 +4,9 @@ A row's kept columns are stored as one JSON object (``generation_results.metadat
 export (``studio-flows results``) and :func:`~studio_flows.tasks.generation.read_results`
 show each as a column after the result columns (:data:`RESULT_COLUMNS`).
 
-- Named as in the input, in alphabetical order (every row of a selection may not keep
-  the same ones: a column is there if any row kept it, null where a row did not).
+- Named as in the input, in the alphabetical order of those names (the rows of a
+  selection may keep different ones: a column is there if any row kept it, null where a
+  row did not).
 - A name that is already a result column (``status``, ``result``, ``line``, ...) or
   ``metadata`` is exported as ``input_<name>`` (``input_status``): the answer's own columns
   keep their meaning whatever the input held.

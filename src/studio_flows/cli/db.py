@@ -23,10 +23,11 @@ def upgrade_command(
         str | None, typer.Option(help="SQLAlchemy URL (default: MODEL_STUDIO_DATABASE_URL)")
     ] = None,
 ) -> None:
-    """Create or upgrade the results schema to this release's, whatever
-    MODEL_STUDIO_DATABASE_AUTO_UPGRADE says, and print what was done.
+    """Bring the results schema up to this release's, and say what was done.
 
-    Safe to run while runs use the database, and when it is already up to date.
+    Creates the tables in an empty database or upgrades an older one in place, whatever
+    MODEL_STUDIO_DATABASE_AUTO_UPGRADE says. Safe to run while runs use the database, and
+    when it is already up to date.
     """
     from studio_flows.settings import load_settings
     from studio_flows.storage import upgrade_database
