@@ -50,6 +50,7 @@ def generate_rows(
     id_column: str | None = None,
     template: str | None = None,
     system_template: str | None = None,
+    keep_columns: list[str] | None = None,
     database_url: str | None = None,
     database_block: str | None = None,
     credentials_block: str | None = None,
@@ -59,6 +60,8 @@ def generate_rows(
     ``task_index`` of each answer is the row's position. A row holds ``prompt`` or
     ``messages`` (the column names are settable), or the columns ``template`` renders, and
     may hold an id column. Bad rows stop the run before any job, as for a file.
+    ``keep_columns`` are stored beside each answer in the database (``read_results``
+    returns them as columns); a row lacking one is bad.
 
     Example:
         >>> import pyarrow as pa
@@ -80,6 +83,7 @@ def generate_rows(
                 prompt_column=prompt_column,
                 messages_column=messages_column,
                 id_column=id_column,
+                keep_columns=keep_columns or [],
                 template=template,
                 system_template=system_template,
                 database_url=database_url,

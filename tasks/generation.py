@@ -167,7 +167,9 @@ def read_results(
     """What runs wrote to the results database, as a ``pyarrow.Table`` in write order.
 
     ``database_url`` defaults to ``MODEL_STUDIO_DATABASE_URL``; the filters are exact
-    matches. The columns are those of ``studio-flows results --format parquet``.
+    matches. The columns are those of ``studio-flows results --format parquet``: the
+    result columns, then one per kept input column (``keep_columns``; a name clashing
+    with a result column becomes ``input_<name>``, see :mod:`studio_flows.kept_columns`).
 
     Example:
         >>> table = read_results(database_url="sqlite:///r.db", dataset="prompts.jsonl")

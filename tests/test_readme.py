@@ -22,6 +22,7 @@ installed ``studio-flows`` and ``prefect`` console scripts, ``make``, the venv's
 | `studio-flows generate --sql 'SELECT id, question FROM faq WHERE id > 0' --dataset-name faq --id-column id --template 'Answer in one word: {{ question }}' --model-id <model-id> --dry-run` | test_readme.py::test_the_sql_block_dry_runs_generates_and_exports |
 | `studio-flows generate --sql 'SELECT id, question FROM faq WHERE id > 0' --dataset-name faq --id-column id --template 'Answer in one word: {{ question }}' --model-id <model-id>` | test_readme.py::test_the_sql_block_dry_runs_generates_and_exports |
 | `studio-flows results --dataset faq --format csv --output faq.csv` | test_readme.py::test_the_sql_block_dry_runs_generates_and_exports |
+| `studio-flows db upgrade [--database-url postgresql://...]` | test_readme.py::test_db_upgrade_upgrades_an_old_database_as_typed |
 | `studio-flows emulator --port 8000` | test_readme.py::test_the_emulator_command_serves_and_stops_on_sigint |
 | `prefect config set PREFECT_API_URL=http://prefect.example.internal:4200/api` | test_readme.py::test_prefect_config_set_points_the_profile_at_the_server |
 | `prefect work-pool create studio-flows --type process` | test_readme.py::test_the_three_commands_and_an_adhoc_run |
@@ -59,10 +60,12 @@ from pathlib import Path
 import httpx
 import pyarrow.parquet as pq
 import pytest
+from sqlalchemy import make_url
 
 from studio_flows.emulator import EmulatorServer
 from tests.fixtures.cli_runs import CliResult, run_cli
 from tests.fixtures.emulator import TEST_ORGANIZATION
+from tests.fixtures.old_schemas import create_old_database, old_result_row
 from tests.fixtures.prefect_server import PrefectServer, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -268,6 +271,30 @@ def test_the_use_it_block_generates_and_exports(
     csv_lines = (tmp_path / "answers.csv").read_text(encoding="utf-8").splitlines()
     assert csv_lines[0].startswith("line,dataset,")
     assert [line.split(",")[0] for line in csv_lines[1:]] == [str(n) for n in range(1, 41)]
+
+
+def test_db_upgrade_upgrades_an_old_database_as_typed(tmp_path: Path, database_url: str) -> None:
+    """Once as typed (the default database, what the README prints), once with the option."""
+    work = tmp_path / "work"  # its own folder: the sqlite case of database_url is in tmp_path
+    work.mkdir()
+    create_old_database(f"sqlite:///{work}/studio_flows.db", 2, [old_result_row(0)])
+    create_old_database(database_url, 2, [old_result_row(0)])
+    env = _env(tmp_path / "prefect", MODEL_STUDIO_DATABASE_AUTO_UPGRADE="false")
+    typed = substitute(command("studio-flows db upgrade"), {})
+    given = substitute(
+        command("studio-flows db upgrade"),
+        {"[--database-url": "--database-url", "postgresql://...]": database_url},
+    )
+
+    outputs = [_run(argv, env, work).stdout.strip() for argv in (typed, typed, given)]
+
+    assert outputs[:2] == [
+        "upgraded sqlite:///studio_flows.db from schema 2 to 3",
+        "sqlite:///studio_flows.db is already at schema 3",
+    ]
+    assert outputs[2].startswith("upgraded ") and outputs[2].endswith(" from schema 2 to 3")
+    password = make_url(database_url).password
+    assert password is None or password not in outputs[2]
 
 
 @pytest.mark.slow

@@ -156,6 +156,7 @@ def map_results(shard: Shard, status: JobStatus) -> list[ResultRecord]:
                 status=status_text,
                 result=result,
                 error=error,
+                metadata=row.metadata,
             )
         )
     return records
@@ -178,6 +179,7 @@ def failed_records(shard: Shard, error: str) -> list[ResultRecord]:
             status=RowStatus.FAILED,
             result=None,
             error=error,
+            metadata=row.metadata,
         )
         for index, row in enumerate(shard.rows)
     ]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from studio_flows.datasets import DatasetOptions, DatasetSource, FileSource, SqlSource
 from studio_flows.errors import ConfigurationError
@@ -75,6 +75,15 @@ class GenerateOptions(BaseModel):
     prompt_column: str = "prompt"
     messages_column: str = "messages"
     id_column: str | None = None
+    keep_columns: list[str] = Field(
+        default_factory=list,
+        description="Input columns stored beside each answer (as JSON) and exported with it",
+    )
+
+    @field_validator("keep_columns")
+    @classmethod
+    def _distinct_names(cls, names: list[str]) -> list[str]:
+        return check_keep_columns(names)
 
     @model_validator(mode="after")
     def _one_source(self, info: ValidationInfo) -> GenerateOptions:
@@ -97,6 +106,7 @@ class GenerateOptions(BaseModel):
             system_prompt=self.system_prompt,
             template=self.template,
             system_template=self.system_template,
+            keep_columns=tuple(self.keep_columns),
         )
 
     def source(self, sql_url: str | None = None) -> DatasetSource:
@@ -117,3 +127,21 @@ class GenerateOptions(BaseModel):
         if self.dataset_name:
             source.dataset = self.dataset_name
         return source
+
+
+def check_keep_columns(names: list[str]) -> list[str]:
+    """``names`` if each is a non-empty column name given once, else a ValueError saying why.
+
+    Example:
+        >>> check_keep_columns(["id", "id"])
+        Traceback (most recent call last):
+        ValueError: the column 'id' is named twice
+    """
+    seen: set[str] = set()
+    for name in names:
+        if not name.strip():
+            raise ValueError("a column name is empty")
+        if name in seen:
+            raise ValueError(f"the column {name!r} is named twice")
+        seen.add(name)
+    return names

@@ -204,6 +204,12 @@ def generate(
     prompt_column: str = "prompt",
     messages_column: str = "messages",
     id_column: Annotated[str | None, typer.Option(help="Column holding a row id")] = None,
+    keep_columns: Annotated[
+        str | None,
+        typer.Option(
+            metavar="A,B", help="Input columns stored beside each answer and exported with it"
+        ),
+    ] = None,
     credentials_block: Annotated[str | None, typer.Option(help="Credentials block name")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar")] = True,
 ) -> None:
@@ -236,6 +242,7 @@ def generate(
                 prompt_column=prompt_column,
                 messages_column=messages_column,
                 id_column=id_column,
+                keep_columns=_column_list(keep_columns),
                 credentials_block=credentials_block,
             )
         except ValidationError as err:
@@ -249,6 +256,11 @@ def generate(
     _print_summary(summary)
     if not summary.all_completed:
         raise typer.Exit(1)
+
+
+def _column_list(names: str | None) -> list[str]:
+    """``--keep-columns id,expected`` as a list (blanks around a name dropped)."""
+    return [] if names is None else [name.strip() for name in names.split(",")]
 
 
 @app.command()

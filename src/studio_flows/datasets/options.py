@@ -26,9 +26,10 @@ _SUFFIXES: dict[str, DatasetFormat] = {
     ".parquet": "parquet",
     ".pq": "parquet",
 }
-# A record as the format readers hand it over: (line, messages, prompt, id, columns);
-# None = absent; columns maps the names a template uses to their values (None: no template).
-_Record: TypeAlias = tuple[int, Any, Any, Any, Any]
+# A record as the format readers hand it over: (line, messages, prompt, id, columns, kept);
+# None = absent; columns maps the names a template uses to their values (None: no template),
+# kept the --keep-columns values by name (None when no column is kept).
+_Record: TypeAlias = tuple[int, Any, Any, Any, Any, dict[str, Any] | None]
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,8 @@ class DatasetOptions:
 
     ``template`` (Jinja2) renders a row's columns into its user message instead of reading
     ``prompt`` or ``messages``; ``system_template`` renders its system message.
+    ``keep_columns`` are input columns carried, as JSON values, into each row's
+    ``metadata`` (stored beside its answer, never part of its identity).
 
     Example:
         >>> DatasetOptions(id_column="id", system_prompt="Answer briefly.").prompt_column
@@ -50,6 +53,7 @@ class DatasetOptions:
     system_prompt: str | None = None
     template: str | None = None
     system_template: str | None = None
+    keep_columns: tuple[str, ...] = ()
 
 
 @dataclass

@@ -1,6 +1,13 @@
 """One reader per format: each streams a file's records as ``(line, messages, prompt, id,
-columns)`` (None where absent; ``columns`` maps the names a template uses to their values,
-None when no template is set) or a bad row; validating a record into a row is not theirs."""
+columns, kept)`` (None where absent; ``columns`` maps the names a template uses to their
+values, None when no template is set; ``kept`` the ``keep_columns`` values, None when none
+are kept) or a bad row; validating a record into a row is not theirs.
+
+A kept column missing from a CSV header or a Parquet schema is a DatasetError (the whole
+file lacks it); a JSONL row without it is a bad row (each object has its own keys). Kept
+values are JSON values: JSONL's as parsed, CSV's as text (an empty cell is null),
+Parquet's converted (timestamps and dates to ISO 8601 text, decimals to text, NaN to null).
+"""
 
 from __future__ import annotations
 
@@ -28,6 +35,7 @@ def jsonl_records(
     prompt_column = options.prompt_column
     messages_column = options.messages_column
     id_column = options.id_column
+    keep = options.keep_columns
     loads = orjson.loads
     with open(path, "rb") as handle:
         for line, raw in enumerate(handle, 1):
@@ -44,12 +52,20 @@ def jsonl_records(
             if type(obj) is not dict:
                 yield BadRow(file, line, f"expected a JSON object, got {_json_type(obj)}")
                 continue
+            kept = None
+            if keep:
+                missing = [name for name in keep if name not in obj]
+                if missing:
+                    yield BadRow(file, line, no_kept_column(missing[0]))
+                    continue
+                kept = {name: obj[name] for name in keep}
             yield (
                 line,
                 obj.get(messages_column),
                 obj.get(prompt_column),
                 obj.get(id_column) if id_column is not None else None,
                 obj if with_columns else None,
+                kept,
             )
 
 
@@ -74,6 +90,7 @@ def csv_records(
         header = [name.strip() for name in header]
         m_index, p_index, id_index = _columns(path, options, header)
         wanted = [(name, header.index(name)) for name in columns if name in header]
+        kept_at = [(name, _kept_position(path, name, header)) for name in options.keep_columns]
         width = len(header)
         while True:
             # The record starts on the line after the last one the reader consumed;
@@ -102,6 +119,7 @@ def csv_records(
                 (cells[p_index] or None) if p_index is not None else None,
                 (cells[id_index] or None) if id_index is not None else None,
                 {name: cells[i] or None for name, i in wanted} if columns else None,
+                {name: cells[i] or None for name, i in kept_at} if kept_at else None,
             )
 
 
@@ -116,9 +134,13 @@ def parquet_records(
     except Exception as err:
         raise DatasetError(f"{os.fspath(path)}: not a readable Parquet file ({err})") from err
     m_index, p_index, id_index = _columns(path, options, names)
+    keep = options.keep_columns
+    for name in keep:
+        _kept_position(path, name, names)
     wanted = [names[i] for i in (m_index, p_index, id_index) if i is not None]
     extra = [name for name in columns if name in names]
     wanted += [name for name in extra if name not in wanted]
+    wanted += [name for name in keep if name not in wanted]
     row = 0
     try:
         for batch in parquet.iter_batches(batch_size=_PARQUET_BATCH, columns=wanted):
@@ -128,9 +150,10 @@ def parquet_records(
             prompts = _column(batch, names, p_index, absent)
             ids = _column(batch, names, id_index, absent)
             values = {name: batch.column(name).to_pylist() for name in extra}
+            kept = _kept_rows(batch, keep) if keep else absent
             for j in range(size):
                 cells = {name: value[j] for name, value in values.items()} if columns else None
-                yield (row + j + 1, messages[j], prompts[j], ids[j], cells)
+                yield (row + j + 1, messages[j], prompts[j], ids[j], cells, kept[j])
             row += size
     except DatasetError:
         raise
@@ -168,6 +191,40 @@ def _columns(
                 f"(columns: {', '.join(names)})"
             )
     return m_index, p_index, id_index
+
+
+def no_kept_column(name: str) -> str:
+    return f"no column {name!r} to keep (--keep-columns)"
+
+
+def _kept_position(path: Path, name: str, names: list[str]) -> int:
+    """Where the kept column ``name`` is in a header or schema; missing is fatal."""
+    found = [i for i, candidate in enumerate(names) if candidate == name]
+    if not found:
+        raise DatasetError(
+            f"{os.fspath(path)}: {no_kept_column(name)}; its columns are "
+            f"{', '.join(names) or 'none'}"
+        )
+    if len(found) > 1:
+        raise DatasetError(f"{os.fspath(path)}: the column {name!r} appears {len(found)} times")
+    return found[0]
+
+
+def _kept_rows(batch: Any, keep: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The kept columns of a Parquet record batch, one dict of JSON values per row."""
+    columns = [_json_values(batch.column(name).to_pylist()) for name in keep]
+    return [dict(zip(keep, values, strict=True)) for values in zip(*columns, strict=True)]
+
+
+def _json_values(values: list[Any]) -> list[Any]:
+    """``values`` as JSON would read them back (orjson writes NaN as null, dates as ISO)."""
+    return orjson.loads(orjson.dumps(values, default=_json_default))  # type: ignore[no-any-return]
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)  # Decimal, timedelta and the like: their text
 
 
 READERS: dict[

@@ -40,7 +40,7 @@ from studio_flows.datasets.options import (
     _Record,
     detect_format,
 )
-from studio_flows.datasets.readers import READERS, jsonl_records
+from studio_flows.datasets.readers import READERS, jsonl_records, no_kept_column
 from studio_flows.errors import DatasetError
 from studio_flows.rows import BadRow
 
@@ -229,14 +229,19 @@ class MemorySource(DatasetSource):
         self, options: DatasetOptions, columns: tuple[str, ...]
     ) -> Iterator[_Record | BadRow]:
         messages_column, prompt_column = options.messages_column, options.prompt_column
-        id_column = options.id_column
+        id_column, keep = options.id_column, options.keep_columns
         for line, row in enumerate(_mappings(self.rows), 1):
+            missing = [name for name in keep if name not in row]
+            if missing:
+                yield BadRow(self.label, line, no_kept_column(missing[0]))
+                continue
             yield (
                 line,
                 _plain(row.get(messages_column)),
                 _plain(row.get(prompt_column)),
                 _plain(row.get(id_column)) if id_column is not None else None,
                 {name: _plain(row.get(name)) for name in columns} if columns else None,
+                {name: _plain(row[name]) for name in keep} if keep else None,
             )
 
     def key(self) -> Hashable:

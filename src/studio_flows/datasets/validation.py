@@ -43,7 +43,13 @@ class RowBuilder:
         return BadRow(self.file, line, reason)
 
     def build(
-        self, line: int, messages: Any, prompt: Any, key: Any, columns: Any = None
+        self,
+        line: int,
+        messages: Any,
+        prompt: Any,
+        key: Any,
+        columns: Any = None,
+        kept: dict[str, Any] | None = None,
     ) -> Row | BadRow:
         """Validate one record's values and build its row; the hot path, kept flat."""
         options = self.options
@@ -119,7 +125,7 @@ class RowBuilder:
                     if not key.isascii():
                         key.encode("utf-8")  # undecodable bytes raise, caught below
                     row_key = key
-            return Row.from_messages(conversation, line=line, row_key=row_key)
+            return Row.from_messages(conversation, line=line, row_key=row_key, metadata=kept)
         except TemplateRowError as err:
             return self._bad(line, str(err))
         except (ValidationError, UnicodeError) as err:

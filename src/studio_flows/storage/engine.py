@@ -157,12 +157,14 @@ def _json_text(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, auto_upgrade: bool | None = None) -> Engine:
     """An engine for ``url`` with the schema in place; raise ConfigurationError if unusable.
 
     SQLite gets WAL, a busy timeout and foreign keys; ``postgresql://`` URLs use psycopg 3
-    with ``pool_pre_ping``. The schema is created on first use (idempotent, safe when several
-    processes start at once). Dispose of the engine when done.
+    with ``pool_pre_ping``. The schema is checked on every call (two small queries when it
+    is current) and created or upgraded on first use, safe when several processes start at
+    once, unless ``auto_upgrade`` is False (None: ``MODEL_STUDIO_DATABASE_AUTO_UPGRADE``,
+    default true; see :mod:`studio_flows.storage.migrations`). Dispose of the engine when done.
 
     Example:
         >>> engine = make_engine("sqlite://")
@@ -170,6 +172,17 @@ def make_engine(url: str) -> Engine:
         'sqlite'
         >>> engine.dispose()
     """
+    engine, parsed = _open_engine(url)
+    # Imported here: migrations write through this module's transaction helpers.
+    from studio_flows.storage.migrations import ensure_schema
+
+    with _opening(engine, parsed):
+        ensure_schema(engine, auto_upgrade=auto_upgrade)
+    return engine
+
+
+def _open_engine(url: str) -> tuple[Engine, URL]:
+    """An engine for ``url`` (and the parsed URL), its schema not looked at yet."""
     parsed = _normalise_url(url)
     shown = parsed.render_as_string(hide_password=True)
     try:
@@ -197,16 +210,19 @@ def make_engine(url: str) -> Engine:
         raise ConfigurationError(
             f"Cannot use database {shown}: {_redact(str(err).splitlines()[0], parsed)}"
         ) from None
-    try:
-        # Imported here: migrations write through this module's transaction helpers.
-        from studio_flows.storage.migrations import ensure_schema
+    return engine, parsed
 
-        ensure_schema(engine)
+
+@contextlib.contextmanager
+def _opening(engine: Engine, parsed: URL) -> Iterator[None]:
+    """Dispose of ``engine`` if the block fails; a driver error becomes one redacted sentence."""
+    shown = parsed.render_as_string(hide_password=True)
+    try:
+        yield
     except exc.DBAPIError as err:
         engine.dispose()
         cause = _redact(str(err.orig).strip().splitlines()[0] if err.orig else str(err), parsed)
         raise ConfigurationError(f"Cannot open database {shown}: {cause}") from None
-    except Exception:
+    except BaseException:
         engine.dispose()
         raise
-    return engine

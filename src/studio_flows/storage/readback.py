@@ -84,6 +84,32 @@ def iter_results(
             yield dict(row._mapping)
 
 
+def iter_metadata(
+    engine: Engine,
+    *,
+    dataset: str | None = None,
+    model_id: str | None = None,
+    status: str | None = None,
+    batch_size: int = 5000,
+) -> Iterator[dict[str, Any]]:
+    """The kept input columns (``metadata``) of the matching results that have any, streamed.
+
+    An export reads them first, to know its columns before it writes a header.
+
+    Example:
+        >>> from studio_flows.storage import make_engine
+        >>> list(iter_metadata(make_engine("sqlite://")))
+        []
+    """
+    table = generation_results
+    query = sa.select(table.c.metadata).where(
+        table.c.metadata.is_not(None), *_result_filters(dataset, model_id, status, None)
+    )
+    with _reading(engine) as conn:
+        streamed = conn.execution_options(stream_results=True, yield_per=batch_size)
+        yield from streamed.execute(query).scalars()
+
+
 _SELECT_BY_ROW_KEYS: Final = (
     sa.select(generation_results)
     .where(generation_results.c.row_key.in_(sa.bindparam("row_keys", expanding=True)))
