@@ -4,16 +4,20 @@ The flow takes this model as its parameter, so a deployment's form in the Prefec
 validates each field and shows its help text. No secret belongs here: the token comes
 from the environment or a credentials Block, named by ``credentials_block``.
 
+An evaluation run names several models (``model_ids``): every row runs once per model.
+
 Example:
     >>> GenerateOptions(dataset_path="examples/prompts.jsonl", model_id="m").shard_size is None
     True
+    >>> GenerateOptions(dataset_path="p.jsonl", model_ids=["base", "tuned"]).models
+    ['base', 'tuned']
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from studio_flows.datasets import DatasetOptions
 
@@ -24,7 +28,13 @@ class GenerateOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dataset_path: str = Field(description="JSONL, CSV or Parquet file, one conversation a row")
-    model_id: str = Field(min_length=1, description="Model Studio model id")
+    model_id: str | None = Field(
+        default=None, min_length=1, description="Model Studio model id (or use model_ids)"
+    )
+    model_ids: list[str] = Field(
+        default_factory=list,
+        description="Several model ids: every row runs once per model (an evaluation run)",
+    )
     temperature: float = Field(default=0.7, ge=0.0, le=2.0)
     max_tokens: int = Field(default=512, gt=0)
     system_prompt: str | None = Field(default=None, description="Prepended to every conversation")
@@ -46,9 +56,26 @@ class GenerateOptions(BaseModel):
     ambiguous_policy: Literal["resubmit", "stop"] = Field(
         default="resubmit", description="A POST whose outcome is unknown: resubmit or stop"
     )
+    expected_column: str | None = Field(
+        default=None, description="A kept column holding the expected answer: score each model"
+    )
     prompt_column: str = "prompt"
     messages_column: str = "messages"
     id_column: str | None = None
+
+    @model_validator(mode="after")
+    def _some_model(self) -> GenerateOptions:
+        if not self.models:
+            raise ValueError("name a model: model_id, or model_ids for several")
+        if any(not model.strip() for model in self.models):
+            raise ValueError("a model id is empty")
+        return self
+
+    @property
+    def models(self) -> list[str]:
+        """Every model of the run, in the order given, each once (``model_id`` first)."""
+        given = ([self.model_id] if self.model_id else []) + self.model_ids
+        return list(dict.fromkeys(given))
 
     def dataset_options(self) -> DatasetOptions:
         """How to read the dataset."""

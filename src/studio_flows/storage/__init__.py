@@ -41,7 +41,13 @@ from studio_flows.storage.ledger import (
     record_shard_intent,
 )
 from studio_flows.storage.migrations import ensure_schema
-from studio_flows.storage.readback import count_results, iter_results, results_of_rows
+from studio_flows.storage.readback import (
+    count_results,
+    iter_results,
+    iter_results_by_conversation,
+    results_of_rows,
+    stored_model_ids,
+)
 from studio_flows.storage.schema import (
     IDENTITY_COLUMNS,
     LOOKUP_CHUNK,
@@ -68,6 +74,7 @@ __all__ = [
     "get_shard",
     "get_shards",
     "iter_results",
+    "iter_results_by_conversation",
     "make_engine",
     "metadata",
     "open_shards",
@@ -77,6 +84,7 @@ __all__ = [
     "record_shard_intent",
     "results_of_rows",
     "schema_version",
+    "stored_model_ids",
     "upsert_results",
     "upsert_statement",
     "utcnow",
