@@ -31,6 +31,7 @@ from prefect.artifacts import (
 )
 from prefect.runtime import flow_run
 from prefect.utilities.annotations import opaque
+from sqlalchemy.engine import Engine
 from studio_flows.tasks.database import resolve_database_url
 from studio_flows.tasks.datasets import validate_dataset_task
 from studio_flows.tasks.jobs import FATAL_ERRORS, engine_for, run_generation_jobs
@@ -43,12 +44,13 @@ from studio_flows.blocks import resolve_settings
 from studio_flows.client import ClientStats
 from studio_flows.datasets import DatasetReport, DatasetSource, iter_good_rows, iter_shards
 from studio_flows.errors import RunInterrupted
+from studio_flows.evaluation import Comparison, compare_models, side_by_side_markdown
 from studio_flows.jobs import JobReport, WorkItem
 from studio_flows.options import GenerateOptions
-from studio_flows.planning import Planner, SharedIterator
+from studio_flows.planning import Planner, SharedIterator, for_each_model
 from studio_flows.rows import GenerationParams
 from studio_flows.settings import Settings
-from studio_flows.summary import RunSummary, RunTally
+from studio_flows.summary import ModelSummary, RunSummary, RunTally
 
 # How long a lane that holds its slot waits for the others before starting alone (another
 # flow run may hold the remaining slots for a long time).
@@ -201,6 +203,7 @@ class _Lane:
 
     def _started(self, items: Iterator[WorkItem]) -> Iterator[WorkItem]:
         for item in items:
+            self.tally.started(item.shard.params.model_id)
             self.progress.job_started()
             yield item
 
@@ -294,22 +297,25 @@ def run_generation(options: GenerateOptions, source: DatasetSource | None = None
     check_model_studio_access(options.credentials_block)
     limit = ensure_concurrency_limit(settings.concurrency_limit)
 
-    params = GenerationParams(options.model_id, options.temperature, options.max_tokens)
+    models = options.models
+    params = [GenerationParams(m, options.temperature, options.max_tokens) for m in models]
     # The source the validation read (a query's snapshot), judged as it judged it.
     rows = iter_good_rows(report.source, options.dataset_options(), verdict=report.verdict)
     shards = iter_shards(
         rows,
         dataset=dataset,
-        params=params,
+        params=params[0],
         shard_size=options.shard_size or settings.shard_size,
     )
     planner = Planner(engine_for(database_url))
     tally = RunTally()
     lane = _Lane(
-        work=SharedIterator(planner.plan(shards)),
+        work=SharedIterator(planner.plan(for_each_model(shards, params))),
         tally=tally,
         progress=_Progress(
-            total=report.rows, tally=tally, already_done=lambda: planner.counts.already_done
+            total=report.rows * len(models),
+            tally=tally,
+            already_done=lambda: planner.counts.already_done,
         ),
         stats=ClientStats(),
         stop=threading.Event(),
@@ -331,6 +337,8 @@ def run_generation(options: GenerateOptions, source: DatasetSource | None = None
         raise
     lane.progress.finish()
     summary = _summary(options, report, planner, tally, lane, started, stopped=bool(interrupted))
+    if interrupted is None and (len(options.models) > 1 or options.expected_column):
+        _compare(options, report, summary, planner.engine, params[0].params_hash)
     _report(summary)
     if interrupted is not None:
         interrupted.summary = summary
@@ -352,7 +360,7 @@ def _summary(
     assert report.source is not None  # every validation pass names what it read
     return RunSummary(
         dataset=report.source.dataset,
-        model_id=options.model_id,
+        model_id=", ".join(options.models),
         rows_in_dataset=report.rows,
         bad_rows_skipped=report.bad_count,
         duplicates=report.duplicates,
@@ -370,12 +378,50 @@ def _summary(
         bad_rows=[str(bad) for bad in report.bad_rows],
         errors=tally.errors,
         interrupted_by=interrupts.stop_reason() if stopped else None,
+        models=tally.model_summaries(
+            options.models, planner.counts.already_done_by_model, planner.counts.planned_by_model
+        ),
     )
+
+
+def _compare(
+    options: GenerateOptions,
+    report: DatasetReport,
+    summary: RunSummary,
+    engine: Engine,
+    params_hash: str,
+) -> None:
+    """Read back the models' answers: samples side by side and, if asked, their scores."""
+    assert report.source is not None
+    reading = options.dataset_options()
+    rows = iter_good_rows(report.source, reading, verdict=report.verdict)
+    comparison = compare_models(
+        engine, rows, options.models, params_hash=params_hash, expected=options.expected_column
+    )
+    _score(summary.models, comparison)
+    create_markdown_artifact(
+        key="generation-comparison",
+        markdown="# First rows, one answer per model\n\n"
+        + side_by_side_markdown(comparison.samples, options.models, kept=reading.keep_columns),
+    )
+
+
+def _score(models: list[ModelSummary], comparison: Comparison) -> None:
+    if comparison.scores is None:
+        return
+    for model in models:
+        score = comparison.scores[model.model_id]
+        model.scored_rows = score.scored_rows
+        model.exact_match = score.exact_match
+        model.contains = score.contains
 
 
 def _report(summary: RunSummary) -> None:
     create_table_artifact(
         key="generation-summary", table=summary.table(), description="Run summary"
+    )
+    create_table_artifact(
+        key="generation-models", table=summary.models_table(), description="Run summary by model"
     )
     create_markdown_artifact(key="generation-report", markdown=summary.markdown())
     get_run_logger().info(

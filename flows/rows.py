@@ -101,11 +101,12 @@ def _answers(
     database_url: str, options: GenerateOptions, source: DatasetSource
 ) -> list[Generation]:
     """Each row's stored answer for these parameters, in the rows' order."""
-    params = GenerationParams(options.model_id, options.temperature, options.max_tokens)
+    model = options.models[0]  # generate_rows takes one model
+    params = GenerationParams(model, options.temperature, options.max_tokens)
     # Every row, duplicates included: each position gets its answer.
     rows = (r for r in read_rows(source, options.dataset_options(), dedup=False))
     good = (row for row in rows if isinstance(row, Row))
-    found = results_of_rows(engine_for(database_url), good, model_id=options.model_id)
+    found = results_of_rows(engine_for(database_url), good, model_id=model)
     return [
         _generation(index, stored, params.params_hash) for index, (_, stored) in enumerate(found)
     ]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from studio_flows.datasets import DatasetReport, iter_good_rows, iter_shards
 from studio_flows.options import GenerateOptions
-from studio_flows.planning import Planner
+from studio_flows.planning import Planner, for_each_model
 from studio_flows.rows import GenerationParams
 from studio_flows.storage import make_engine
 
@@ -59,14 +59,16 @@ def plan_run(
 ) -> DryRunPlan:
     """Plan the run ``options`` describe over the rows ``report`` validated; submit nothing."""
     assert report.source is not None  # every validation pass names what it read
-    params = GenerationParams(options.model_id, options.temperature, options.max_tokens)
+    params = [GenerationParams(m, options.temperature, options.max_tokens) for m in options.models]
     rows = iter_good_rows(report.source, options.dataset_options(), verdict=report.verdict)
-    shards = iter_shards(rows, dataset=report.source.dataset, params=params, shard_size=shard_size)
+    shards = iter_shards(
+        rows, dataset=report.source.dataset, params=params[0], shard_size=shard_size
+    )
     engine = make_engine(database_url)
     try:
         planner = Planner(engine)
         jobs = reattach = submitted_rows = 0
-        for work in planner.plan(shards):
+        for work in planner.plan(for_each_model(shards, params)):
             if work.job_id is not None:
                 reattach += 1
             else:
@@ -76,7 +78,7 @@ def plan_run(
         engine.dispose()
     return DryRunPlan(
         dataset=report.source.dataset,
-        model_id=options.model_id,
+        model_id=", ".join(options.models),
         rows_in_source=report.rows,
         bad_rows=report.bad_count,
         duplicates=report.duplicates,

@@ -4,9 +4,13 @@ The flow takes this model as its parameter, so a deployment's form in the Prefec
 validates each field and shows its help text. No secret belongs here: the token comes
 from the environment or a credentials Block, named by ``credentials_block``.
 
+An evaluation run names several models (``model_ids``): every row runs once per model.
+
 Example:
     >>> GenerateOptions(dataset_path="examples/prompts.jsonl", model_id="m").shard_size is None
     True
+    >>> GenerateOptions(dataset_path="p.jsonl", model_ids=["base", "tuned"]).models
+    ['base', 'tuned']
 """
 
 from __future__ import annotations
@@ -50,7 +54,13 @@ class GenerateOptions(BaseModel):
     system_template: str | None = Field(
         default=None, description="Jinja2 template of the system message"
     )
-    model_id: str = Field(min_length=1, description="Model Studio model id")
+    model_id: str | None = Field(
+        default=None, min_length=1, description="Model Studio model id (or use model_ids)"
+    )
+    model_ids: list[str] = Field(
+        default_factory=list,
+        description="Several model ids: every row runs once per model (an evaluation run)",
+    )
     temperature: float = Field(default=0.7, ge=0.0, le=2.0)
     max_tokens: int = Field(default=512, gt=0)
     system_prompt: str | None = Field(default=None, description="Prepended to every conversation")
@@ -71,6 +81,9 @@ class GenerateOptions(BaseModel):
     )
     ambiguous_policy: Literal["resubmit", "stop"] = Field(
         default="resubmit", description="A POST whose outcome is unknown: resubmit or stop"
+    )
+    expected_column: str | None = Field(
+        default=None, description="A kept column holding the expected answer: score each model"
     )
     prompt_column: str = "prompt"
     messages_column: str = "messages"
@@ -97,6 +110,20 @@ class GenerateOptions(BaseModel):
             raise ValueError("source_url and source_block name where sql runs; give sql too")
         return self
 
+    @model_validator(mode="after")
+    def _some_model(self) -> GenerateOptions:
+        if not self.models:
+            raise ValueError("name a model: model_id, or model_ids for several")
+        if any(not model.strip() for model in self.models):
+            raise ValueError("a model id is empty")
+        return self
+
+    @property
+    def models(self) -> list[str]:
+        """Every model of the run, in the order given, each once (``model_id`` first)."""
+        given = ([self.model_id] if self.model_id else []) + self.model_ids
+        return list(dict.fromkeys(given))
+
     def dataset_options(self) -> DatasetOptions:
         """How to read the dataset."""
         return DatasetOptions(
@@ -106,8 +133,14 @@ class GenerateOptions(BaseModel):
             system_prompt=self.system_prompt,
             template=self.template,
             system_template=self.system_template,
-            keep_columns=tuple(self.keep_columns),
+            keep_columns=self._kept(),
         )
+
+    def _kept(self) -> tuple[str, ...]:
+        """The kept columns, with the expected-answer column (scores read it back)."""
+        expected = self.expected_column
+        extra = [expected] if expected and expected not in self.keep_columns else []
+        return (*self.keep_columns, *extra)
 
     def source(self, sql_url: str | None = None) -> DatasetSource:
         """The dataset to read: the file, or the query run on ``sql_url`` (resolved by the

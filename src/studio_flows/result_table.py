@@ -15,7 +15,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -56,4 +56,36 @@ def results_table(rows: Iterable[dict[str, Any]]) -> pa.Table:
     return pa.Table.from_pydict(columns, schema=schema)
 
 
-__all__ = ["RESULT_COLUMNS", "results_schema", "results_table"]
+def wide_schema(columns: Sequence[str], first: Sequence[dict[str, Any]]) -> pa.Schema:
+    """The schema of a wide view: ``line`` an integer, a kept column the type its first
+    values have, the rest strings.
+
+    Example:
+        >>> wide_schema(["row_key", "n"], [{"row_key": "a", "n": 3}]).field("n").type
+        DataType(int64)
+    """
+    fields = []
+    for name in columns:
+        if name == "line":
+            fields.append(pa.field(name, pa.int64()))
+            continue
+        values = [row.get(name) for row in first]
+        inferred = pa.array(values).type if any(v is not None for v in values) else pa.string()
+        fields.append(pa.field(name, pa.string() if pa.types.is_null(inferred) else inferred))
+    return pa.schema(fields)
+
+
+def wide_table(columns: Sequence[str], records: Iterable[dict[str, Any]]) -> pa.Table:
+    """One table of wide records (:func:`studio_flows.evaluation.wide_results`).
+
+    Example:
+        >>> wide_table(["row_key", "answer:a"], [{"row_key": "r", "answer:a": "x"}]).num_rows
+        1
+    """
+    listed = list(records)
+    schema = wide_schema(columns, listed[:1000])
+    data = {name: [row.get(name) for row in listed] for name in columns}
+    return pa.Table.from_pydict(data, schema=schema)
+
+
+__all__ = ["RESULT_COLUMNS", "results_schema", "results_table", "wide_schema", "wide_table"]

@@ -76,6 +76,7 @@ class Selection:
     status: str | None = None
     source: Path | None = None
     source_options: DatasetOptions = field(default_factory=DatasetOptions)
+    wide: bool = False  # one line per row, one answer column per model (cli/wide.py)
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -154,6 +155,10 @@ def export_results(
         _check_database_exists(url)  # a missing source file is the first thing to say
     engine = make_engine(url)
     try:
+        if selection.wide:
+            return _export_wide(
+                console, engine, selection, output_format, output, limit, on_bad_row
+            )
         records = selection.records(engine, on_bad_row)
         if limit is not None:
             records = itertools.islice(records, limit)
@@ -163,6 +168,31 @@ def export_results(
         return write_export(records, output_format, output, columns=selection.columns, kept=kept)
     finally:
         engine.dispose()
+
+
+def _export_wide(
+    console: Console,
+    engine: Engine,
+    selection: Selection,
+    output_format: ExportFormat,
+    output: Path | None,
+    limit: int | None,
+    on_bad_row: Callable[[BadRow], object],
+) -> int:
+    from studio_flows.cli.wide import print_wide, wide_export
+    from studio_flows.result_table import wide_schema
+
+    columns, records = wide_export(engine, selection, on_bad_row)
+    if limit is not None:
+        records = itertools.islice(records, limit)
+    if output_format == "table":
+        return print_wide(console, columns, records)
+    schema = None
+    if output_format == "parquet":
+        first = list(itertools.islice(records, PARQUET_BATCH))
+        schema = wide_schema(columns, first)
+        records = itertools.chain(first, records)
+    return write_export(records, output_format, output, columns=tuple(columns), schema=schema)
 
 
 def check_destination(output_format: ExportFormat, output: Path | None) -> None:
@@ -189,11 +219,13 @@ def write_export(
     *,
     columns: tuple[str, ...] = COLUMNS,
     kept: KeptColumns | None = None,
+    schema: pa.Schema | None = None,
 ) -> int:
     """Write ``rows`` as JSONL, CSV or Parquet to ``output`` (None: stdout); return the count.
 
-    ``columns`` is :data:`COLUMNS`, or :data:`SOURCE_COLUMNS` for an export by source file;
-    ``kept`` the kept input columns written after them (from each row's ``metadata``).
+    ``columns`` is :data:`COLUMNS`, or :data:`SOURCE_COLUMNS` for an export by source file,
+    or a wide export's; ``kept`` the kept input columns written after them (from each row's
+    ``metadata``); ``schema`` the Parquet schema when it is not the long one.
 
     Example:
         >>> write_export([], "jsonl", None)
@@ -202,7 +234,7 @@ def write_export(
     kept = kept or KeptColumns()
     if output_format == "parquet":
         assert output is not None  # check_destination refused it
-        schema = parquet_schema(by_source=columns == SOURCE_COLUMNS, kept=kept)
+        schema = schema or parquet_schema(by_source=columns == SOURCE_COLUMNS, kept=kept)
         with _replacing(output) as temp:
             return _parquet(rows, temp, schema, kept)
     writer = _jsonl if output_format == "jsonl" else _csv
@@ -232,7 +264,7 @@ def _replacing(target: Path) -> Iterator[Path]:
 def _plain(row: Record, columns: tuple[str, ...]) -> Record:
     out = {name: row.get(name) for name in columns}
     for name in ("completed_at", "created_at"):
-        if out[name] is not None:
+        if out.get(name) is not None:
             out[name] = str(out[name])
     return out
 
@@ -260,7 +292,9 @@ def _csv(rows: Rows, stream: TextIO, columns: tuple[str, ...], kept: KeptColumns
     for row in rows:
         count += 1
         plain = _plain(row, columns)
-        plain["messages"] = json.dumps(plain["messages"], ensure_ascii=False)
+        for name, value in plain.items():
+            if isinstance(value, list | dict):  # a conversation, a kept list or object
+                plain[name] = json.dumps(value, ensure_ascii=False)
         plain.update(kept.values(row.get("metadata"), text=True))
         writer.writerow(plain)
     return count

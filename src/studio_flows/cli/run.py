@@ -37,11 +37,23 @@ def _print_summary(summary: RunSummary) -> None:
     for row in summary.table():
         table.add_row(str(row["metric"]), str(row["value"]))
     console.print(table)
+    if len(summary.models) > 1 or any(m.exact_match is not None for m in summary.models):
+        _print_models(summary)
     for title, items in (("bad rows skipped", summary.bad_rows), ("errors", summary.errors)):
         if items:
             console.print(f"[yellow]{title}:[/]")
             for item in items:
                 console.print(f"  {item}", highlight=False, soft_wrap=True)
+
+
+def _print_models(summary: RunSummary) -> None:
+    rows = summary.models_table()
+    table = Table(title="by model")
+    for name in rows[0]:
+        table.add_column(name, justify="left" if name == "model" else "right")
+    for row in rows:
+        table.add_row(*(str(value) for value in row.values()))
+    console.print(table)
 
 
 def _run_flow(options: GenerateOptions, show_progress: bool) -> RunSummary:
@@ -169,7 +181,10 @@ def _dry_run(options: GenerateOptions) -> None:
 
 @app.command()
 def generate(
-    model_id: Annotated[str, typer.Option("--model-id", help="Model Studio model id")],
+    model_id: Annotated[
+        list[str],
+        typer.Option("--model-id", help="Model Studio model id; repeat it to compare models"),
+    ],
     dataset: Annotated[
         Path | None,
         typer.Argument(help="JSONL, CSV or Parquet file (or give --sql)", show_default=False),
@@ -210,6 +225,9 @@ def generate(
             metavar="A,B", help="Input columns stored beside each answer and exported with it"
         ),
     ] = None,
+    expected_column: Annotated[
+        str | None, typer.Option(help="Kept column with the expected answer: score the models")
+    ] = None,
     credentials_block: Annotated[str | None, typer.Option(help="Credentials block name")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar")] = True,
 ) -> None:
@@ -231,7 +249,8 @@ def generate(
                 dataset_name=dataset_name,
                 template=template,
                 system_template=system_template,
-                model_id=model_id,
+                model_ids=model_id,
+                expected_column=expected_column,
                 database_url=database_url,
                 shard_size=shard_size,
                 temperature=temperature,
@@ -294,7 +313,7 @@ def demo(
         f"Emulator: {stats['jobs_created']} jobs created, "
         f"at most {stats['max_active_jobs']} active at once."
     )
-    _print_samples(database_url, dataset, options.model_id)
+    _print_samples(database_url, dataset, options.models[0])
     if not summary.all_completed:
         raise typer.Exit(1)
 

@@ -45,7 +45,9 @@ from studio_flows.storage.readback import (
     count_results,
     iter_metadata,
     iter_results,
+    iter_results_by_conversation,
     results_of_rows,
+    stored_model_ids,
 )
 from studio_flows.storage.schema import (
     IDENTITY_COLUMNS,
@@ -75,6 +77,7 @@ __all__ = [
     "get_shards",
     "iter_metadata",
     "iter_results",
+    "iter_results_by_conversation",
     "make_engine",
     "metadata",
     "open_shards",
@@ -84,6 +87,7 @@ __all__ = [
     "record_shard_intent",
     "results_of_rows",
     "schema_version",
+    "stored_model_ids",
     "upgrade_database",
     "upsert_results",
     "upsert_statement",
