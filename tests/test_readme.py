@@ -22,6 +22,8 @@ installed ``studio-flows`` and ``prefect`` console scripts, ``make``, the venv's
 | `studio-flows generate --sql 'SELECT id, question FROM faq WHERE id > 0' --dataset-name faq --id-column id --template 'Answer in one word: {{ question }}' --model-id <model-id> --dry-run` | test_readme.py::test_the_sql_block_dry_runs_generates_and_exports |
 | `studio-flows generate --sql 'SELECT id, question FROM faq WHERE id > 0' --dataset-name faq --id-column id --template 'Answer in one word: {{ question }}' --model-id <model-id>` | test_readme.py::test_the_sql_block_dry_runs_generates_and_exports |
 | `studio-flows results --dataset faq --format csv --output faq.csv` | test_readme.py::test_the_sql_block_dry_runs_generates_and_exports |
+| `studio-flows generate examples/eval.jsonl --model-id <model-id> --model-id <model-id>-tuned --id-column id --template '{{ question }}' --expected-column expected` | test_readme.py::test_the_compare_models_block_scores_and_exports_side_by_side |
+| `studio-flows results --dataset eval.jsonl --wide --format csv --output side_by_side.csv` | test_readme.py::test_the_compare_models_block_scores_and_exports_side_by_side |
 | `studio-flows db upgrade [--database-url postgresql://...]` | test_readme.py::test_db_upgrade_upgrades_an_old_database_as_typed |
 | `studio-flows emulator --port 8000` | test_readme.py::test_the_emulator_command_serves_and_stops_on_sigint |
 | `prefect config set PREFECT_API_URL=http://prefect.example.internal:4200/api` | test_readme.py::test_prefect_config_set_points_the_profile_at_the_server |
@@ -44,6 +46,7 @@ deployments/test_deployments.py::test_the_serve_command_passes_the_nightly_datas
 
 from __future__ import annotations
 
+import csv
 import os
 import re
 import selectors
@@ -323,6 +326,37 @@ def test_the_sql_block_dry_runs_generates_and_exports(
     exported = _run(command("studio-flows results --dataset faq"), env, tmp_path)
     assert exported.stderr.strip() == "wrote 4 rows to faq.csv", exported
     assert "Answer in one word: question 4?" in (tmp_path / "faq.csv").read_text()
+
+
+@pytest.mark.slow
+def test_the_compare_models_block_scores_and_exports_side_by_side(
+    emulator: EmulatorServer, prefect_server: str, tmp_path: Path
+) -> None:
+    (tmp_path / "examples").mkdir()
+    shutil.copy(REPO_ROOT / "examples" / "eval.jsonl", tmp_path / "examples" / "eval.jsonl")
+    env = _env(tmp_path / "prefect", PREFECT_API_URL=prefect_server, COLUMNS="200",
+               MODEL_STUDIO_BASE_URL=emulator.base_url, MODEL_STUDIO_TOKEN=emulator.token,
+               MODEL_STUDIO_ORGANIZATION_ID=TEST_ORGANIZATION)  # fmt: skip
+    emulator.reset()
+
+    compared = _run(
+        substitute(command("studio-flows generate examples/eval"), {"<model-id>": MODEL}),
+        env,
+        tmp_path,
+    )
+    assert compared.returncode == 0, compared
+    assert emulator.stats()["jobs_created"] == 2  # 8 rows, one job per model
+    # The emulator's answers repeat the question: none is the expected answer alone.
+    for model in (MODEL, f"{MODEL}-tuned"):
+        assert re.search(rf"│ {re.escape(model)} +│ +8 │.*│ +0\.0 % +│", compared.stdout), compared
+    exported = _run(command("studio-flows results --dataset eval.jsonl"), env, tmp_path)
+    assert exported.stderr.strip() == "wrote 8 rows to side_by_side.csv", exported
+    with (tmp_path / "side_by_side.csv").open(encoding="utf-8", newline="") as stream:
+        header = next(csv.reader(stream))
+    assert header == [
+        "row_key", "expected", "prompt", f"answer:{MODEL}", f"status:{MODEL}",
+        f"answer:{MODEL}-tuned", f"status:{MODEL}-tuned",
+    ]  # fmt: skip
 
 
 @pytest.mark.slow
