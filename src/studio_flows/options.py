@@ -26,10 +26,12 @@ from studio_flows.errors import ConfigurationError
 class GenerateOptions(BaseModel):
     """What to generate, where to write it, and how to treat bad rows and unknown outcomes."""
 
-    # The form asks for a file or a query: one of the two is required.
+    # The form asks for a file unless a query is given. Written as if/else, not anyOf:
+    # Prefect drops nested "required" keys when it checks a deployment's partial parameters
+    # (the nightly one names no dataset until an operator does), but not inside lists.
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"anyOf": [{"required": ["dataset_path"]}, {"required": ["sql"]}]},
+        json_schema_extra={"if": {"required": ["sql"]}, "else": {"required": ["dataset_path"]}},
     )
 
     dataset_path: str | None = Field(

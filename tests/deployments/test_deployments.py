@@ -578,8 +578,8 @@ def test_a_run_of_the_nightly_deployment_without_a_dataset_is_refused_by_name(
     )
 
     assert refused.returncode != 0
-    # The form needs a file or a query: options.dataset_path or options.sql.
-    assert "is not valid under any of the given schemas" in refused.stdout, refused
+    # The form needs a file unless it names a query (options.sql).
+    assert "'dataset_path' is a required property" in refused.stdout, refused
 
 
 async def flow_run_state_and_logs(flow_run_id: Any) -> tuple[Any, dict[str, Any], str]:
