@@ -351,18 +351,16 @@ class _Waiter:
     def _learn(self, seen_done_s: float, tasks: int, seen_running: bool) -> None:
         """Teach the history how long this job took.
 
-        It ended between the last poll that saw it running and this one; its progress
-        predicted where in between. Recording when we happened to look instead would teach
-        the next jobs our own lateness. Terminal at the first look, it took at most
+        It ended between the last poll that saw it running and this one; the plan knows
+        where in between it most likely ended. Terminal at the first look, it took at most
         ``seen_done_s`` (see polling's upper-bound samples).
         """
-        took = seen_done_s
-        ends_by = self.plan.ends_by
-        if seen_running and ends_by is not None:
-            after = max(self.plan.ends_after, self.last_running_s)
-            by = min(ends_by, seen_done_s)
-            took = (after + by) / 2 if after <= by else seen_done_s
-        self.history.record(seconds=took, tasks=tasks, upper_bound=not seen_running)
+        self.plan.learn(
+            running_until=self.last_running_s if seen_running else 0.0,
+            done_by=seen_done_s,
+            tasks=tasks,
+            seen_running=seen_running,
+        )
 
     def _log_progress(self, status: JobStatus) -> None:
         current = (status.job_status, status.completed_tasks)
