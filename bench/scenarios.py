@@ -20,6 +20,7 @@ from typing import Any
 
 from bench.common import (
     MODEL,
+    QUICK,
     ROOT,
     Results,
     Sizes,
@@ -278,6 +279,10 @@ def run_all(sizes: Sizes, out: Path, *, postgres: bool, real_server: bool) -> Re
             rows_per_shard=sizes.p1_rows_per_shard,
             database_url=f"sqlite:///{work}/p2.db",
         )
+        # P6 and the poll trade-off (bench/jitter.py): job times that vary.
+        from bench.jitter import FULL_JITTER, QUICK_JITTER, run_jitter
+
+        d.update(run_jitter(server, work, QUICK_JITTER if sizes == QUICK else FULL_JITTER))
         log("P2: naive")
         d["p2_naive"] = run_naive(
             server,
@@ -354,6 +359,9 @@ def run_all(sizes: Sizes, out: Path, *, postgres: bool, real_server: bool) -> Re
     if d.get("p3_sql"):
         f["p3_sql_rows_per_s"] = d["p3_sql"]["p3_sql_rows_per_s"]
         f["p3_sql_vs_jsonl"] = d["p3_sql"]["p3_sql_vs_jsonl"]
+    from bench.jitter import figures as jitter_figures
+
+    f.update(jitter_figures(d))
     f["machine"] = machine()
     f["date"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     d["bench_wall_s"] = round(time.monotonic() - wall_started, 1)

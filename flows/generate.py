@@ -374,6 +374,7 @@ def _summary(
         # Counted here too: a past run's POSTs whose outcome stayed unknown, resubmitted now.
         ambiguous_resubmitted=tally.ambiguous_resubmitted + planner.counts.unknown_outcome,
         rate_limited_429=lane.stats.rate_limited,
+        requests=lane.stats.requests,
         wall_time_s=round(time.monotonic() - started, 2),
         bad_rows=[str(bad) for bad in report.bad_rows],
         errors=tally.errors,

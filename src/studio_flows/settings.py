@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(default=30.0, gt=0)
     poll_interval_s: float = Field(default=0.5, gt=0, description="First poll interval")
     poll_max_interval_s: float = Field(default=10.0, gt=0, description="Longest poll interval")
+    poll_budget: float | None = Field(
+        default=None,
+        ge=1.5,
+        description="Requests a job to aim at, POST included (none: 2 + half its seconds)",
+    )
     job_deadline_s: float = Field(default=3600.0, gt=0, description="Give up on a job after")
     max_retries: int = Field(default=5, ge=0, description="Transport retries per request")
     slot_turn_s: float = Field(

@@ -59,6 +59,7 @@ class RunSummary(BaseModel):
     reattached: int = 0
     ambiguous_resubmitted: int = 0
     rate_limited_429: int = 0
+    requests: int = Field(default=0, description="API requests this run's client sent")
     wall_time_s: float = 0.0
     bad_rows: list[str] = Field(default_factory=list, description="first bad rows skipped")
     errors: list[str] = Field(default_factory=list, description="first shard errors")
@@ -93,6 +94,16 @@ class RunSummary(BaseModel):
         )
 
     @property
+    def requests_per_job(self) -> float:
+        """Requests sent (POSTs, polls, retries) per job run; 0 without a job.
+
+        Example:
+            >>> RunSummary(dataset="d", model_id="m", jobs=4, requests=15).requests_per_job
+            3.75
+        """
+        return round(self.requests / self.jobs, 2) if self.jobs else 0.0
+
+    @property
     def all_completed(self) -> bool:
         """True when no row of this run failed or was left unfinished."""
         return self.failed == 0 and self.unfinished == 0
@@ -112,6 +123,7 @@ class RunSummary(BaseModel):
             "reattached": "jobs re-attached",
             "ambiguous_resubmitted": "ambiguous POSTs resubmitted",
             "rate_limited_429": "429s absorbed",
+            "requests_per_job": "requests a job",
             "wall_time_s": "wall time (s)",
         }
         return [{"metric": label, "value": getattr(self, key)} for key, label in labels.items()]
