@@ -22,14 +22,14 @@ from studio_flows.emulator import EmulatorConfig, EmulatorServer
 from studio_flows.resources import EXAMPLE_DATASETS, examples_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+DATA_SUFFIXES = {".jsonl", ".csv", ".parquet"}  # the examples' datasets, not their scripts
 
 
 def test_examples_dir_holds_every_example_dataset() -> None:
     found = examples_dir()
 
-    assert sorted(p.name for p in found.iterdir() if p.name.startswith("prompts.")) == sorted(
-        EXAMPLE_DATASETS
-    )
+    data = [p.name for p in found.iterdir() if p.suffix in DATA_SUFFIXES]
+    assert sorted(data) == sorted(EXAMPLE_DATASETS)
     # From this editable install: the clone's own top-level folder (linked, not copied).
     assert (found / EXAMPLE_DATASETS[0]).resolve() == REPO_ROOT / "examples" / EXAMPLE_DATASETS[0]
 
@@ -37,7 +37,9 @@ def test_examples_dir_holds_every_example_dataset() -> None:
 def test_the_package_ships_exactly_the_example_datasets() -> None:
     pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     shipped = pyproject["tool"]["setuptools"]["package-data"]["studio_flows.examples"]
-    on_disk = sorted(p.name for p in (REPO_ROOT / "examples").glob("prompts.*"))
+    on_disk = sorted(
+        p.name for p in (REPO_ROOT / "examples").iterdir() if p.suffix in DATA_SUFFIXES
+    )
 
     assert sorted(EXAMPLE_DATASETS) == on_disk  # a new example file must be shipped too
     assert sorted(shipped) == on_disk

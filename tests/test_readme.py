@@ -216,7 +216,8 @@ def _shown_lines(text: str) -> list[str]:
 def test_make_demo_prints_what_the_readme_shows(tmp_path: Path) -> None:
     database = tmp_path / "studio_flows.db"  # not the clone's own studio_flows.db
     env = _env(tmp_path / "prefect", MODEL_STUDIO_DATABASE_URL=f"sqlite:///{database}")
-    (shown,) = TEXT_BLOCK.findall((REPO_ROOT / "README.md").read_text(encoding="utf-8"))
+    # The README's first text block is the demo's output.
+    shown = TEXT_BLOCK.findall((REPO_ROOT / "README.md").read_text(encoding="utf-8"))[0]
 
     first = _run(command("make demo"), env, REPO_ROOT, timeout_s=800)
     second = _run(command("make demo"), env, REPO_ROOT, timeout_s=800)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from importlib.resources import files
 from pathlib import Path
 
-EXAMPLE_DATASETS = ("prompts.jsonl", "prompts.csv", "prompts.parquet")
+EXAMPLE_DATASETS = ("prompts.jsonl", "prompts.csv", "prompts.parquet", "eval.jsonl")
 
 
 def examples_dir() -> Path:
