@@ -18,7 +18,6 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 
 from studio_flows.errors import ConfigurationError
 from studio_flows.storage.schema import (
-    _PG_CONNECT_TIMEOUT_S,
     _SQLITE_BACKSTOP_CHECKPOINT_PAGES,
     _SQLITE_BUSY_TIMEOUT_MS,
     _SQLITE_CHECKPOINT_EVERY,
@@ -157,12 +156,31 @@ def _json_text(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-def make_engine(url: str) -> Engine:
+def _configured_connect_timeout() -> int:
+    """``MODEL_STUDIO_DATABASE_CONNECT_TIMEOUT_S`` (imported here: settings need no storage)."""
+    from studio_flows.settings import load_settings
+
+    return load_settings().database_connect_timeout_s
+
+
+def _timeout_hint(cause: str, connect_args: dict[str, Any]) -> str:
+    """Which setting bounded a PostgreSQL connection that timed out, so a user can change it."""
+    if "timeout" not in cause or "application_name" not in connect_args:
+        return ""
+    if "connect_timeout" not in connect_args:
+        return " (connect_timeout in the URL)"
+    seconds = connect_args["connect_timeout"]
+    return f" after {seconds} s (MODEL_STUDIO_DATABASE_CONNECT_TIMEOUT_S)"
+
+
+def make_engine(url: str, *, connect_timeout_s: int | None = None) -> Engine:
     """An engine for ``url`` with the schema in place; raise ConfigurationError if unusable.
 
     SQLite gets WAL, a busy timeout and foreign keys; ``postgresql://`` URLs use psycopg 3
-    with ``pool_pre_ping``. The schema is created on first use (idempotent, safe when several
-    processes start at once). Dispose of the engine when done.
+    with ``pool_pre_ping`` and a connect timeout: ``connect_timeout`` in the URL, else
+    ``connect_timeout_s``, else ``MODEL_STUDIO_DATABASE_CONNECT_TIMEOUT_S``. The schema is
+    created on first use (idempotent, safe when several processes start at once). Dispose
+    of the engine when done.
 
     Example:
         >>> engine = make_engine("sqlite://")
@@ -172,6 +190,7 @@ def make_engine(url: str) -> Engine:
     """
     parsed = _normalise_url(url)
     shown = parsed.render_as_string(hide_password=True)
+    connect_args: dict[str, Any] = {}
     try:
         match parsed.get_backend_name():
             case "sqlite":
@@ -180,9 +199,10 @@ def make_engine(url: str) -> Engine:
                 _configure_sqlite(engine)
                 _WRITERS[engine] = _SQLiteWriters()
             case "postgresql":
-                connect_args: dict[str, Any] = {"application_name": "studio-flows"}
+                connect_args["application_name"] = "studio-flows"
                 if "connect_timeout" not in parsed.query:
-                    connect_args["connect_timeout"] = _PG_CONNECT_TIMEOUT_S
+                    timeout = connect_timeout_s or _configured_connect_timeout()
+                    connect_args["connect_timeout"] = timeout
                 engine = sa.create_engine(
                     parsed,
                     pool_pre_ping=True,
@@ -205,7 +225,9 @@ def make_engine(url: str) -> Engine:
     except exc.DBAPIError as err:
         engine.dispose()
         cause = _redact(str(err.orig).strip().splitlines()[0] if err.orig else str(err), parsed)
-        raise ConfigurationError(f"Cannot open database {shown}: {cause}") from None
+        raise ConfigurationError(
+            f"Cannot open database {shown}: {cause}{_timeout_hint(cause, connect_args)}"
+        ) from None
     except Exception:
         engine.dispose()
         raise

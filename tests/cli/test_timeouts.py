@@ -1,0 +1,121 @@
+"""A service that accepts the connection and never answers ends a run in bounded time.
+
+Each test points ``studio-flows generate``, run as a user types it, at a
+:class:`~tests.fixtures.hung_server.HungServer` in the place of one service: Model Studio,
+the Prefect API or the results database, hung from the start or (through the server's
+relay) half-way through a run. The timeouts are set low (``MODEL_STUDIO_*_TIMEOUT_S``) so
+each test takes seconds; the only bound on time is the generous one of ``run_cli``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from studio_flows.emulator import EmulatorServer
+from tests.fixtures.cli_runs import (
+    SECRET_TOKEN,
+    CliResult,
+    cli_env,
+    generate_args,
+    ledger,
+    run_cli,
+)
+from tests.fixtures.hung_server import HungServer
+
+pytestmark = pytest.mark.slow
+
+ENDS_WITHIN_S = 90  # the configured timeouts are 1-2 s: this only catches a run that sits
+
+
+def _dataset(tmp_path: Path, rows: int) -> Path:
+    path = tmp_path / "prompts.jsonl"
+    lines = (json.dumps({"id": f"row-{i}", "prompt": f"question {i}?"}) for i in range(rows))
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def _one_sentence(result: CliResult) -> str:
+    """The single ``error:`` line a user reads (exit 2, no traceback, no secret)."""
+    assert result.returncode == 2, result
+    assert "Traceback" not in result.output, result
+    assert SECRET_TOKEN not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result
+    return lines[0]
+
+
+def _nothing_posted(emulator: EmulatorServer) -> None:
+    stats = emulator.stats()
+    assert stats["jobs_created"] == 0
+    assert not stats["requests"].get("POST /generate"), stats["requests"]
+
+
+def test_a_hung_database_ends_before_any_job_naming_it_with_the_password_hidden(
+    emulator: EmulatorServer, hung_server: HungServer, tmp_path: Path
+) -> None:
+    database_url = f"postgresql+psycopg://u:secret@{hung_server.address}/db"
+    env = cli_env(emulator, tmp_path / "home", MODEL_STUDIO_DATABASE_CONNECT_TIMEOUT_S="2")
+
+    result = run_cli(
+        generate_args(_dataset(tmp_path, 4), database_url), env, tmp_path, ENDS_WITHIN_S
+    )
+
+    line = _one_sentence(result)
+    assert f"Cannot open database postgresql+psycopg://u:***@{hung_server.address}/db" in line
+    assert "timeout" in line and "MODEL_STUDIO_DATABASE_CONNECT_TIMEOUT_S" in line
+    assert "secret" not in result.output
+    assert hung_server.accepted >= 1  # it did reach the hung server, and gave up
+    _nothing_posted(emulator)
+
+
+def test_a_hung_model_studio_fails_the_preflight_naming_the_url_and_the_timeout(
+    emulator: EmulatorServer, prefect_server: str, hung_server: HungServer, tmp_path: Path
+) -> None:
+    base_url = f"http://{hung_server.address}/api/v1"
+    database_url = f"sqlite:///{tmp_path}/results.db"
+    env = cli_env(
+        emulator,
+        tmp_path / "home",
+        api_url=prefect_server,
+        MODEL_STUDIO_BASE_URL=base_url,
+        MODEL_STUDIO_REQUEST_TIMEOUT_S="1",
+    )
+
+    result = run_cli(
+        generate_args(_dataset(tmp_path, 4), database_url), env, tmp_path, ENDS_WITHIN_S
+    )
+
+    line = _one_sentence(result)
+    assert f"Cannot reach Model Studio at {base_url}: no answer within 1 s" in line
+    assert "MODEL_STUDIO_REQUEST_TIMEOUT_S" in line
+    assert hung_server.accepted >= 1
+    assert ledger(database_url) == []  # nothing was planned, let alone paid
+    _nothing_posted(emulator)
+
+
+def test_a_hung_prefect_api_is_one_sentence_like_a_dead_one(
+    emulator: EmulatorServer, hung_server: HungServer, tmp_path: Path
+) -> None:
+    api_url = f"http://{hung_server.address}/api"
+    env = cli_env(
+        emulator,
+        tmp_path / "home",
+        api_url=api_url,
+        MODEL_STUDIO_PREFECT_CHECK_TIMEOUT_S="1",
+    )
+
+    result = run_cli(
+        generate_args(_dataset(tmp_path, 4), f"sqlite:///{tmp_path}/results.db"),
+        env,
+        tmp_path,
+        ENDS_WITHIN_S,
+    )
+
+    line = _one_sentence(result)
+    assert f"The Prefect API at PREFECT_API_URL={api_url} does not answer" in line
+    assert "no answer within 1 s, MODEL_STUDIO_PREFECT_CHECK_TIMEOUT_S" in line
+    assert hung_server.accepted >= 1
+    _nothing_posted(emulator)
