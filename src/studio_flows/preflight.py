@@ -41,11 +41,10 @@ def check_access(client: ModelStudioClient) -> None:
             "MODEL_STUDIO_ORGANIZATION_ID (or the credentials block)."
         ) from None
     except APITimeoutError as err:
-        tries = client.retry.max_retries + 1
+        # The client's sentence names the timeout, its setting and the tries.
         raise ConfigurationError(
-            f"Cannot reach Model Studio at {client.base_url}: no answer within "
-            f"{client.timeout_s:g} s ({_cause(err)}, {tries} tries): check "
-            "MODEL_STUDIO_BASE_URL and the network, or raise MODEL_STUDIO_REQUEST_TIMEOUT_S."
+            f"Cannot reach Model Studio at {client.base_url}: {_cause(err)}: check "
+            "MODEL_STUDIO_BASE_URL and the network, or raise that timeout."
         ) from None
     except APIConnectionError as err:
         raise ConfigurationError(

@@ -10,6 +10,7 @@ each test takes seconds; the only bound on time is the generous one of ``run_cli
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -19,15 +20,28 @@ from tests.fixtures.cli_runs import (
     SECRET_TOKEN,
     CliResult,
     cli_env,
+    finish_cli,
     generate_args,
+    kill_group,
     ledger,
     run_cli,
+    start_cli,
+    summary_value,
+    wait_for,
 )
 from tests.fixtures.hung_server import HungServer
 
 pytestmark = pytest.mark.slow
 
+SHARDS = 6
 ENDS_WITHIN_S = 90  # the configured timeouts are 1-2 s: this only catches a run that sits
+
+
+@pytest.fixture
+def emulator(emulator: EmulatorServer) -> EmulatorServer:
+    """The session's emulator taking the token the CLI runs send: only the hang can fail."""
+    emulator.configure(tokens=[SECRET_TOKEN])
+    return emulator
 
 
 def _dataset(tmp_path: Path, rows: int) -> Path:
@@ -89,8 +103,8 @@ def test_a_hung_model_studio_fails_the_preflight_naming_the_url_and_the_timeout(
     )
 
     line = _one_sentence(result)
-    assert f"Cannot reach Model Studio at {base_url}: no answer within 1 s" in line
-    assert "MODEL_STUDIO_REQUEST_TIMEOUT_S" in line
+    assert f"Cannot reach Model Studio at {base_url}: read timeout after 1 s" in line
+    assert "(MODEL_STUDIO_REQUEST_TIMEOUT_S)" in line
     assert hung_server.accepted >= 1
     assert ledger(database_url) == []  # nothing was planned, let alone paid
     _nothing_posted(emulator)
@@ -119,3 +133,44 @@ def test_a_hung_prefect_api_is_one_sentence_like_a_dead_one(
     assert "no answer within 1 s, MODEL_STUDIO_PREFECT_CHECK_TIMEOUT_S" in line
     assert hung_server.accepted >= 1
     _nothing_posted(emulator)
+
+
+def test_a_model_studio_that_hangs_mid_run_ends_it_with_its_rows_left_for_the_next(
+    emulator: EmulatorServer, prefect_server: str, tmp_path: Path
+) -> None:
+    """POSTs answered for the first jobs, then every request hangs: the run still ends."""
+    emulator.configure(job_latency_s=1.0, fair_use_limit=50)
+    upstream = ("127.0.0.1", int(emulator.base_url.split(":")[2].split("/")[0]))
+    database_url = f"sqlite:///{tmp_path}/results.db"
+    with HungServer(upstream=upstream) as relay:
+        env = cli_env(
+            emulator,
+            tmp_path / "home",
+            api_url=prefect_server,
+            MODEL_STUDIO_BASE_URL=f"http://{relay.address}/api/v1",
+            MODEL_STUDIO_REQUEST_TIMEOUT_S="1",
+            MODEL_STUDIO_MAX_RETRIES="1",
+        )
+        args = generate_args(_dataset(tmp_path, SHARDS * 2), database_url, "--shard-size", "2")
+        process = start_cli(args, env, tmp_path)
+        started = time.monotonic()
+        try:
+            wait_for(lambda: emulator.stats()["jobs_created"] >= 3, 60, "three jobs")
+        except AssertionError:
+            kill_group(process)
+            raise
+        relay.hang()
+        result = finish_cli(process, started, ENDS_WITHIN_S)
+    print(result)
+    assert result.returncode == 1, result
+    assert "Traceback" not in result.output, result
+    errors = result.stdout.split("errors:", 1)[1].strip().splitlines()
+    assert len(errors) == SHARDS, result  # one line per shard, each naming the cause
+    assert all("read timeout" in line for line in errors), errors
+    assert any("(MODEL_STUDIO_REQUEST_TIMEOUT_S)" in line for line in errors), errors
+    assert summary_value(result.stdout, "unfinished") == SHARDS * 2
+    # The jobs that were paid for are recorded by job_id: the next run re-attaches to them.
+    jobs = ledger(database_url)
+    recorded = {job["job_id"] for job in jobs if job["status"] == "submitted"}
+    assert len(recorded) == emulator.stats()["jobs_created"] >= 3, jobs
+    assert not {job["status"] for job in jobs} - {"submitted", "ambiguous"}, jobs
