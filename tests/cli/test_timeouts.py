@@ -9,6 +9,7 @@ each test takes seconds; the only bound on time is the generous one of ``run_cli
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -174,3 +175,39 @@ def test_a_model_studio_that_hangs_mid_run_ends_it_with_its_rows_left_for_the_ne
     recorded = {job["job_id"] for job in jobs if job["status"] == "submitted"}
     assert len(recorded) == emulator.stats()["jobs_created"] >= 3, jobs
     assert not {job["status"] for job in jobs} - {"submitted", "ambiguous"}, jobs
+
+
+def test_a_prefect_api_that_hangs_mid_run_ends_it_in_bounded_time(
+    emulator: EmulatorServer, prefect_server: str, tmp_path: Path
+) -> None:
+    """The Prefect API answers the check and the first slots, then hangs: the run ends."""
+    emulator.configure(job_latency_s=1.0, fair_use_limit=50)
+    upstream = ("127.0.0.1", int(prefect_server.split(":")[2].split("/")[0]))
+    database_url = f"sqlite:///{tmp_path}/results.db"
+    with HungServer(upstream=upstream) as relay:
+        env = cli_env(
+            emulator,
+            tmp_path / "home",
+            api_url=f"http://{relay.address}/api",
+            PREFECT_API_REQUEST_TIMEOUT="1",
+            PREFECT_CLIENT_MAX_RETRIES="1",
+        )
+        args = generate_args(_dataset(tmp_path, SHARDS * 2), database_url, "--shard-size", "2")
+        process = start_cli(args, env, tmp_path)
+        started = time.monotonic()
+        try:
+            wait_for(lambda: emulator.stats()["jobs_created"] >= 3, 60, "three jobs")
+        except AssertionError:
+            kill_group(process)
+            raise
+        relay.hang()
+        result = finish_cli(process, started, ENDS_WITHIN_S)
+    notice = "could not give a fair-use slot back (ReadTimeout); its lease expires"
+    lines = result.stderr.strip().splitlines()
+    assert all(line == notice for line in lines[:-1]), result  # one notice per slot held
+    line = _one_sentence(dataclasses.replace(result, stderr=lines[-1]))
+    assert f"The Prefect API at http://{relay.address}/api stopped answering" in line
+    assert "PREFECT_API_REQUEST_TIMEOUT=1 s" in line
+    # "Jobs already submitted are recorded": every job the emulator made has its job_id.
+    recorded = [job for job in ledger(database_url) if job["job_id"]]
+    assert len(recorded) == emulator.stats()["jobs_created"] >= 3, recorded

@@ -62,9 +62,10 @@ def _run_flow(options: GenerateOptions, show_progress: bool) -> RunSummary:
         from studio_flows.flows.generate import generate_dataset
 
         display = progress_display(console, enabled=show_progress)
-        with prefect_api(notify=_notice), _slot_notices(), display:
+        with prefect_api(notify=_notice) as api_url, _slot_notices(), display:
             interrupts.check()
-            return generate_dataset(options)
+            with _prefect_stopped_answering(api_url):
+                return generate_dataset(options)
 
     try:
         return run_until_signal(run, on_stop=_stopping, on_force_exit=_exiting_now)
@@ -78,6 +79,34 @@ def _run_flow(options: GenerateOptions, show_progress: bool) -> RunSummary:
         )
         err_console.print(line, highlight=False, soft_wrap=True)
         raise typer.Exit(exit_code_for(reason)) from None
+
+
+@contextmanager
+def _prefect_stopped_answering(api_url: str) -> Iterator[None]:
+    """Turn the Prefect API failing under a running flow into one sentence (exit 2).
+
+    Our Model Studio client wraps every transport error of its own, so an httpx error
+    that reaches here is Prefect's engine failing to record a state after its retries.
+    """
+    import httpx
+    from prefect.settings import get_current_settings
+
+    from studio_flows.errors import PrefectUnavailableError
+
+    # Prefect's log and event workers print "--- Error logging to API ---" for every batch
+    # a hung server does not take; the sentence below says it once (stdlib's switch).
+    logging.raiseExceptions = False
+    try:
+        yield
+    except httpx.TransportError as err:
+        client = get_current_settings().client
+        timeout = get_current_settings().api.request_timeout
+        raise PrefectUnavailableError(
+            f"The Prefect API at {api_url} stopped answering during the run "
+            f"({type(err).__name__} after {client.max_retries + 1} tries of "
+            f"PREFECT_API_REQUEST_TIMEOUT={timeout:g} s); jobs already submitted are "
+            "recorded and the next run re-attaches to them."
+        ) from None
 
 
 def _notice(message: str) -> None:
