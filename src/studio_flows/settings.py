@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     prefect_check_timeout_s: float = Field(
         default=10.0, gt=0, description="Give up on the PREFECT_API_URL health check after"
     )
+    prefect_unavailable_limit_s: float = Field(
+        default=300.0, gt=0, description="Fail a run whose fair-use pool got no answer this long"
+    )
 
     @model_validator(mode="after")
     def _poll_bounds(self) -> Settings:
