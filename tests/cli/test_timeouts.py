@@ -136,12 +136,35 @@ def test_a_hung_prefect_api_is_one_sentence_like_a_dead_one(
     _nothing_posted(emulator)
 
 
+def _port(url: str) -> int:
+    return int(url.split(":")[2].split("/")[0])
+
+
+def _hang_half_way(
+    relay: HungServer,
+    emulator: EmulatorServer,
+    args: list[str],
+    env: dict[str, str],
+    cwd: Path,
+) -> CliResult:
+    """Run the CLI through ``relay``; hang it once three jobs were paid; wait for the end."""
+    process = start_cli(args, env, cwd)
+    started = time.monotonic()
+    try:
+        wait_for(lambda: emulator.stats()["jobs_created"] >= 3, 60, "three jobs")
+    except AssertionError:
+        kill_group(process)
+        raise
+    relay.hang()
+    return finish_cli(process, started, ENDS_WITHIN_S)
+
+
 def test_a_model_studio_that_hangs_mid_run_ends_it_with_its_rows_left_for_the_next(
     emulator: EmulatorServer, prefect_server: str, tmp_path: Path
 ) -> None:
     """POSTs answered for the first jobs, then every request hangs: the run still ends."""
     emulator.configure(job_latency_s=1.0, fair_use_limit=50)
-    upstream = ("127.0.0.1", int(emulator.base_url.split(":")[2].split("/")[0]))
+    upstream = ("127.0.0.1", _port(emulator.base_url))
     database_url = f"sqlite:///{tmp_path}/results.db"
     with HungServer(upstream=upstream) as relay:
         env = cli_env(
@@ -153,16 +176,7 @@ def test_a_model_studio_that_hangs_mid_run_ends_it_with_its_rows_left_for_the_ne
             MODEL_STUDIO_MAX_RETRIES="1",
         )
         args = generate_args(_dataset(tmp_path, SHARDS * 2), database_url, "--shard-size", "2")
-        process = start_cli(args, env, tmp_path)
-        started = time.monotonic()
-        try:
-            wait_for(lambda: emulator.stats()["jobs_created"] >= 3, 60, "three jobs")
-        except AssertionError:
-            kill_group(process)
-            raise
-        relay.hang()
-        result = finish_cli(process, started, ENDS_WITHIN_S)
-    print(result)
+        result = _hang_half_way(relay, emulator, args, env, tmp_path)
     assert result.returncode == 1, result
     assert "Traceback" not in result.output, result
     errors = result.stdout.split("errors:", 1)[1].strip().splitlines()
@@ -182,7 +196,7 @@ def test_a_prefect_api_that_hangs_mid_run_ends_it_in_bounded_time(
 ) -> None:
     """The Prefect API answers the check and the first slots, then hangs: the run ends."""
     emulator.configure(job_latency_s=1.0, fair_use_limit=50)
-    upstream = ("127.0.0.1", int(prefect_server.split(":")[2].split("/")[0]))
+    upstream = ("127.0.0.1", _port(prefect_server))
     database_url = f"sqlite:///{tmp_path}/results.db"
     with HungServer(upstream=upstream) as relay:
         env = cli_env(
@@ -190,24 +204,18 @@ def test_a_prefect_api_that_hangs_mid_run_ends_it_in_bounded_time(
             tmp_path / "home",
             api_url=f"http://{relay.address}/api",
             PREFECT_API_REQUEST_TIMEOUT="1",
-            PREFECT_CLIENT_MAX_RETRIES="1",
+            PREFECT_CLIENT_MAX_RETRIES="0",
         )
         args = generate_args(_dataset(tmp_path, SHARDS * 2), database_url, "--shard-size", "2")
-        process = start_cli(args, env, tmp_path)
-        started = time.monotonic()
-        try:
-            wait_for(lambda: emulator.stats()["jobs_created"] >= 3, 60, "three jobs")
-        except AssertionError:
-            kill_group(process)
-            raise
-        relay.hang()
-        result = finish_cli(process, started, ENDS_WITHIN_S)
-    notice = "could not give a fair-use slot back (ReadTimeout); its lease expires"
+        result = _hang_half_way(relay, emulator, args, env, tmp_path)
+    # Before the sentence, only the fair-use pool's notices: a slot it could not give back
+    # (its lease expires), a Prefect API it asks again.
+    notices = ("could not give a fair-use slot back (", "Prefect API unavailable (")
     lines = result.stderr.strip().splitlines()
-    assert all(line == notice for line in lines[:-1]), result  # one notice per slot held
+    assert all(line.startswith(notices) for line in lines[:-1]), result
     line = _one_sentence(dataclasses.replace(result, stderr=lines[-1]))
     assert f"The Prefect API at http://{relay.address}/api stopped answering" in line
-    assert "PREFECT_API_REQUEST_TIMEOUT=1 s" in line
+    assert "ReadTimeout after 1 try of PREFECT_API_REQUEST_TIMEOUT=1 s" in line
     # "Jobs already submitted are recorded": every job the emulator made has its job_id.
     recorded = [job for job in ledger(database_url) if job["job_id"]]
     assert len(recorded) == emulator.stats()["jobs_created"] >= 3, recorded

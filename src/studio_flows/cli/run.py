@@ -99,13 +99,13 @@ def _prefect_stopped_answering(api_url: str) -> Iterator[None]:
     try:
         yield
     except httpx.TransportError as err:
-        client = get_current_settings().client
-        timeout = get_current_settings().api.request_timeout
+        settings = get_current_settings()
+        tries = settings.client.max_retries + 1
         raise PrefectUnavailableError(
             f"The Prefect API at {api_url} stopped answering during the run "
-            f"({type(err).__name__} after {client.max_retries + 1} tries of "
-            f"PREFECT_API_REQUEST_TIMEOUT={timeout:g} s); jobs already submitted are "
-            "recorded and the next run re-attaches to them."
+            f"({type(err).__name__} after {tries} {'try' if tries == 1 else 'tries'} of "
+            f"PREFECT_API_REQUEST_TIMEOUT={settings.api.request_timeout:g} s); jobs already "
+            "submitted are recorded and the next run re-attaches to them."
         ) from None
 
 
