@@ -14,6 +14,8 @@ Each figure is a ratio taken in one run on one machine, with the Prefect guard o
 - P3: 1 M prompt rows, latency 0, SQLite file, shard size 100, in a child process with the
   emulator in another process: wall time, rows/s and a split of thread-seconds.
 - P4: peak RSS of the flow's process at 10 k rows and at 1 M rows (same child runs).
+- P6 and the poll trade-off (``bench/jitter.py``): jobs whose times vary, against a
+  perfect client's schedule of the emulator's own job times.
 - P1 and P3 again on PostgreSQL when ``STUDIO_FLOWS_TEST_POSTGRES_URL`` is set, and P1 on a
   real ``prefect server start``.
 
@@ -36,6 +38,7 @@ from typing import Any  # noqa: E402
 
 from bench.child import child_emulator, child_p1, child_rows  # noqa: E402
 from bench.common import FULL, HERE, QUICK, Results  # noqa: E402
+from bench.jitter import plot_tradeoff  # noqa: E402
 from bench.report import plot, render  # noqa: E402
 from bench.scenarios import run_all  # noqa: E402
 
@@ -85,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args.out.mkdir(parents=True, exist_ok=True)
     plot(results, args.out / "makespan.png")
+    plot_tradeoff(results.details, args.out / "poll_tradeoff.png")
     (args.out / "results.json").write_text(
         json.dumps({**results.figures, "details": _without_intervals(results.details)}, indent=2)
         + "\n"

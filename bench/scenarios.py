@@ -20,6 +20,7 @@ from typing import Any
 
 from bench.common import (
     MODEL,
+    QUICK,
     ROOT,
     Results,
     Sizes,
@@ -226,6 +227,12 @@ def run_child(
     return result
 
 
+def run_p3_sql(env: dict[str, str], rows: int, shard_size: int) -> dict[str, Any] | None:
+    from bench.sql_source import run_p3_sql as run
+
+    return run(env, rows, shard_size)
+
+
 def run_all(sizes: Sizes, out: Path, *, postgres: bool, real_server: bool) -> Results:
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
@@ -272,6 +279,10 @@ def run_all(sizes: Sizes, out: Path, *, postgres: bool, real_server: bool) -> Re
             rows_per_shard=sizes.p1_rows_per_shard,
             database_url=f"sqlite:///{work}/p2.db",
         )
+        # P6 and the poll trade-off (bench/jitter.py): job times that vary.
+        from bench.jitter import FULL_JITTER, QUICK_JITTER, run_jitter
+
+        d.update(run_jitter(server, work, QUICK_JITTER if sizes == QUICK else FULL_JITTER))
         log("P2: naive")
         d["p2_naive"] = run_naive(
             server,
@@ -330,6 +341,8 @@ def run_all(sizes: Sizes, out: Path, *, postgres: bool, real_server: bool) -> Re
                         ],
                         env=env,
                     )
+        if postgres:
+            d["p3_sql"] = run_p3_sql(env, sizes.p3_rows, sizes.shard_size)
     if real_server:
         log("P1 on a real prefect server")
         d["p1_real_server"] = p1_real_server(sizes)
@@ -343,6 +356,12 @@ def run_all(sizes: Sizes, out: Path, *, postgres: bool, real_server: bool) -> Re
     f["p3_rows_per_s"] = d["p3"]["rows_per_s"]
     f["p4_rss_ratio"] = round(d["p3"]["peak_rss_mb"] / d["p4_small"]["peak_rss_mb"], 3)
     f["p5_requests_per_job"] = d["p1"]["requests_per_job"]
+    if d.get("p3_sql"):
+        f["p3_sql_rows_per_s"] = d["p3_sql"]["p3_sql_rows_per_s"]
+        f["p3_sql_vs_jsonl"] = d["p3_sql"]["p3_sql_vs_jsonl"]
+    from bench.jitter import figures as jitter_figures
+
+    f.update(jitter_figures(d))
     f["machine"] = machine()
     f["date"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     d["bench_wall_s"] = round(time.monotonic() - wall_started, 1)

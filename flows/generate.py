@@ -21,7 +21,6 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import (
@@ -32,6 +31,7 @@ from prefect.artifacts import (
 )
 from prefect.runtime import flow_run
 from prefect.utilities.annotations import opaque
+from sqlalchemy.engine import Engine
 from studio_flows.tasks.database import resolve_database_url
 from studio_flows.tasks.datasets import validate_dataset_task
 from studio_flows.tasks.jobs import FATAL_ERRORS, engine_for, run_generation_jobs
@@ -42,14 +42,15 @@ from studio_flows.tasks.slots import Lease, SlotPool, release_all_slots, slot_po
 from studio_flows import interrupts
 from studio_flows.blocks import resolve_settings
 from studio_flows.client import ClientStats
-from studio_flows.datasets import dataset_name, iter_good_rows, iter_shards
+from studio_flows.datasets import DatasetReport, DatasetSource, iter_good_rows, iter_shards
 from studio_flows.errors import RunInterrupted
+from studio_flows.evaluation import Comparison, compare_models, side_by_side_markdown
 from studio_flows.jobs import JobReport, WorkItem
 from studio_flows.options import GenerateOptions
-from studio_flows.planning import Planner, SharedIterator
+from studio_flows.planning import Planner, SharedIterator, for_each_model
 from studio_flows.rows import GenerationParams
 from studio_flows.settings import Settings
-from studio_flows.summary import RunSummary, RunTally
+from studio_flows.summary import ModelSummary, RunSummary, RunTally
 
 # How long a lane that holds its slot waits for the others before starting alone (another
 # flow run may hold the remaining slots for a long time).
@@ -204,6 +205,7 @@ class _Lane:
 
     def _started(self, items: Iterator[WorkItem]) -> Iterator[WorkItem]:
         for item in items:
+            self.tally.started(item.shard.params.model_id)
             self.progress.job_started()
             yield item
 
@@ -276,29 +278,46 @@ def generate_dataset(options: GenerateOptions) -> RunSummary:
         >>> summary.completed  # doctest: +SKIP
         40
     """
+    return run_generation(options)
+
+
+def run_generation(options: GenerateOptions, source: DatasetSource | None = None) -> RunSummary:
+    """The body of :func:`generate_dataset`, in the calling flow run: ``source`` is read
+    instead of the file or query of ``options`` when given (rows in memory).
+
+    Example:
+        >>> run_generation(options, MemorySource([{"prompt": "Hi"}]))  # doctest: +SKIP
+        RunSummary(dataset='rows', ...)
+    """
     started = time.monotonic()
     settings = resolve_settings(options.credentials_block)
     settings.require_credentials()
     database_url = resolve_database_url(options.database_url, options.database_block, settings)
-    report = validate_dataset_task(options)
+    report = validate_dataset_task(options, source)
+    assert report.source is not None  # every validation pass names what it read
+    dataset = report.source.dataset
     check_model_studio_access(options.credentials_block)
     limit = ensure_concurrency_limit(settings.concurrency_limit)
 
-    params = GenerationParams(options.model_id, options.temperature, options.max_tokens)
-    rows = iter_good_rows(options.dataset_path, options.dataset_options(), verdict=report.verdict)
+    models = options.models
+    params = [GenerationParams(m, options.temperature, options.max_tokens) for m in models]
+    # The source the validation read (a query's snapshot), judged as it judged it.
+    rows = iter_good_rows(report.source, options.dataset_options(), verdict=report.verdict)
     shards = iter_shards(
         rows,
-        dataset=dataset_name(options.dataset_path),
-        params=params,
+        dataset=dataset,
+        params=params[0],
         shard_size=options.shard_size or settings.shard_size,
     )
     planner = Planner(engine_for(database_url))
     tally = RunTally()
     lane = _Lane(
-        work=SharedIterator(planner.plan(shards)),
+        work=SharedIterator(planner.plan(for_each_model(shards, params))),
         tally=tally,
         progress=_Progress(
-            total=report.rows, tally=tally, already_done=lambda: planner.counts.already_done
+            total=report.rows * len(models),
+            tally=tally,
+            already_done=lambda: planner.counts.already_done,
         ),
         stats=ClientStats(),
         stop=threading.Event(),
@@ -320,6 +339,8 @@ def generate_dataset(options: GenerateOptions) -> RunSummary:
         raise
     lane.progress.finish()
     summary = _summary(options, report, planner, tally, lane, started, stopped=bool(interrupted))
+    if interrupted is None and (len(options.models) > 1 or options.expected_column):
+        _compare(options, report, summary, planner.engine, params[0].params_hash)
     _report(summary)
     if interrupted is not None:
         interrupted.summary = summary
@@ -329,7 +350,7 @@ def generate_dataset(options: GenerateOptions) -> RunSummary:
 
 def _summary(
     options: GenerateOptions,
-    report: Any,
+    report: DatasetReport,
     planner: Planner,
     tally: RunTally,
     lane: _Lane,
@@ -338,9 +359,10 @@ def _summary(
     stopped: bool,
 ) -> RunSummary:
     """The run's summary from its counters (so far, for a run that was stopped)."""
+    assert report.source is not None  # every validation pass names what it read
     return RunSummary(
-        dataset=dataset_name(options.dataset_path),
-        model_id=options.model_id,
+        dataset=report.source.dataset,
+        model_id=", ".join(options.models),
         rows_in_dataset=report.rows,
         bad_rows_skipped=report.bad_count,
         duplicates=report.duplicates,
@@ -354,16 +376,55 @@ def _summary(
         # Counted here too: a past run's POSTs whose outcome stayed unknown, resubmitted now.
         ambiguous_resubmitted=tally.ambiguous_resubmitted + planner.counts.unknown_outcome,
         rate_limited_429=lane.stats.rate_limited,
+        requests=lane.stats.requests,
         wall_time_s=round(time.monotonic() - started, 2),
         bad_rows=[str(bad) for bad in report.bad_rows],
         errors=tally.errors,
         interrupted_by=interrupts.stop_reason() if stopped else None,
+        models=tally.model_summaries(
+            options.models, planner.counts.already_done_by_model, planner.counts.planned_by_model
+        ),
     )
+
+
+def _compare(
+    options: GenerateOptions,
+    report: DatasetReport,
+    summary: RunSummary,
+    engine: Engine,
+    params_hash: str,
+) -> None:
+    """Read back the models' answers: samples side by side and, if asked, their scores."""
+    assert report.source is not None
+    reading = options.dataset_options()
+    rows = iter_good_rows(report.source, reading, verdict=report.verdict)
+    comparison = compare_models(
+        engine, rows, options.models, params_hash=params_hash, expected=options.expected_column
+    )
+    _score(summary.models, comparison)
+    create_markdown_artifact(
+        key="generation-comparison",
+        markdown="# First rows, one answer per model\n\n"
+        + side_by_side_markdown(comparison.samples, options.models, kept=reading.keep_columns),
+    )
+
+
+def _score(models: list[ModelSummary], comparison: Comparison) -> None:
+    if comparison.scores is None:
+        return
+    for model in models:
+        score = comparison.scores[model.model_id]
+        model.scored_rows = score.scored_rows
+        model.exact_match = score.exact_match
+        model.contains = score.contains
 
 
 def _report(summary: RunSummary) -> None:
     create_table_artifact(
         key="generation-summary", table=summary.table(), description="Run summary"
+    )
+    create_table_artifact(
+        key="generation-models", table=summary.models_table(), description="Run summary by model"
     )
     create_markdown_artifact(key="generation-report", markdown=summary.markdown())
     get_run_logger().info(

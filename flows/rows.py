@@ -1,11 +1,12 @@
 """``generate_rows``: the generation flow over rows held in memory, answers returned in order.
 
-The rows (a list of dicts, a ``pyarrow.Table``, a pandas DataFrame) go through exactly
-the engine a dataset file does: they are written to a JSONL file in a private folder and
-handed to :func:`~studio_flows.flows.generate.generate_dataset` as its subflow, so the
-validation, the shards, the fair-use lanes and the exactly-once ledger are the same. With a
-``database_url`` (or a ``database_block``) the answers are kept there, and a rerun pays only
-for rows without one; without, they live in that private folder for the run only.
+The rows (a list of dicts, a ``pyarrow.Table``, a pandas DataFrame) are read in place as a
+:class:`~studio_flows.datasets.MemorySource` by the engine a dataset file goes through
+(:func:`~studio_flows.flows.generate.run_generation`), so the validation, the templates, the
+shards, the fair-use lanes and the exactly-once ledger are the same. With a
+``database_url`` (or a ``database_block``) the answers are kept there under the dataset
+name ``rows``, and a rerun pays only for rows without one; without, they live in a private
+folder for the run only.
 
 Example:
     >>> answers = generate_rows(
@@ -18,18 +19,15 @@ Example:
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import orjson
 from prefect import flow
-from studio_flows.flows.generate import generate_dataset
+from studio_flows.flows.generate import run_generation
 from studio_flows.tasks.database import resolve_database_url
 from studio_flows.tasks.jobs import engine_for
 
-from studio_flows.datasets import read_rows
-from studio_flows.errors import DatasetError
+from studio_flows.datasets import DatasetSource, MemorySource, read_rows
 from studio_flows.generation import Generation
 from studio_flows.options import GenerateOptions
 from studio_flows.rows import GenerationParams, Row
@@ -50,6 +48,9 @@ def generate_rows(
     prompt_column: str = "prompt",
     messages_column: str = "messages",
     id_column: str | None = None,
+    template: str | None = None,
+    system_template: str | None = None,
+    keep_columns: list[str] | None = None,
     database_url: str | None = None,
     database_block: str | None = None,
     credentials_block: str | None = None,
@@ -57,8 +58,10 @@ def generate_rows(
     """Answer every row; return one :class:`Generation` per row, in the rows' order.
 
     ``task_index`` of each answer is the row's position. A row holds ``prompt`` or
-    ``messages`` (the column names are settable), and may hold an id column. Bad rows stop
-    the run before any job, as for a file.
+    ``messages`` (the column names are settable), or the columns ``template`` renders, and
+    may hold an id column. Bad rows stop the run before any job, as for a file.
+    ``keep_columns`` are stored beside each answer in the database (``read_results``
+    returns them as columns); a row lacking one is bad.
 
     Example:
         >>> import pyarrow as pa
@@ -66,65 +69,44 @@ def generate_rows(
         >>> [a.status for a in generate_rows(table, "my-model")]  # doctest: +SKIP
         ['completed', 'completed']
     """
+    source = MemorySource(rows)
     with tempfile.TemporaryDirectory(prefix="studio-flows-rows-") as folder:
-        dataset = _write_jsonl(_records(rows), Path(folder) / "rows.jsonl")
         if database_url is None and database_block is None:
             database_url = f"sqlite:///{Path(folder) / 'results.db'}"
-        options = GenerateOptions(
-            dataset_path=str(dataset),
-            model_id=model_id,
-            temperature=temperature,
-            max_tokens=max_tokens,
-            shard_size=shard_size,
-            system_prompt=system_prompt,
-            prompt_column=prompt_column,
-            messages_column=messages_column,
-            id_column=id_column,
-            database_url=database_url,
-            database_block=database_block,
-            credentials_block=credentials_block,
+        options = GenerateOptions.model_validate(
+            dict(
+                model_id=model_id,
+                temperature=temperature,
+                max_tokens=max_tokens,
+                shard_size=shard_size,
+                system_prompt=system_prompt,
+                prompt_column=prompt_column,
+                messages_column=messages_column,
+                id_column=id_column,
+                keep_columns=keep_columns or [],
+                template=template,
+                system_template=system_template,
+                database_url=database_url,
+                database_block=database_block,
+                credentials_block=credentials_block,
+            ),
+            context={"rows_in_memory": True},
         )
-        generate_dataset(options)
+        run_generation(options, source)
         url = resolve_database_url(database_url, database_block, load_settings())
-        return _answers(url, options)
+        return _answers(url, options, source)
 
 
-def _records(rows: Any) -> Iterator[Mapping[str, Any]]:
-    """Dicts of any of the accepted row containers, without copying the whole table."""
-    if hasattr(rows, "to_batches"):  # a pyarrow.Table
-        for batch in rows.to_batches():
-            yield from batch.to_pylist()
-        return
-    if hasattr(rows, "to_dict") and hasattr(rows, "columns"):  # a pandas DataFrame
-        yield from rows.to_dict(orient="records")
-        return
-    if isinstance(rows, Iterable) and not isinstance(rows, str | bytes | Mapping):
-        for index, row in enumerate(rows):
-            if not isinstance(row, Mapping):
-                raise DatasetError(f"row {index + 1}: a dict is needed, not {type(row).__name__}")
-            yield row
-        return
-    raise DatasetError(
-        f"rows must be a list of dicts, a pyarrow.Table or a pandas DataFrame, not "
-        f"{type(rows).__name__}"
-    )
-
-
-def _write_jsonl(records: Iterable[Mapping[str, Any]], path: Path) -> Path:
-    with path.open("wb") as out:
-        for record in records:
-            out.write(orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY, default=str))
-            out.write(b"\n")
-    return path
-
-
-def _answers(database_url: str, options: GenerateOptions) -> list[Generation]:
+def _answers(
+    database_url: str, options: GenerateOptions, source: DatasetSource
+) -> list[Generation]:
     """Each row's stored answer for these parameters, in the rows' order."""
-    params = GenerationParams(options.model_id, options.temperature, options.max_tokens)
+    model = options.models[0]  # generate_rows takes one model
+    params = GenerationParams(model, options.temperature, options.max_tokens)
     # Every row, duplicates included: each position gets its answer.
-    rows = (r for r in read_rows(options.dataset_path, options.dataset_options(), dedup=False))
+    rows = (r for r in read_rows(source, options.dataset_options(), dedup=False))
     good = (row for row in rows if isinstance(row, Row))
-    found = results_of_rows(engine_for(database_url), good, model_id=options.model_id)
+    found = results_of_rows(engine_for(database_url), good, model_id=model)
     return [
         _generation(index, stored, params.params_hash) for index, (_, stored) in enumerate(found)
     ]

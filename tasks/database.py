@@ -8,6 +8,8 @@ carries the password because the engine needs it: log :func:`safe_url` instead, 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prefect.exceptions import ObjectNotFound
 from prefect.logging import get_logger
 from prefect_sqlalchemy import (  # type: ignore[import-untyped]
@@ -118,3 +120,25 @@ def resolve_database_url(
     if database_block:
         return load_connector_url(database_block)
     return settings.database_url
+
+
+def resolve_source_url(
+    sql: str | None,
+    source_url: str | None,
+    source_block: str | None,
+    results_url: Callable[[], str],
+) -> str | None:
+    """Where a SQL source runs: its URL, else its connector block's, else the results
+    database (``results_url()``, resolved only when needed); None without a query.
+
+    Example:
+        >>> resolve_source_url("SELECT 1", "sqlite:///faq.db", None, lambda: "unused")
+        'sqlite:///faq.db'
+    """
+    if sql is None:
+        return None
+    if source_url:
+        return source_url
+    if source_block:
+        return load_connector_url(source_block)
+    return results_url()

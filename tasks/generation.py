@@ -29,12 +29,14 @@ from studio_flows.tasks.slots import Lease, SlotPool, slot_pool
 from studio_flows.blocks import ModelStudioCredentials
 from studio_flows.client import ModelStudioClient
 from studio_flows.errors import (
+    ConfigurationError,
     GenerationJobCancelled,
     GenerationJobFailed,
     GenerationJobTimedOut,
     JobDeadlineExceededError,
     JobFailedError,
 )
+from studio_flows.evaluation import wide_results
 from studio_flows.generation import (
     ConversationInput,
     Generation,
@@ -44,7 +46,7 @@ from studio_flows.generation import (
     generations_of,
 )
 from studio_flows.models import GenerateRequest
-from studio_flows.result_table import results_table
+from studio_flows.result_table import results_table, wide_table
 from studio_flows.settings import Settings, load_settings
 from studio_flows.storage import iter_results
 
@@ -163,11 +165,17 @@ def read_results(
     model_id: str | None = None,
     status: str | None = None,
     flow_run_id: str | None = None,
+    wide: bool = False,
 ) -> pa.Table:
     """What runs wrote to the results database, as a ``pyarrow.Table`` in write order.
 
     ``database_url`` defaults to ``MODEL_STUDIO_DATABASE_URL``; the filters are exact
-    matches. The columns are those of ``studio-flows results --format parquet``.
+    matches. The columns are those of ``studio-flows results --format parquet``: the
+    result columns, then one per kept input column (``keep_columns``; a name clashing
+    with a result column becomes ``input_<name>``, see :mod:`studio_flows.kept_columns`).
+    With ``wide=True`` (an evaluation run): one row per input row of ``dataset`` (or
+    ``model_id``), its kept columns and prompt, and an ``answer:<model>`` and
+    ``status:<model>`` column per model, as ``studio-flows results --wide`` exports.
 
     Example:
         >>> table = read_results(database_url="sqlite:///r.db", dataset="prompts.jsonl")
@@ -176,6 +184,10 @@ def read_results(
         ['my-model answers: ...']
     """
     engine = engine_for(database_url or load_settings().database_url)
+    if wide:
+        if status is not None or flow_run_id is not None:
+            raise ConfigurationError("read_results(wide=True) takes dataset and model_id only")
+        return wide_table(*wide_results(engine, dataset=dataset, model_id=model_id))
     rows = iter_results(
         engine, dataset=dataset, model_id=model_id, status=status, flow_run_id=flow_run_id
     )

@@ -89,6 +89,11 @@ def installed_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with zipfile.ZipFile(wheel) as archive:
         shipped = set(archive.namelist())
     assert {f"studio_flows/examples/{n}" for n in EXAMPLE_DATASETS} <= shipped
+    # The schema's Alembic revisions, which every database's first use reads.
+    revisions = REPO_ROOT / "src" / "studio_flows" / "storage" / "_migrations" / "versions"
+    assert {
+        f"studio_flows/storage/_migrations/versions/{p.name}" for p in revisions.glob("v*.py")
+    } <= shipped
     # One import root: nothing else at the top level of the wheel.
     top_level = {name.split("/")[0] for name in shipped}
     assert {name for name in top_level if not name.endswith(".dist-info")} == {"studio_flows"}

@@ -19,6 +19,12 @@ installed ``studio-flows`` and ``prefect`` console scripts, ``make``, the venv's
 | `studio-flows generate prompts.jsonl --model-id <model-id> [--database-url postgresql://...]` | test_readme.py::test_the_use_it_block_generates_and_exports |
 | `studio-flows results --dataset prompts.jsonl --format jsonl --output answers.jsonl` | test_readme.py::test_the_use_it_block_generates_and_exports |
 | `studio-flows results prompts.parquet --format csv --output answers.csv` | test_readme.py::test_the_use_it_block_generates_and_exports |
+| `studio-flows generate --sql 'SELECT id, question FROM faq WHERE id > 0' --dataset-name faq --id-column id --template 'Answer in one word: {{ question }}' --model-id <model-id> --dry-run` | test_readme.py::test_the_sql_block_dry_runs_generates_and_exports |
+| `studio-flows generate --sql 'SELECT id, question FROM faq WHERE id > 0' --dataset-name faq --id-column id --template 'Answer in one word: {{ question }}' --model-id <model-id>` | test_readme.py::test_the_sql_block_dry_runs_generates_and_exports |
+| `studio-flows results --dataset faq --format csv --output faq.csv` | test_readme.py::test_the_sql_block_dry_runs_generates_and_exports |
+| `studio-flows generate examples/eval.jsonl --model-id <model-id> --model-id <model-id>-tuned --id-column id --template '{{ question }}' --expected-column expected` | test_readme.py::test_the_compare_models_block_scores_and_exports_side_by_side |
+| `studio-flows results --dataset eval.jsonl --wide --format csv --output side_by_side.csv` | test_readme.py::test_the_compare_models_block_scores_and_exports_side_by_side |
+| `studio-flows db upgrade [--database-url postgresql://...]` | test_readme.py::test_db_upgrade_upgrades_an_old_database_as_typed |
 | `studio-flows emulator --port 8000` | test_readme.py::test_the_emulator_command_serves_and_stops_on_sigint |
 | `prefect config set PREFECT_API_URL=http://prefect.example.internal:4200/api` | test_readme.py::test_prefect_config_set_points_the_profile_at_the_server |
 | `prefect work-pool create studio-flows --type process` | test_readme.py::test_the_three_commands_and_an_adhoc_run |
@@ -40,12 +46,14 @@ deployments/test_deployments.py::test_the_serve_command_passes_the_nightly_datas
 
 from __future__ import annotations
 
+import csv
 import os
 import re
 import selectors
 import shlex
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -55,10 +63,12 @@ from pathlib import Path
 import httpx
 import pyarrow.parquet as pq
 import pytest
+from sqlalchemy import make_url
 
 from studio_flows.emulator import EmulatorServer
 from tests.fixtures.cli_runs import CliResult, run_cli
 from tests.fixtures.emulator import TEST_ORGANIZATION
+from tests.fixtures.old_schemas import create_old_database, old_result_row
 from tests.fixtures.prefect_server import PrefectServer, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -251,8 +261,8 @@ def test_the_use_it_block_generates_and_exports(
         env.update([assignment.split("=", 1)])
     values = {"<model-id>": MODEL}
 
-    generated = _run(substitute(command("studio-flows generate"), values), env, tmp_path)
-    by_name = _run(command("studio-flows results --dataset"), env, tmp_path)
+    generated = _run(substitute(command("studio-flows generate prompts"), values), env, tmp_path)
+    by_name = _run(command("studio-flows results --dataset prompts"), env, tmp_path)
     by_file = _run(command("studio-flows results prompts.parquet"), env, tmp_path)
 
     assert generated.returncode == 0, generated
@@ -264,6 +274,89 @@ def test_the_use_it_block_generates_and_exports(
     csv_lines = (tmp_path / "answers.csv").read_text(encoding="utf-8").splitlines()
     assert csv_lines[0].startswith("line,dataset,")
     assert [line.split(",")[0] for line in csv_lines[1:]] == [str(n) for n in range(1, 41)]
+
+
+def test_db_upgrade_upgrades_an_old_database_as_typed(tmp_path: Path, database_url: str) -> None:
+    """Once as typed (the default database, what the README prints), once with the option."""
+    work = tmp_path / "work"  # its own folder: the sqlite case of database_url is in tmp_path
+    work.mkdir()
+    create_old_database(f"sqlite:///{work}/studio_flows.db", 2, [old_result_row(0)])
+    create_old_database(database_url, 2, [old_result_row(0)])
+    env = _env(tmp_path / "prefect", MODEL_STUDIO_DATABASE_AUTO_UPGRADE="false")
+    typed = substitute(command("studio-flows db upgrade"), {})
+    given = substitute(
+        command("studio-flows db upgrade"),
+        {"[--database-url": "--database-url", "postgresql://...]": database_url},
+    )
+
+    outputs = [_run(argv, env, work).stdout.strip() for argv in (typed, typed, given)]
+
+    assert outputs[:2] == [
+        "upgraded sqlite:///studio_flows.db from schema 2 to 3",
+        "sqlite:///studio_flows.db is already at schema 3",
+    ]
+    assert outputs[2].startswith("upgraded ") and outputs[2].endswith(" from schema 2 to 3")
+    password = make_url(database_url).password
+    assert password is None or password not in outputs[2]
+
+
+@pytest.mark.slow
+def test_the_sql_block_dry_runs_generates_and_exports(
+    emulator: EmulatorServer, prefect_server: str, tmp_path: Path
+) -> None:
+    with sqlite3.connect(tmp_path / "studio_flows.db") as db:  # the default results database
+        db.execute("CREATE TABLE faq (id INTEGER PRIMARY KEY, question TEXT)")
+        db.executemany("INSERT INTO faq VALUES (?, ?)", [(i, f"question {i}?") for i in range(5)])
+    env = _env(tmp_path / "prefect", PREFECT_API_URL=prefect_server,
+               MODEL_STUDIO_BASE_URL=emulator.base_url, MODEL_STUDIO_TOKEN=emulator.token,
+               MODEL_STUDIO_ORGANIZATION_ID=TEST_ORGANIZATION)  # fmt: skip
+    dry, run = (
+        substitute(shlex.split(c), {"<model-id>": MODEL})
+        for c in readme_commands()
+        if c.startswith("studio-flows generate --sql")
+    )
+    emulator.reset()
+
+    planned = _run(dry, env, tmp_path)
+    assert planned.returncode == 0, planned
+    assert re.search(r"│ jobs that would be submitted +│ +1 │", planned.stdout), planned
+    assert emulator.stats()["jobs_created"] == 0
+    generated = _run(run, env, tmp_path)
+    assert re.search(r"│ completed +│ +4 │", generated.stdout), generated  # WHERE id > 0
+    exported = _run(command("studio-flows results --dataset faq"), env, tmp_path)
+    assert exported.stderr.strip() == "wrote 4 rows to faq.csv", exported
+    assert "Answer in one word: question 4?" in (tmp_path / "faq.csv").read_text()
+
+
+@pytest.mark.slow
+def test_the_compare_models_block_scores_and_exports_side_by_side(
+    emulator: EmulatorServer, prefect_server: str, tmp_path: Path
+) -> None:
+    (tmp_path / "examples").mkdir()
+    shutil.copy(REPO_ROOT / "examples" / "eval.jsonl", tmp_path / "examples" / "eval.jsonl")
+    env = _env(tmp_path / "prefect", PREFECT_API_URL=prefect_server, COLUMNS="200",
+               MODEL_STUDIO_BASE_URL=emulator.base_url, MODEL_STUDIO_TOKEN=emulator.token,
+               MODEL_STUDIO_ORGANIZATION_ID=TEST_ORGANIZATION)  # fmt: skip
+    emulator.reset()
+
+    compared = _run(
+        substitute(command("studio-flows generate examples/eval"), {"<model-id>": MODEL}),
+        env,
+        tmp_path,
+    )
+    assert compared.returncode == 0, compared
+    assert emulator.stats()["jobs_created"] == 2  # 8 rows, one job per model
+    # The emulator's answers repeat the question: none is the expected answer alone.
+    for model in (MODEL, f"{MODEL}-tuned"):
+        assert re.search(rf"│ {re.escape(model)} +│ +8 │.*│ +0\.0 % +│", compared.stdout), compared
+    exported = _run(command("studio-flows results --dataset eval.jsonl"), env, tmp_path)
+    assert exported.stderr.strip() == "wrote 8 rows to side_by_side.csv", exported
+    with (tmp_path / "side_by_side.csv").open(encoding="utf-8", newline="") as stream:
+        header = next(csv.reader(stream))
+    assert header == [
+        "row_key", "expected", "prompt", f"answer:{MODEL}", f"status:{MODEL}",
+        f"answer:{MODEL}-tuned", f"status:{MODEL}-tuned",
+    ]  # fmt: skip
 
 
 @pytest.mark.slow

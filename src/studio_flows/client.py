@@ -84,15 +84,34 @@ class RetryPolicy:
 
 @dataclass
 class ClientStats:
-    """What a client saw: requests sent and retries by cause (thread-safe counters)."""
+    """What a client saw: requests sent, jobs created, retries by cause (thread-safe).
+
+    Example:
+        >>> stats = ClientStats()
+        >>> for _ in range(4):
+        ...     stats.count_request()
+        >>> stats.count_job()
+        >>> stats.requests_per_job
+        4.0
+    """
 
     requests: int = 0
+    jobs_created: int = 0
     retries: Counter[str] = field(default_factory=Counter)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def count_request(self) -> None:
         with self._lock:
             self.requests += 1
+
+    def count_job(self) -> None:
+        with self._lock:
+            self.jobs_created += 1
+
+    @property
+    def requests_per_job(self) -> float:
+        """Every request sent (POSTs, GETs, retries) per job created; 0 before a job."""
+        return self.requests / self.jobs_created if self.jobs_created else 0.0
 
     def count_retry(self, cause: str) -> None:
         with self._lock:
@@ -149,6 +168,7 @@ class _BaseClient:
         retry: RetryPolicy | None = None,
         poll_interval_s: float = 0.5,
         poll_max_interval_s: float = 10.0,
+        poll_budget: float | None = None,
         not_found_grace_s: float = 10.0,
         history: DurationHistory | None = None,
     ) -> None:
@@ -159,6 +179,7 @@ class _BaseClient:
         self.retry = retry or RetryPolicy()
         self.poll_interval_s = poll_interval_s
         self.poll_max_interval_s = poll_max_interval_s
+        self.poll_budget = poll_budget
         self.not_found_grace_s = not_found_grace_s
         self.history = history or DurationHistory()
         self.stats = ClientStats()
@@ -177,6 +198,7 @@ class _BaseClient:
             "retry": RetryPolicy(max_retries=settings.max_retries),
             "poll_interval_s": settings.poll_interval_s,
             "poll_max_interval_s": settings.poll_max_interval_s,
+            "poll_budget": settings.poll_budget,
         }
 
     def _headers(self, body: bytes | None = None) -> dict[str, str]:
@@ -265,7 +287,10 @@ class _BaseClient:
             deadline_s=deadline_s,
             started=started,
             plan=PollPlan(
-                start=self.poll_interval_s, maximum=self.poll_max_interval_s, history=self.history
+                start=self.poll_interval_s,
+                maximum=self.poll_max_interval_s,
+                history=self.history,
+                budget=self.poll_budget,
             ),
             history=self.history,
             not_found_grace_s=self.not_found_grace_s,
@@ -354,18 +379,16 @@ class _Waiter:
     def _learn(self, seen_done_s: float, tasks: int, seen_running: bool) -> None:
         """Teach the history how long this job took.
 
-        It ended between the last poll that saw it running and this one; its progress
-        predicted where in between. Recording when we happened to look instead would teach
-        the next jobs our own lateness. Terminal at the first look, it took at most
+        It ended between the last poll that saw it running and this one; the plan knows
+        where in between it most likely ended. Terminal at the first look, it took at most
         ``seen_done_s`` (see polling's upper-bound samples).
         """
-        took = seen_done_s
-        ends_by = self.plan.ends_by
-        if seen_running and ends_by is not None:
-            after = max(self.plan.ends_after, self.last_running_s)
-            by = min(ends_by, seen_done_s)
-            took = (after + by) / 2 if after <= by else seen_done_s
-        self.history.record(seconds=took, tasks=tasks, upper_bound=not seen_running)
+        self.plan.learn(
+            running_until=self.last_running_s if seen_running else 0.0,
+            done_by=seen_done_s,
+            tasks=tasks,
+            seen_running=seen_running,
+        )
 
     def _log_progress(self, status: JobStatus) -> None:
         current = (status.job_status, status.completed_tasks)
@@ -507,7 +530,9 @@ class ModelStudioClient(_BaseClient):
             'a1b2...'
         """
         response = self._send("POST", self._generate_path(), _body(request))
-        return self._parse(response, JobCreated)
+        created = self._parse(response, JobCreated)
+        self.stats.count_job()
+        return created
 
     def get_job(self, job_id: str) -> JobStatus:
         """Read a job's status and the results it has so far.
@@ -619,7 +644,9 @@ class AsyncModelStudioClient(_BaseClient):
     async def create_job(self, request: GenerateRequest) -> JobCreated:
         """Submit one generation job; see :meth:`ModelStudioClient.create_job`."""
         response = await self._send("POST", self._generate_path(), _body(request))
-        return self._parse(response, JobCreated)
+        created = self._parse(response, JobCreated)
+        self.stats.count_job()
+        return created
 
     async def get_job(self, job_id: str) -> JobStatus:
         """Read a job's status; see :meth:`ModelStudioClient.get_job`."""

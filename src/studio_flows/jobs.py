@@ -95,6 +95,7 @@ class JobOutcome:
             reattached=self.reattached,
             ambiguous_resubmits=self.ambiguous_resubmits,
             error=self.error,
+            model_id=self.shard.params.model_id,
         )
 
 
@@ -117,6 +118,7 @@ class JobReport:
     error: str | None = None
     # Rows left for the next run: the shard's job could not be run or persisted.
     unfinished: int = 0
+    model_id: str = ""
 
     @classmethod
     def gave_up(cls, shard: Shard, error: str) -> JobReport:
@@ -129,6 +131,7 @@ class JobReport:
             failed=0,
             error=f"shard {shard.shard_key}: {error}",
             unfinished=len(shard.rows),
+            model_id=shard.params.model_id,
         )
 
 
@@ -156,6 +159,7 @@ def map_results(shard: Shard, status: JobStatus) -> list[ResultRecord]:
                 status=status_text,
                 result=result,
                 error=error,
+                metadata=row.metadata,
             )
         )
     return records
@@ -178,6 +182,7 @@ def failed_records(shard: Shard, error: str) -> list[ResultRecord]:
             status=RowStatus.FAILED,
             result=None,
             error=error,
+            metadata=row.metadata,
         )
         for index, row in enumerate(shard.rows)
     ]

@@ -4,27 +4,65 @@ The flow takes this model as its parameter, so a deployment's form in the Prefec
 validates each field and shows its help text. No secret belongs here: the token comes
 from the environment or a credentials Block, named by ``credentials_block``.
 
+An evaluation run names several models (``model_ids``): every row runs once per model.
+
 Example:
     >>> GenerateOptions(dataset_path="examples/prompts.jsonl", model_id="m").shard_size is None
     True
+    >>> GenerateOptions(dataset_path="p.jsonl", model_ids=["base", "tuned"]).models
+    ['base', 'tuned']
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from studio_flows.datasets import DatasetOptions
+from studio_flows.datasets import DatasetOptions, DatasetSource, FileSource, SqlSource
+from studio_flows.errors import ConfigurationError
 
 
 class GenerateOptions(BaseModel):
     """What to generate, where to write it, and how to treat bad rows and unknown outcomes."""
 
-    model_config = ConfigDict(extra="forbid")
+    # The form asks for a file unless a query is given. Written as if/else, not anyOf:
+    # Prefect drops nested "required" keys when it checks a deployment's partial parameters
+    # (the nightly one names no dataset until an operator does), but not inside lists.
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"if": {"required": ["sql"]}, "else": {"required": ["dataset_path"]}},
+    )
 
-    dataset_path: str = Field(description="JSONL, CSV or Parquet file, one conversation a row")
-    model_id: str = Field(min_length=1, description="Model Studio model id")
+    dataset_path: str | None = Field(
+        default=None, description="JSONL, CSV or Parquet file, one conversation a row"
+    )
+    sql: str | None = Field(
+        default=None, description="A SQL query whose rows are the dataset (instead of a file)"
+    )
+    source_url: str | None = Field(
+        default=None, description="SQLAlchemy URL the query runs on (default: the results DB)"
+    )
+    source_block: str | None = Field(
+        default=None, description="SqlAlchemyConnector block the query runs on (keeps the password)"
+    )
+    dataset_name: str | None = Field(
+        default=None,
+        description="Name the results are stored under (default: the file name, or sql:<hash>)",
+    )
+    template: str | None = Field(
+        default=None, description="Jinja2 template of the user message, e.g. '{{ question }}'"
+    )
+    system_template: str | None = Field(
+        default=None, description="Jinja2 template of the system message"
+    )
+    model_id: str | None = Field(
+        default=None, min_length=1, description="Model Studio model id (or use model_ids)"
+    )
+    model_ids: list[str] = Field(
+        default_factory=list,
+        description="Several model ids: every row runs once per model (an evaluation run)",
+    )
     temperature: float = Field(default=0.7, ge=0.0, le=2.0)
     max_tokens: int = Field(default=512, gt=0)
     system_prompt: str | None = Field(default=None, description="Prepended to every conversation")
@@ -46,9 +84,47 @@ class GenerateOptions(BaseModel):
     ambiguous_policy: Literal["resubmit", "stop"] = Field(
         default="resubmit", description="A POST whose outcome is unknown: resubmit or stop"
     )
+    expected_column: str | None = Field(
+        default=None, description="A kept column holding the expected answer: score each model"
+    )
     prompt_column: str = "prompt"
     messages_column: str = "messages"
     id_column: str | None = None
+    keep_columns: list[str] = Field(
+        default_factory=list,
+        description="Input columns stored beside each answer (as JSON) and exported with it",
+    )
+
+    @field_validator("keep_columns")
+    @classmethod
+    def _distinct_names(cls, names: list[str]) -> list[str]:
+        return check_keep_columns(names)
+
+    @model_validator(mode="after")
+    def _one_source(self, info: ValidationInfo) -> GenerateOptions:
+        if self.dataset_path is not None and self.sql is not None:
+            raise ValueError("give dataset_path or sql, not both")
+        # Rows in memory (generate_rows) are the one source options cannot name.
+        in_memory = bool(info.context and info.context.get("rows_in_memory"))
+        if self.dataset_path is None and self.sql is None and not in_memory:
+            raise ValueError("give dataset_path (a file) or sql (a query)")
+        if self.sql is None and (self.source_url or self.source_block):
+            raise ValueError("source_url and source_block name where sql runs; give sql too")
+        return self
+
+    @model_validator(mode="after")
+    def _some_model(self) -> GenerateOptions:
+        if not self.models:
+            raise ValueError("name a model: model_id, or model_ids for several")
+        if any(not model.strip() for model in self.models):
+            raise ValueError("a model id is empty")
+        return self
+
+    @property
+    def models(self) -> list[str]:
+        """Every model of the run, in the order given, each once (``model_id`` first)."""
+        given = ([self.model_id] if self.model_id else []) + self.model_ids
+        return list(dict.fromkeys(given))
 
     def dataset_options(self) -> DatasetOptions:
         """How to read the dataset."""
@@ -57,4 +133,50 @@ class GenerateOptions(BaseModel):
             messages_column=self.messages_column,
             id_column=self.id_column,
             system_prompt=self.system_prompt,
+            template=self.template,
+            system_template=self.system_template,
+            keep_columns=self._kept(),
         )
+
+    def _kept(self) -> tuple[str, ...]:
+        """The kept columns, with the expected-answer column (scores read it back)."""
+        expected = self.expected_column
+        extra = [expected] if expected and expected not in self.keep_columns else []
+        return (*self.keep_columns, *extra)
+
+    def source(self, sql_url: str | None = None) -> DatasetSource:
+        """The dataset to read: the file, or the query run on ``sql_url`` (resolved by the
+        caller from ``source_url``, ``source_block`` or the results database).
+
+        Example:
+            >>> GenerateOptions(dataset_path="data/p.jsonl", model_id="m").source().dataset
+            'p.jsonl'
+        """
+        if self.sql is not None:
+            if sql_url is None:
+                raise ConfigurationError("a SQL source needs the URL of the database it runs on")
+            return SqlSource(self.sql, sql_url, self.dataset_name)
+        if self.dataset_path is None:
+            raise ConfigurationError("give a dataset file or --sql QUERY")
+        source = FileSource(self.dataset_path)
+        if self.dataset_name:
+            source.dataset = self.dataset_name
+        return source
+
+
+def check_keep_columns(names: list[str]) -> list[str]:
+    """``names`` if each is a non-empty column name given once, else a ValueError saying why.
+
+    Example:
+        >>> check_keep_columns(["id", "id"])
+        Traceback (most recent call last):
+        ValueError: the column 'id' is named twice
+    """
+    seen: set[str] = set()
+    for name in names:
+        if not name.strip():
+            raise ValueError("a column name is empty")
+        if name in seen:
+            raise ValueError(f"the column {name!r} is named twice")
+        seen.add(name)
+    return names

@@ -16,14 +16,16 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import threading
-from collections.abc import Iterable, Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Engine
 
 from studio_flows.jobs import WorkItem
-from studio_flows.rows import RowIdentity, Shard
+from studio_flows.rows import GenerationParams, RowIdentity, Shard
 from studio_flows.statuses import ShardStatus
 from studio_flows.storage import ShardRecord, completed_identities, get_shards
 
@@ -41,6 +43,9 @@ class PlanCounts:
     rows_planned: int = 0
     # Shards a past run left pending or ambiguous (POST outcome unknown): resubmitted now.
     unknown_outcome: int = 0
+    # The same two counts by model id (an evaluation run plans several models).
+    already_done_by_model: Counter[str] = field(default_factory=Counter)
+    planned_by_model: Counter[str] = field(default_factory=Counter)
 
 
 @dataclass
@@ -66,10 +71,13 @@ class Planner:
     def _remaining(self, shard: Shard, done: set[RowIdentity]) -> Shard | None:
         """``shard`` without its rows already completed (None if nothing is left)."""
         remaining = tuple(row for row in shard.rows if row.identity(shard.params) not in done)
+        model = shard.params.model_id
         self.counts.already_done += len(shard.rows) - len(remaining)
+        self.counts.already_done_by_model[model] += len(shard.rows) - len(remaining)
         if not remaining:
             return None
         self.counts.rows_planned += len(remaining)
+        self.counts.planned_by_model[model] += len(remaining)
         if len(remaining) == len(shard.rows):
             return shard
         return Shard(dataset=shard.dataset, params=shard.params, rows=remaining)
@@ -80,6 +88,27 @@ class Planner:
         if record is not None and record.status in (ShardStatus.PENDING, ShardStatus.AMBIGUOUS):
             self.counts.unknown_outcome += 1
         return WorkItem(shard)
+
+
+def for_each_model(shards: Iterable[Shard], params: Sequence[GenerationParams]) -> Iterator[Shard]:
+    """Each shard once per model, the models' shards of the same rows one after another.
+
+    Interleaved so that no model waits for another to finish: the lanes take the models'
+    jobs in turn, and every model's answers grow together (an interrupted evaluation run
+    leaves every model about as far along).
+
+    Example:
+        >>> from studio_flows.models import Message
+        >>> from studio_flows.rows import Row
+        >>> rows = (Row.from_messages([Message(role="user", content="Hi")], line=1),)
+        >>> shards = [Shard("d", GenerationParams("a"), rows)] * 2
+        >>> models = [GenerationParams("a"), GenerationParams("b")]
+        >>> [s.params.model_id for s in for_each_model(shards, models)]
+        ['a', 'b', 'a', 'b']
+    """
+    for shard in shards:
+        for each in params:
+            yield shard if each == shard.params else dataclasses.replace(shard, params=each)
 
 
 def _groups(shards: Iterable[Shard], rows: int) -> Iterator[list[Shard]]:

@@ -1,73 +1,177 @@
-"""When to look at a running job next.
+"""When to look at a running job next: a request budget spent where the end is likely.
 
-Polling fast wastes requests (and counts against the account); polling slowly leaves a
-finished job's slot idle. A job's tasks finish steadily, so the progress already seen
-(``completed_tasks`` of ``total_tasks`` after ``elapsed`` seconds) predicts when it ends;
-before any progress is seen, the jobs already finished in this run (seconds per task)
-predict it. Without either, the interval backs off from ``start`` to ``maximum``.
+Polling fast wastes requests; polling slowly leaves a finished job's slot idle. Job times
+vary (with the length of each answer), so a single predicted end is not enough. The
+poller keeps a *distribution* of each job's duration and chooses poll times against it:
+
+* **What the run has seen** (:class:`DurationHistory`): the log of seconds per task of
+  the jobs finished so far gives a lognormal prior (its spread is learnt, not assumed),
+  and how well each job's progress matched three ways tasks can end: evenly through the
+  job, at independent uniform points inside it, or with a progress count that says
+  nothing.
+* **What this job shows** (:class:`PollPlan`): ``completed`` of ``total`` after ``elapsed``
+  seconds is a likelihood for the end under each of those models; the prior times their
+  learnt mixture, given the job still runs, is the posterior of its end.
+* **Where to look**: on equal-mass points of that posterior, a short dynamic programme
+  picks the poll times that minimise expected lateness plus a price per request; the
+  price is set once per job so that the expected requests match the budget
+  (``budget`` requests a job, POST included; by default ``2 + mean / 2``, the fair-use
+  target, less a margin for jobs that outlive the plan). Each new look re-plans with
+  that price.
+
+Before anything is known (no finished job, no progress) the interval backs off from
+``start`` to ``maximum``; jobs predicted shorter than a few GETs skip the planning.
 
 Example:
     >>> history = DurationHistory()
-    >>> history.record(seconds=5.0, tasks=50)
+    >>> for seconds in (5.0, 5.0, 5.0):
+    ...     history.record(seconds=seconds, tasks=10)
     >>> plan = PollPlan(start=0.5, maximum=10.0, history=history)
-    >>> round(plan.first_delay(tasks=50), 2)
-    5.02
+    >>> 4.9 < plan.first_delay(tasks=10) < 5.1
+    True
 """
 
 from __future__ import annotations
 
+import math
 import threading
+from collections import deque
 from dataclasses import dataclass, field
 
-# Poll a little after the predicted end, not at it: arriving early costs one more request.
-# For very short jobs a fixed 20 ms would be most of the job: at most a tenth of it then.
+# Poll a little after a planned end, not at it: arriving early costs one more request.
 _LATE_BY_S = 0.02
 _LATE_FRACTION = 0.1
-# A job already terminal at its first poll only says "it took at most this long", and the
-# first poll is timed from the history itself: recording that as the duration can only grow
-# the prediction (it would never learn that jobs got faster). Such a sample is shrunk, so the
-# next first poll comes earlier; if that one finds the job running, its progress gives the
-# true end again. With shrink f and a GET taking g, the first delay settles at about
-# f*g / (1 - 1.1*f): 0.5 settles near g.
+# Jobs predicted shorter than this end within a few GETs: poll at the prediction, no plan.
+_PLAN_FROM_S = 0.05
+# A job already terminal at its first poll only says "it took at most this long"; with no
+# distribution to weigh that bound the sample is shrunk, so the next first poll comes
+# earlier (else predictions could only grow; with shrink f and a GET of g seconds the
+# first delay settles near f*g / (1 - f)).
 _UPPER_BOUND_SHRINK = 0.5
-# Where to poll between the earliest and the latest end the progress allows: early, so a
-# job is rarely seen late (each look that finds it running narrows the range). Aiming at
-# the latest end, as a plain ``elapsed / completed * total`` does, sees jobs up to a whole
-# task's time late (bench/NOTES.md).
-_AIM = 1 / 3
-# Once a prediction has passed, re-poll quickly and back off from there.
+# Once every planned look has passed, re-poll quickly and back off from there.
 _OVERDUE_START_S = 0.05
+# A planned first look that finds the job done: the estimate, at most this share of the bound.
+_BOUND_SHRINK = 0.75
+# Samples of seconds per task kept (older ones weigh less): enough for a spread.
+_WINDOW = 32
+_RECENCY = 0.85  # each older sample weighs this much less
+# The spread assumed after a single sample (log units): a job may take 0.5-2x the first.
+_ONE_SAMPLE_SIGMA = 0.35
+# The narrowest spread believed: the client's own estimate of each end is this uncertain.
+_MIN_SIGMA = 0.004
+# A share of the prior that allows anything from 0.2x to 20x the typical job, so a service
+# that changes pace, or a job unlike the others, is still predicted.
+_BROAD_SHARE = 0.03
+_BROAD_FACTOR = 20.0
+# Posterior resolution: fine points for the density, equal-mass points for the planning.
+_FINE_POINTS = 160
+_PLAN_POINTS = 32
+# Progress models: tasks end evenly, at uniform points, or the count says nothing.
+EVEN, UNIFORM, SILENT = "even", "uniform", "silent"
+_MODEL_PRIOR = {EVEN: 0.45, UNIFORM: 0.45, SILENT: 0.10}
+# Likelihood left to the even model when progress contradicts it (it is never ruled out).
+_EVEN_MISS = 0.02
+_SILENT_MISS = 0.001
+# Each finished job's evidence counts this much less per later job.
+_MODEL_DECAY = 0.85
+# The automatic budget: 2 + mean/2 requests (the fair-use target) less this margin.
+_AUTO_MARGIN = 0.5
+# Jobs whose spread (log units) exceeds _SCOUT_SIGMA get a first look at this quantile:
+# early in a job whose length is uncertain, a look buys its progress.
+_SCOUT_AT = 0.1
+_SCOUT_SIGMA = 0.15
+# What the budget counts a scout as (it also saves later looks), and the fewest looks a
+# budget must leave for one to be worth it.
+_SCOUT_COST = 0.5
+_SCOUT_MIN_LOOKS = 2.0
+# The automatic budget never prices a request below this share of the mean duration:
+# when the end is known to a few hundredths, more looks would buy next to nothing.
+_PRICE_FLOOR = 0.005
+# However many polls the budget has left, a plan spreads at least this many.
+_MIN_PLANNED_POLLS = 1.5
 
 
 @dataclass
 class DurationHistory:
-    """Seconds per task of the jobs finished so far (thread-safe; one per run or client)."""
+    """Seconds per task of this run's finished jobs, and how their progress behaved.
 
-    _seconds_per_task: float | None = None
+    Thread-safe; one per run or client.
+
+    Example:
+        >>> history = DurationHistory()
+        >>> history.record(seconds=4.0, tasks=10)
+        >>> history.record(seconds=6.0, tasks=10)
+        >>> round(history.predict(10), 2), history.longest(20)
+        (4.98, 12.0)
+    """
+
+    _log_per_task: deque[float] = field(default_factory=lambda: deque(maxlen=_WINDOW))
     _longest_per_task: float = 0.0
+    _model_scores: dict[str, float] = field(
+        default_factory=lambda: dict.fromkeys(_MODEL_PRIOR, 0.0)
+    )
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def record(self, *, seconds: float, tasks: int, upper_bound: bool = False) -> None:
-        """Remember how long a finished job of ``tasks`` conversations took.
+        """Remember that a finished job of ``tasks`` conversations took ``seconds``.
 
-        ``upper_bound``: the job was already terminal when first seen, so it took at most
+        ``upper_bound``: it was already terminal when first seen, so it took at most
         ``seconds``; the sample is shrunk so that predictions can come down.
         """
         if tasks <= 0 or seconds <= 0:
             return
-        sample = seconds / tasks * (_UPPER_BOUND_SHRINK if upper_bound else 1.0)
+        per_task = seconds / tasks
         with self._lock:
             # As seen, never shrunk: an upper bound is still a time a job may take.
-            self._longest_per_task = max(self._longest_per_task, seconds / tasks)
-            previous = self._seconds_per_task
-            # An exponential average follows a service that slows down or speeds up.
-            self._seconds_per_task = sample if previous is None else 0.5 * previous + 0.5 * sample
+            self._longest_per_task = max(self._longest_per_task, per_task)
+            shrink = _UPPER_BOUND_SHRINK if upper_bound else 1.0
+            self._log_per_task.append(math.log(per_task * shrink))
+
+    def record_progress(self, likelihoods: dict[str, float]) -> None:
+        """Weigh the progress models by how likely each made a finished job's progress."""
+        with self._lock:
+            for model, score in self._model_scores.items():
+                value = max(likelihoods.get(model, 1.0), 1e-9)
+                self._model_scores[model] = _MODEL_DECAY * score + math.log(value)
+
+    def model_weights(self) -> dict[str, float]:
+        """The share each progress model has earned so far (the prior before any job)."""
+        with self._lock:
+            scores = dict(self._model_scores)
+        top = max(scores.values())
+        raw = {m: _MODEL_PRIOR[m] * math.exp(s - top) for m, s in scores.items()}
+        total = sum(raw.values())
+        return {m: value / total for m, value in raw.items()}
+
+    def prior(self, tasks: int) -> tuple[float, float] | None:
+        """``(mu, sigma)`` of the log duration of a job of ``tasks``, or None before a sample.
+
+        Example:
+            >>> DurationHistory().prior(10) is None
+            True
+        """
+        with self._lock:
+            samples = list(self._log_per_task)
+        if not samples:
+            return None
+        # Recent jobs weigh more, so the prediction follows a service that changes pace.
+        weights = [_RECENCY**age for age in range(len(samples) - 1, -1, -1)]
+        total = sum(weights)
+        mu = sum(w * x for w, x in zip(weights, samples, strict=True)) / total
+        if len(samples) == 1:
+            return mu + math.log(max(tasks, 1)), _ONE_SAMPLE_SIGMA
+        squares = sum(w * w for w in weights)
+        count = total * total / squares  # the effective number of samples
+        variance = sum(w * (x - mu) ** 2 for w, x in zip(weights, samples, strict=True))
+        spread = math.sqrt(variance / (total - squares / total))
+        # A prediction for the next job: the spread plus the mean's own uncertainty.
+        sigma = max(spread * math.sqrt(1 + 1 / count), _MIN_SIGMA)
+        return mu + math.log(max(tasks, 1)), sigma
 
     def predict(self, tasks: int) -> float | None:
-        """Expected duration of a job of ``tasks`` conversations, or None before any sample."""
-        with self._lock:
-            per_task = self._seconds_per_task
-        return None if per_task is None else per_task * max(tasks, 1)
+        """Typical (median) duration of a job of ``tasks`` conversations; None before a sample."""
+        prior = self.prior(tasks)
+        return None if prior is None else math.exp(prior[0])
 
     def longest(self, tasks: int) -> float:
         """The longest a job of ``tasks`` conversations took so far, per task (0 before any).
@@ -82,62 +186,346 @@ class DurationHistory:
             return self._longest_per_task * max(tasks, 1)
 
 
+@dataclass(frozen=True)
+class _Progress:
+    """The looks at a running job so far, and the even model's window of its end."""
+
+    looks: tuple[tuple[float, int], ...]  # (elapsed, completed), in order
+    total: int
+    even_after: float
+    even_by: float  # math.inf when the even model allows any later end
+    even_broken: bool = False  # two looks no even end could explain
+
+    @property
+    def elapsed(self) -> float:
+        return self.looks[-1][0]
+
+    @property
+    def completed(self) -> int:
+        return self.looks[-1][1]
+
+
+def _uniform_likelihood(progress: _Progress, end: float) -> float:
+    """Chance of the counts seen if the first ``total - 1`` tasks end at uniform points.
+
+    The last task ends with the job; the counts between looks are multinomial.
+    """
+    n = progress.total - 1
+    log, before_t, before_k = math.lgamma(n + 1), 0.0, 0
+    for elapsed, completed in progress.looks:
+        k = min(completed, n)
+        share, count = (elapsed - before_t) / end, k - before_k
+        if count < 0 or share <= 0:
+            return 0.0
+        log += count * math.log(share) - math.lgamma(count + 1)
+        before_t, before_k = elapsed, k
+    rest, count = 1 - before_t / end, n - before_k
+    if rest <= 0:
+        return 0.0
+    return math.exp(log + count * math.log(rest) - math.lgamma(count + 1))
+
+
+def _progress_likelihoods(progress: _Progress, end: float) -> dict[str, float]:
+    """How likely each model makes the looks seen, if the job ends at ``end``.
+
+    Even: task i ends at ``end * (i + 1) / total``, so each count is determined. Uniform:
+    see :func:`_uniform_likelihood`. Silent: the count stays 0 until the job ends.
+    """
+    inside = progress.even_after < end <= progress.even_by
+    even = 1.0 if inside and not progress.even_broken else _EVEN_MISS
+    silent = 1.0 if all(k == 0 for _, k in progress.looks) else _SILENT_MISS
+    return {EVEN: even, UNIFORM: _uniform_likelihood(progress, end), SILENT: silent}
+
+
+def _even_window(elapsed: float, completed: int, total: int) -> tuple[float, float]:
+    """Tasks ending evenly: ``completed`` of ``total`` at ``elapsed`` bounds the end."""
+    after = max(elapsed * total / (completed + 1), elapsed)
+    by = elapsed * total / completed if completed else math.inf
+    return after, by
+
+
+def _log_points(low: float, high: float, count: int) -> list[float]:
+    step = math.log(high / low) / (count - 1)
+    return [low * math.exp(step * i) for i in range(count)]
+
+
+def _lognormal_log_density(log_end: float, mu: float, sigma: float) -> float:
+    """Density of the log duration (a normal), with the broad share mixed in."""
+    z = (log_end - mu) / sigma
+    core = math.exp(-0.5 * z * z) / (sigma * math.sqrt(2 * math.pi))
+    broad = (
+        1.0 / (2 * math.log(_BROAD_FACTOR)) if abs(log_end - mu) < math.log(_BROAD_FACTOR) else 0.0
+    )
+    return (1 - _BROAD_SHARE) * core + _BROAD_SHARE * broad
+
+
+def posterior(
+    *,
+    after: float,
+    prior: tuple[float, float] | None,
+    progress: _Progress | None,
+    weights: dict[str, float],
+) -> list[tuple[float, float]]:
+    """``(end, mass)`` points of where a job still running at ``after`` seconds ends.
+
+    Without a prior the end is flat in log time (scale-free) over what the progress allows.
+    Empty when nothing is known yet, or the job outlived every end believed.
+
+    Example:
+        >>> points = posterior(after=1.0, prior=(math.log(5.0), 0.1), progress=None,
+        ...                    weights={EVEN: 1.0})
+        >>> 4.8 < equal_mass_points(points, count=3)[1] < 5.2  # the median
+        True
+    """
+    spans: list[tuple[float, float]] = []
+    if prior is not None:
+        mu, sigma = prior
+        spans.append((math.exp(mu - 4 * sigma), math.exp(mu + 4 * sigma)))
+        spans.append((math.exp(mu) / _BROAD_FACTOR, math.exp(mu) * _BROAD_FACTOR))
+    if progress is not None and progress.completed > 0:
+        guess = progress.elapsed * progress.total / progress.completed
+        spans.append((progress.elapsed, guess * 4))
+        if not progress.even_broken and math.isfinite(progress.even_by):
+            # The even model's window can be narrower than the other spans' steps.
+            spans.append((progress.even_after * 1.000001, progress.even_by))
+    if not spans:
+        return []
+    ends = sorted(
+        {
+            p
+            for low, high in spans
+            for p in _log_points(max(low, 1e-6), high, _FINE_POINTS // len(spans))
+        }
+    )
+    ends = [end for end in ends if end > after]
+    if not ends:
+        return []
+    masses = []
+    for i, end in enumerate(ends):
+        # Width of the point in log time: densities below are per unit of log duration.
+        left = math.log(ends[i - 1]) if i else math.log(end)
+        right = math.log(ends[i + 1]) if i + 1 < len(ends) else math.log(end)
+        width = max((right - left) / 2, 1e-9)
+        density = 1.0 if prior is None else _lognormal_log_density(math.log(end), *prior)
+        if progress is not None:
+            likelihood = _progress_likelihoods(progress, end)
+            density *= sum(weights.get(m, 0.0) * likelihood[m] for m in likelihood)
+        masses.append(density * width)
+    total = sum(masses)
+    if total <= 0 or not math.isfinite(total):
+        return []
+    return [(end, mass / total) for end, mass in zip(ends, masses, strict=True)]
+
+
+def equal_mass_points(points: list[tuple[float, float]], count: int = _PLAN_POINTS) -> list[float]:
+    """``count`` ends, each carrying an equal share of ``points``' mass (mid-quantiles).
+
+    Example:
+        >>> equal_mass_points([(1.0, 0.5), (3.0, 0.5)], count=2)
+        [1.0, 3.0]
+    """
+    out: list[float] = []
+    cumulative, index = 0.0, 0
+    for end, mass in points:
+        cumulative += mass
+        while index < count and (index + 0.5) / count <= cumulative + 1e-12:
+            out.append(end)
+            index += 1
+    while len(out) < count:
+        out.append(points[-1][0])
+    return out
+
+
+def plan_polls(ends: list[float], price: float) -> tuple[float, float]:
+    """The next poll time and the expected number of polls, on equal-mass ``ends``.
+
+    Minimises expected lateness (poll time minus end) plus ``price`` seconds per poll;
+    each poll covers the ends up to it, the last one covers them all.
+
+    Example:
+        >>> plan_polls([4.0, 5.0, 6.0], price=100.0)
+        (6.0, 1.0)
+        >>> plan_polls([4.0, 5.0, 6.0], price=0.0)[0]
+        4.0
+    """
+    count = len(ends)
+    mass = 1.0 / count
+    covered = [0.0]
+    for end in ends:
+        covered.append(covered[-1] + end * mass)
+    cost = [0.0] * (count + 1)
+    polls = [0.0] * (count + 1)
+    choice = [count] * (count + 1)
+    # State s: the first s ends have passed (the job was seen running after them).
+    for s in range(count - 1, -1, -1):
+        survival = (count - s) * mass
+        best = math.inf
+        for j in range(s + 1, count + 1):
+            late = ends[j - 1] * (j - s) * mass - (covered[j] - covered[s])
+            value = price * survival + late + cost[j]
+            if value < best:
+                best, choice[s] = value, j
+        cost[s] = best
+        polls[s] = survival + polls[choice[s]]
+    return ends[choice[0] - 1], polls[0]
+
+
+def price_for(ends: list[float], polls: float) -> float:
+    """The price per poll at which :func:`plan_polls` expects at most ``polls`` polls.
+
+    Example:
+        >>> ends = [float(x) for x in range(1, 33)]
+        >>> plan_polls(ends, price_for(ends, 3.0))[1] <= 3.0
+        True
+    """
+    low, high = 1e-6 * ends[-1], 10.0 * ends[-1]
+    if polls <= 1.0 or plan_polls(ends, low)[1] <= polls:
+        return high if polls <= 1.0 else low
+    for _ in range(18):
+        middle = math.sqrt(low * high)
+        if plan_polls(ends, middle)[1] > polls:
+            low = middle
+        else:
+            high = middle
+    return high
+
+
 @dataclass
 class PollPlan:
-    """Chooses the delay before each poll of one job."""
+    """Chooses the delay before each poll of one job (one plan per job).
+
+    ``budget``: requests a job (the POST included) to aim at; None: ``2 + mean/2`` less a
+    margin, where ``mean`` is the expected duration when the plan is first made.
+    """
 
     start: float
     maximum: float
     history: DurationHistory = field(default_factory=DurationHistory)
+    budget: float | None = None
+    _tasks: int = 0
+    _polls: int = 0
     _backoff: float = 0.0
     _overdue: float = 0.0
-    # What this job's progress says of its end (seconds after the POST): after it, and
-    # no later than the upper bound (None until a task was seen done).
-    ends_after: float = 0.0
-    ends_by: float | None = None
+    _price: float | None = None
+    _scout: bool = False
+    _progress: _Progress | None = None
+    _last: list[tuple[float, float]] = field(default_factory=list)
 
     def first_delay(self, *, tasks: int) -> float:
         """Delay between the POST and the first GET."""
-        predicted = self.history.predict(tasks)
-        if predicted is not None:
-            return self._clamp(predicted + min(_LATE_BY_S, _LATE_FRACTION * predicted))
-        self._backoff = self.start
-        return self.start
+        self._tasks = tasks
+        return self._decide(after=0.0, total=tasks)
 
     def next_delay(self, *, elapsed: float, completed: int, total: int) -> float:
         """Delay before the next GET, given the job's progress ``elapsed`` s after the POST."""
-        predicted_end = self._predict_end(elapsed=elapsed, completed=completed, total=total)
-        if predicted_end is None:
+        self._polls += 1
+        if total > 0 and 0 <= completed < total and elapsed > 0:
+            self._see(elapsed, completed, total)
+        return self._decide(after=elapsed, total=total or self._tasks)
+
+    def learn(
+        self, *, running_until: float, done_by: float, tasks: int, seen_running: bool
+    ) -> None:
+        """Teach the history how long this job took: it ended in ``(running_until, done_by]``.
+
+        The estimate is the plan's last posterior within that window (recording when we
+        happened to look would teach the next jobs our own lateness). A job terminal at
+        its first look bounds it only, and the posterior within the bound, built from the
+        same history, would keep the prediction near itself: the estimate is at most
+        ``_BOUND_SHRINK`` of the bound, so that predictions can come down.
+        """
+        window = [(end, mass) for end, mass in self._last if running_until < end <= done_by]
+        weight = sum(mass for _, mass in window)
+        if weight > 0:
+            took = sum(end * mass for end, mass in window) / weight
+            if not seen_running:
+                took = min(took, _BOUND_SHRINK * done_by)
+            self.history.record(seconds=took, tasks=tasks)
+        else:
+            self.history.record(seconds=done_by, tasks=tasks, upper_bound=not seen_running)
+        if seen_running and self._progress is not None:
+            self.history.record_progress(self._model_fit(window))
+
+    def _model_fit(self, window: list[tuple[float, float]]) -> dict[str, float]:
+        """Each model's likelihood of the looks seen, over where the job likely ended."""
+        progress = self._progress
+        assert progress is not None
+        if not window:
+            return {}
+        weight = sum(mass for _, mass in window)
+        fits = [(_progress_likelihoods(progress, end), mass) for end, mass in window]
+        return {m: sum(fit[m] * mass for fit, mass in fits) / weight for m in _MODEL_PRIOR}
+
+    def _see(self, elapsed: float, completed: int, total: int) -> None:
+        after, by = _even_window(elapsed, completed, total)
+        previous = self._progress
+        broken = False
+        if previous is not None and previous.total == total:
+            # Every look bounds the end under the even model: keep what they all allow.
+            low, high = max(after, previous.even_after), min(by, previous.even_by)
+            broken = previous.even_broken or low >= high
+            if not broken:
+                after, by = low, high
+        looks = (previous.looks if previous is not None and not broken else ()) + (
+            (elapsed, completed),
+        )
+        self._progress = _Progress(looks, total, after, by, broken)
+
+    def _decide(self, *, after: float, total: int) -> float:
+        prior = self.history.prior(total) if total > 0 else None
+        progress = self._progress
+        if prior is not None and math.exp(prior[0]) < _PLAN_FROM_S:
+            return self._short_job(after, total)
+        points = posterior(
+            after=after, prior=prior, progress=progress, weights=self.history.model_weights()
+        )
+        if not points:
+            seen = progress is not None and progress.completed > 0
+            return self._no_plan(after, known=prior is not None or seen)
+        self._last = points
+        ends = equal_mass_points(points)
+        if self._price is None:
+            looks = self._poll_budget(points)
+            self._scout = self._worth_a_scout(prior, looks)
+            self._price = price_for(ends, looks - (_SCOUT_COST if self._scout else 0.0))
+            if self.budget is None:
+                mean = sum(end * mass for end, mass in points)
+                self._price = max(self._price, _PRICE_FLOOR * mean)
+        when, _ = plan_polls(ends, self._price)
+        if self._scout and self._polls == 0:
+            # A look early in a job whose length is uncertain buys its progress, which
+            # places the later looks; the plan alone would not value what a look teaches.
+            when = min(when, ends[int(_SCOUT_AT * len(ends))])
+        self._overdue = 0.0
+        return self._clamp(when - after + min(_LATE_BY_S, _LATE_FRACTION * when))
+
+    def _worth_a_scout(self, prior: tuple[float, float] | None, looks: float) -> bool:
+        seen = self._progress is not None and self._progress.completed > 0
+        wide = prior is not None and prior[1] > _SCOUT_SIGMA
+        return wide and not seen and self._polls == 0 and looks >= _SCOUT_MIN_LOOKS
+
+    def _poll_budget(self, points: list[tuple[float, float]]) -> float:
+        """GETs left for this job, from the request budget less the POST and polls made."""
+        requests = self.budget
+        if requests is None:
+            mean = sum(end * mass for end, mass in points)
+            requests = 2 + mean / 2 - _AUTO_MARGIN
+        return max(requests - 1 - self._polls, _MIN_PLANNED_POLLS)
+
+    def _short_job(self, after: float, total: int) -> float:
+        predicted = self.history.predict(total) or 0.0
+        if after < predicted:
+            return self._clamp(predicted - after + min(_LATE_BY_S, _LATE_FRACTION * predicted))
+        return self._no_plan(after, known=True)
+
+    def _no_plan(self, after: float, *, known: bool) -> float:
+        if not known:
+            # Nothing known of this job or its kind: back off from the start interval.
             self._backoff = min(max(self._backoff * 2, self.start), self.maximum)
             return self._backoff
-        remaining = predicted_end - elapsed
-        if remaining > 0:
-            self._overdue = 0.0
-            return self._clamp(remaining + _LATE_BY_S)
-        # The prediction has passed and the job is still running: look again soon.
+        # Every end believed has passed and the job still runs: look again soon.
         self._overdue = min(max(self._overdue * 2, _OVERDUE_START_S), self.maximum)
         return self._overdue
 
-    def _predict_end(self, *, elapsed: float, completed: int, total: int) -> float | None:
-        if total > 0 and 0 < completed < total and elapsed > 0:
-            self._narrow(elapsed=elapsed, completed=completed, total=total)
-            assert self.ends_by is not None
-            return self.ends_after + _AIM * (self.ends_by - self.ends_after)
-        return self.history.predict(total) if total > 0 else None
-
-    def _narrow(self, *, elapsed: float, completed: int, total: int) -> None:
-        """Intersect what every progress seen so far says of the end.
-
-        Tasks end steadily, so ``completed`` of ``total`` after ``elapsed`` s means the job
-        ends after ``elapsed * total / (completed + 1)`` (and after ``elapsed``: it still
-        runs) and by ``elapsed * total / completed``.
-        """
-        after = max(elapsed * total / (completed + 1), elapsed)
-        by = elapsed * total / completed
-        if self.ends_by is not None and max(after, self.ends_after) <= min(by, self.ends_by):
-            after, by = max(after, self.ends_after), min(by, self.ends_by)
-        # else: the service is not steady (or this is the first look): trust the latest.
-        self.ends_after, self.ends_by = after, by
-
     def _clamp(self, delay: float) -> float:
-        return min(max(delay, 0.0), self.maximum)
+        return min(max(delay, 1e-4), self.maximum)

@@ -60,13 +60,16 @@ def _cause(err: Exception) -> str:
     return str(err).rsplit(": ", 1)[-1]
 
 
-def check_run_inputs(options: GenerateOptions) -> DatasetReport:
+def check_run_inputs(
+    options: GenerateOptions, *, require_credentials: bool = True
+) -> DatasetReport | None:
     """Find a run's configuration and input errors without any Prefect server.
 
-    Settings and credentials from the environment, the results database, the whole
-    dataset: each raises one sentence (:class:`ConfigurationError` or
+    Settings and credentials from the environment (unless ``require_credentials`` is
+    false: a dry run pays nothing), the results database, the whole dataset (a file, or
+    a query's rows): each raises one sentence (:class:`ConfigurationError` or
     :class:`~studio_flows.errors.DatasetError`). What lives in blocks needs the Prefect
-    API and is checked by the flow.
+    API and is checked by the flow: a query whose URL is in a block returns None here.
 
     Example:
         >>> options = GenerateOptions(dataset_path="p.jsonl", model_id="m")
@@ -74,10 +77,15 @@ def check_run_inputs(options: GenerateOptions) -> DatasetReport:
         DatasetReport(path=PosixPath('p.jsonl'), rows=40, ...)
     """
     settings = load_settings()
-    if options.credentials_block is None:
+    if require_credentials and options.credentials_block is None:
         settings.require_credentials()
+    results_url = options.database_url or settings.database_url
     if options.database_block is None:
-        make_engine(options.database_url or settings.database_url).dispose()
-    return validate_dataset_once(
-        options.dataset_path, options.dataset_options(), on_bad_rows=options.on_bad_rows
-    )
+        make_engine(results_url).dispose()
+    if options.sql is None:
+        source = options.source()
+    elif options.source_url or not (options.source_block or options.database_block):
+        source = options.source(options.source_url or results_url)
+    else:
+        return None
+    return validate_dataset_once(source, options.dataset_options(), on_bad_rows=options.on_bad_rows)

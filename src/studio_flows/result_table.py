@@ -1,7 +1,10 @@
 """What a run wrote, as a ``pyarrow.Table``: the next task of a pipeline reads it in memory.
 
 The columns and types are those of the Parquet export (``studio-flows results --format
-parquet``), so a table read here and a file exported there agree.
+parquet``), so a table read here and a file exported there agree: the result columns, then
+one column per kept input column (``--keep-columns``, stored in ``metadata``), by name.
+
+How kept columns are named and typed: :mod:`studio_flows.kept_columns`.
 
 Example:
     >>> results_table([]).num_rows
@@ -12,20 +15,16 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import pyarrow as pa
 
-RESULT_COLUMNS = (
-    "dataset", "row_key", "model_id", "status", "task_index", "messages", "result", "error",
-    "job_id", "shard_key", "temperature", "max_tokens", "flow_run_id", "completed_at",
-    "created_at",
-)  # fmt: skip
+from studio_flows.kept_columns import RESULT_COLUMNS, KeptColumns
 
 
-def results_schema() -> pa.Schema:
-    """The schema of a results table (required columns are not nullable)."""
+def results_schema(kept: KeptColumns | None = None) -> pa.Schema:
+    """The schema of a results table (required columns are not nullable), kept columns last."""
     text, timestamp = pa.string(), pa.timestamp("us", tz="UTC")
     turn = pa.struct([pa.field("role", text), pa.field("content", text)])
     nullable = {"result", "error", "job_id", "flow_run_id", "completed_at"}
@@ -37,20 +36,56 @@ def results_schema() -> pa.Schema:
         "completed_at": timestamp,
         "created_at": timestamp,
     }
-    return pa.schema(
-        [
-            pa.field(name, types.get(name, text), nullable=name in nullable)
-            for name in RESULT_COLUMNS
-        ]
-    )
+    fields = [
+        pa.field(name, types.get(name, text), nullable=name in nullable) for name in RESULT_COLUMNS
+    ]
+    return pa.schema(fields + (kept.fields() if kept else []))
 
 
 def results_table(rows: Iterable[dict[str, Any]]) -> pa.Table:
-    """One table of result rows (dicts of ``generation_results`` columns), in their order."""
-    schema = results_schema()
+    """One table of result rows (dicts of ``generation_results`` columns), in their order.
+
+    Each kept input column (the rows' ``metadata``) is a column after the result columns.
+    """
     listed = list(rows)
-    columns = {name: [row.get(name) for row in listed] for name in schema.names}
+    kept = KeptColumns.of(row.get("metadata") for row in listed)
+    schema = results_schema(kept)
+    columns = {name: [row.get(name) for row in listed] for name in RESULT_COLUMNS}
+    values = [kept.values(row.get("metadata")) for row in listed]
+    columns.update({name: [row[name] for row in values] for name in kept.columns})
     return pa.Table.from_pydict(columns, schema=schema)
 
 
-__all__ = ["RESULT_COLUMNS", "results_schema", "results_table"]
+def wide_schema(columns: Sequence[str], first: Sequence[dict[str, Any]]) -> pa.Schema:
+    """The schema of a wide view: ``line`` an integer, a kept column the type its first
+    values have, the rest strings.
+
+    Example:
+        >>> wide_schema(["row_key", "n"], [{"row_key": "a", "n": 3}]).field("n").type
+        DataType(int64)
+    """
+    fields = []
+    for name in columns:
+        if name == "line":
+            fields.append(pa.field(name, pa.int64()))
+            continue
+        values = [row.get(name) for row in first]
+        inferred = pa.array(values).type if any(v is not None for v in values) else pa.string()
+        fields.append(pa.field(name, pa.string() if pa.types.is_null(inferred) else inferred))
+    return pa.schema(fields)
+
+
+def wide_table(columns: Sequence[str], records: Iterable[dict[str, Any]]) -> pa.Table:
+    """One table of wide records (:func:`studio_flows.evaluation.wide_results`).
+
+    Example:
+        >>> wide_table(["row_key", "answer:a"], [{"row_key": "r", "answer:a": "x"}]).num_rows
+        1
+    """
+    listed = list(records)
+    schema = wide_schema(columns, listed[:1000])
+    data = {name: [row.get(name) for row in listed] for name in columns}
+    return pa.Table.from_pydict(data, schema=schema)
+
+
+__all__ = ["RESULT_COLUMNS", "results_schema", "results_table", "wide_schema", "wide_table"]

@@ -34,6 +34,11 @@ class Settings(BaseSettings):
     organization_id: str | None = Field(default=None, description="Model Studio organisation id")
     base_url: str = Field(default=DEFAULT_BASE_URL, description="API base, up to /api/v1")
     database_url: str = Field(default=DEFAULT_DATABASE_URL, description="SQLAlchemy URL")
+    database_auto_upgrade: bool = Field(
+        default=True,
+        description="Create or upgrade the results schema on first use; if false, an "
+        "out-of-date database is an error until `studio-flows db upgrade` runs",
+    )
     concurrency_limit: int = Field(default=3, ge=1, description="Jobs in flight per account")
     shard_size: int = Field(default=50, ge=1, le=100, description="Conversations per job")
     request_timeout_s: float = Field(
@@ -41,6 +46,11 @@ class Settings(BaseSettings):
     )
     poll_interval_s: float = Field(default=0.5, gt=0, description="First poll interval")
     poll_max_interval_s: float = Field(default=10.0, gt=0, description="Longest poll interval")
+    poll_budget: float | None = Field(
+        default=None,
+        ge=1.5,
+        description="Requests a job to aim at, POST included (none: 2 + half its seconds)",
+    )
     job_deadline_s: float = Field(default=3600.0, gt=0, description="Give up on a job after")
     max_retries: int = Field(default=5, ge=0, description="Transport retries per request")
     slot_turn_s: float = Field(

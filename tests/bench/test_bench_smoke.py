@@ -19,6 +19,8 @@ KEYS = {
     "p3_rows_per_s",
     "p4_rss_ratio",
     "p5_requests_per_job",
+    "p6_jitter_ratio",
+    "p6_requests_per_job",
     "machine",
     "date",
 }
@@ -41,6 +43,7 @@ def test_every_benchmark_runs_at_a_tiny_size(tmp_path: Path) -> None:
     assert figures.keys() >= KEYS
     assert all(figures[key] > 0 for key in KEYS - {"machine", "date"})
     assert (tmp_path / "makespan.png").stat().st_size > 0
+    assert (tmp_path / "poll_tradeoff.png").stat().st_size > 0
     assert "p1_makespan_ratio" in (tmp_path / "RESULTS.md").read_text()
 
     # --render-only rewrites the page from results.json alone, identically.

@@ -84,6 +84,20 @@ def test_the_console_script_answers_401_and_429_and_stops_cleanly_on_sigint() ->
     assert rest_out.strip() == "emulator stopped"
 
 
+def test_jitter_and_uneven_tasks_flags_reach_the_emulator() -> None:
+    process = _start_emulator(
+        "--port", str(free_port()), "--job-latency-jitter", "0.5", "--uneven-tasks"
+    )
+    try:
+        root = _read_banner(process)["MODEL_STUDIO_BASE_URL"].removesuffix("/api/v1")
+        knobs = httpx.post(f"{root}/_emulator/config", json={}, timeout=10).json()
+        timeline = httpx.get(f"{root}/_emulator/jobs", timeout=10).json()
+    finally:
+        _stop(process)
+    assert (knobs["job_latency_jitter"], knobs["uneven_tasks"]) == (0.5, True)
+    assert timeline == {"jobs": []}
+
+
 def test_a_port_in_use_is_one_line_and_exit_2() -> None:
     port = free_port()
     holder = _start_emulator("--port", str(port))

@@ -578,7 +578,7 @@ def test_a_validated_file_is_not_deduplicated_twice(
     looked_up: list[BadRow] = []
     expected = [r.line for r in iter_good_rows(path, BY_ID, on_bad_row=looked_up.append)]
 
-    monkeypatch.setattr(datasets.scan, "_SeenKeys", _no_seen_keys_store)
+    monkeypatch.setattr(datasets.dedup, "_SeenKeys", _no_seen_keys_store)
     judged: list[BadRow] = []
     lines = [
         r.line
@@ -601,7 +601,7 @@ def test_a_verdict_is_not_used_once_the_file_changed(tmp_path: Path) -> None:
 
 def test_a_file_changed_while_validated_leaves_no_verdict(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "A"}, {"prompt": "B"}])
-    scan = datasets.scan._Scan(path, DatasetOptions(), dedup=True)
+    scan = datasets.scan._scan(path, DatasetOptions(), dedup=True)
     items = iter(scan)
     next(items)
     with path.open("a") as handle:

@@ -50,6 +50,7 @@ from studio_flows.settings import DEFAULT_BASE_URL, Settings
 from studio_flows.storage import count_results, make_engine
 from tests.fixtures.emulator import TEST_ORGANIZATION
 from tests.fixtures.prefect_server import PREFECT_CLI, PrefectServer, stop_process_group
+from tests.fixtures.workers import prefect_cli
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PREFECT_YAML = REPO_ROOT / "prefect.yaml"
@@ -461,25 +462,6 @@ def test_a_missing_database_block_is_a_configuration_error_naming_it(
 # -- 5. deploy and run for real ----------------------------------------------------------------
 
 
-def run_cli(args: list[str], env: dict[str, str], timeout_s: float = 120.0) -> str:
-    """Run a Prefect CLI command from the repository root with no stdin (as in CI)."""
-    done = subprocess.run(
-        [*PREFECT_CLI, *args],
-        cwd=REPO_ROOT,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise AssertionError(
-            f"prefect {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
-        )
-    return done.stdout
-
-
 @contextlib.contextmanager
 def worker_process(env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     """``prefect worker start --pool studio-flows --run-once``, stopped by process group."""
@@ -540,8 +522,8 @@ def test_serve_and_deploy_on_one_server_leave_each_other_alone(
 ) -> None:
     # The reported sequence: `prefect deploy --all`, then `studio-flows serve`, then Ctrl-C.
     env = prefect_server_process.env(PWD=str(REPO_ROOT))
-    run_cli(["work-pool", "create", "studio-flows", "--type", "process", "--overwrite"], env)
-    run_cli(["--no-prompt", "deploy", "--all"], env)
+    prefect_cli(["work-pool", "create", "studio-flows", "--type", "process", "--overwrite"], env)
+    prefect_cli(["--no-prompt", "deploy", "--all"], env)
     before = {name: asyncio.run(deployment_snapshot(name)) for name in EXPECTED_DEPLOYMENTS}
 
     log = tmp_path / "serve.log"
@@ -578,8 +560,8 @@ def test_a_run_of_the_nightly_deployment_without_a_dataset_is_refused_by_name(
     prefect_server_process: PrefectServer, prefect_api: str
 ) -> None:
     env = prefect_server_process.env(PWD=str(REPO_ROOT))
-    run_cli(["work-pool", "create", "studio-flows", "--type", "process", "--overwrite"], env)
-    run_cli(["--no-prompt", "deploy", "--name", "nightly-generation"], env)
+    prefect_cli(["work-pool", "create", "studio-flows", "--type", "process", "--overwrite"], env)
+    prefect_cli(["--no-prompt", "deploy", "--name", "nightly-generation"], env)
     assert asyncio.run(deployment_snapshot("nightly-generation"))["schedules"] == [
         ("0 2 * * *", False)
     ]
@@ -596,6 +578,7 @@ def test_a_run_of_the_nightly_deployment_without_a_dataset_is_refused_by_name(
     )
 
     assert refused.returncode != 0
+    # The form needs a file unless it names a query (options.sql).
     assert "'dataset_path' is a required property" in refused.stdout, refused
 
 
@@ -631,9 +614,11 @@ def test_deploy_all_then_a_process_worker_runs_the_adhoc_deployment(
         MODEL_STUDIO_POLL_MAX_INTERVAL_S="0.5",
     )
 
-    run_cli(["work-pool", "create", "studio-flows", "--type", "process", "--overwrite"], cli_env)
-    run_cli(["block", "register", "-m", "studio_flows.blocks"], cli_env)
-    deployed = run_cli(["--no-prompt", "deploy", "--all"], cli_env)
+    prefect_cli(
+        ["work-pool", "create", "studio-flows", "--type", "process", "--overwrite"], cli_env
+    )
+    prefect_cli(["block", "register", "-m", "studio_flows.blocks"], cli_env)
+    deployed = prefect_cli(["--no-prompt", "deploy", "--all"], cli_env)
     assert "generate-dataset/nightly-generation" in deployed
     assert "generate-dataset/adhoc-generation" in deployed
 

@@ -55,6 +55,22 @@ def test_every_row_is_answered_by_its_own_task_index(
         assert row["status"] == "completed"
 
 
+def test_the_summary_counts_the_clients_own_requests_a_job(
+    flow_env: EmulatorServer, tmp_path: Path, sqlite_url: str
+) -> None:
+    flow_env.configure(job_latency_s=0.3)
+    dataset = write_prompts(tmp_path / "q.jsonl", 20)
+
+    summary = generate_dataset(options(dataset, sqlite_url))
+
+    # The emulator saw the jobs' POSTs and polls, and the run's one access check before.
+    seen = sum(sum(codes.values()) for codes in flow_env.stats()["requests"].values()) - 1
+    assert summary.jobs == 4
+    assert summary.requests == seen
+    assert summary.requests_per_job == round(seen / 4, 2)
+    assert {"metric": "requests a job", "value": summary.requests_per_job} in summary.table()
+
+
 def test_the_window_of_three_is_used_and_never_exceeded(
     flow_env: EmulatorServer, tmp_path: Path, sqlite_url: str
 ) -> None:

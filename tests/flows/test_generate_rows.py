@@ -7,7 +7,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from studio_flows import generate_rows
+from studio_flows import generate_rows, read_results
 from studio_flows.emulator import EmulatorServer
 from studio_flows.errors import DatasetError
 
@@ -47,3 +47,27 @@ def test_rows_that_are_not_dicts_are_refused_before_any_job(flow_env: EmulatorSe
     with pytest.raises(DatasetError, match="row 2: a dict is needed, not str"):
         generate_rows([{"prompt": "fine"}, "not a row"], "rows-model")
     assert flow_env.stats()["jobs_created"] == 0
+
+
+def test_kept_columns_come_back_as_columns_of_read_results(
+    flow_env: EmulatorServer, tmp_path: Path
+) -> None:
+    database_url = f"sqlite:///{tmp_path / 'rows.db'}"
+    rows = [
+        {"prompt": p, "expected": str(i), "status": "gold", "weight": i / 2}
+        for i, p in enumerate(PROMPTS[:3])
+    ]
+
+    answers = generate_rows(
+        rows, "rows-model", keep_columns=["expected", "status", "weight"], database_url=database_url
+    )
+    table = read_results.fn(database_url=database_url)
+
+    assert [a.status for a in answers] == ["completed"] * 3
+    assert table.column_names[-3:] == ["expected", "input_status", "weight"]
+    by_prompt = {
+        r["messages"][-1]["content"]: (r["expected"], r["input_status"], r["weight"], r["status"])
+        for r in table.to_pylist()
+    }
+    assert by_prompt == {p: (str(i), "gold", i / 2, "completed") for i, p in enumerate(PROMPTS[:3])}
+    assert table.schema.field("weight").type == pa.float64()

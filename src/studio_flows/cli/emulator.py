@@ -17,6 +17,12 @@ def emulator(
     token: Annotated[str, typer.Option(help="Bearer token the emulator accepts")] = DEMO_TOKEN,
     job_latency_s: Annotated[float, typer.Option(help="Seconds every job takes")] = 0.2,
     task_latency_s: Annotated[float, typer.Option(help="Extra seconds per conversation")] = 0.0,
+    job_latency_jitter: Annotated[
+        float, typer.Option(help="Sigma of a lognormal factor on each job's time (mean kept)")
+    ] = 0.0,
+    uneven_tasks: Annotated[
+        bool, typer.Option(help="Tasks end at random points inside the job, not evenly")
+    ] = False,
     error_5xx_rate: Annotated[
         float, typer.Option(help="Share of API requests answered 500/502/503/504")
     ] = 0.0,
@@ -55,6 +61,8 @@ def emulator(
                 tokens=[token],
                 job_latency_s=job_latency_s,
                 task_latency_s=task_latency_s,
+                job_latency_jitter=job_latency_jitter,
+                uneven_tasks=uneven_tasks,
                 error_5xx_rate=error_5xx_rate,
                 rate_429=rate_429,
                 drop_connection_rate=drop_connection_rate,
@@ -77,7 +85,9 @@ def emulator(
             console.print(f"MODEL_STUDIO_BASE_URL={root}{config.prefix}")
             console.print(f"MODEL_STUDIO_TOKEN={token}")
             console.print("MODEL_STUDIO_ORGANIZATION_ID=<any>")
-            console.print(f"stats: {root}/_emulator/stats  (Ctrl-C stops)")
+            console.print(
+                f"stats: {root}/_emulator/stats, job times: {root}/_emulator/jobs  (Ctrl-C stops)"
+            )
 
         serve(config, host=host, port=port, on_listening=announce)
     console.print("emulator stopped")

@@ -6,6 +6,11 @@ target (same folder, a hidden temporary name) and renamed onto it only once ever
 written: an export that fails leaves no partial file, and an older file of that name stays
 as it was. Parquet has one fixed schema (:func:`parquet_schema`) whatever the rows hold, so
 any number of batches fit it.
+
+Kept input columns (``--keep-columns``, stored in ``metadata``) follow the result columns
+in JSONL, CSV and Parquet, named and typed as :mod:`studio_flows.result_table` says; their
+names and kinds come from a first pass over the selection's ``metadata``. The terminal
+table shows the answers only.
 """
 
 from __future__ import annotations
@@ -28,9 +33,10 @@ from sqlalchemy.engine import Engine, make_url
 
 from studio_flows.datasets import DatasetOptions, iter_good_rows
 from studio_flows.errors import ConfigurationError
+from studio_flows.kept_columns import KeptColumns, kept_column_name
 from studio_flows.rows import BadRow, Row, messages_payload
 from studio_flows.settings import load_settings
-from studio_flows.storage import iter_results, make_engine, results_of_rows
+from studio_flows.storage import iter_metadata, iter_results, make_engine, results_of_rows
 
 if TYPE_CHECKING:  # pyarrow is imported by the Parquet export only
     import pyarrow as pa
@@ -70,11 +76,19 @@ class Selection:
     status: str | None = None
     source: Path | None = None
     source_options: DatasetOptions = field(default_factory=DatasetOptions)
+    wide: bool = False  # one line per row, one answer column per model (cli/wide.py)
 
     @property
     def columns(self) -> tuple[str, ...]:
         """The export's columns, in order."""
         return COLUMNS if self.source is None else SOURCE_COLUMNS
+
+    def kept_columns(self, engine: Engine) -> KeptColumns:
+        """The kept input columns the selected results hold (by source: any row's)."""
+        dataset = self.dataset if self.source is None else None
+        return KeptColumns.of(
+            iter_metadata(engine, dataset=dataset, model_id=self.model_id, status=self.status)
+        )
 
     def records(self, engine: Engine, on_bad_row: Callable[[BadRow], object]) -> Iterator[Record]:
         """The selected records, streamed; ``on_bad_row`` hears of each bad row of the source."""
@@ -141,14 +155,44 @@ def export_results(
         _check_database_exists(url)  # a missing source file is the first thing to say
     engine = make_engine(url)
     try:
+        if selection.wide:
+            return _export_wide(
+                console, engine, selection, output_format, output, limit, on_bad_row
+            )
         records = selection.records(engine, on_bad_row)
         if limit is not None:
             records = itertools.islice(records, limit)
         if output_format == "table":
             return _table(console, records, with_line=selection.source is not None)
-        return write_export(records, output_format, output, columns=selection.columns)
+        kept = selection.kept_columns(engine)
+        return write_export(records, output_format, output, columns=selection.columns, kept=kept)
     finally:
         engine.dispose()
+
+
+def _export_wide(
+    console: Console,
+    engine: Engine,
+    selection: Selection,
+    output_format: ExportFormat,
+    output: Path | None,
+    limit: int | None,
+    on_bad_row: Callable[[BadRow], object],
+) -> int:
+    from studio_flows.cli.wide import print_wide, wide_export
+    from studio_flows.result_table import wide_schema
+
+    columns, records = wide_export(engine, selection, on_bad_row)
+    if limit is not None:
+        records = itertools.islice(records, limit)
+    if output_format == "table":
+        return print_wide(console, columns, records)
+    schema = None
+    if output_format == "parquet":
+        first = list(itertools.islice(records, PARQUET_BATCH))
+        schema = wide_schema(columns, first)
+        records = itertools.chain(first, records)
+    return write_export(records, output_format, output, columns=tuple(columns), schema=schema)
 
 
 def check_destination(output_format: ExportFormat, output: Path | None) -> None:
@@ -174,24 +218,30 @@ def write_export(
     output: Path | None,
     *,
     columns: tuple[str, ...] = COLUMNS,
+    kept: KeptColumns | None = None,
+    schema: pa.Schema | None = None,
 ) -> int:
     """Write ``rows`` as JSONL, CSV or Parquet to ``output`` (None: stdout); return the count.
 
-    ``columns`` is :data:`COLUMNS`, or :data:`SOURCE_COLUMNS` for an export by source file.
+    ``columns`` is :data:`COLUMNS`, or :data:`SOURCE_COLUMNS` for an export by source file,
+    or a wide export's; ``kept`` the kept input columns written after them (from each row's
+    ``metadata``); ``schema`` the Parquet schema when it is not the long one.
 
     Example:
         >>> write_export([], "jsonl", None)
         0
     """
+    kept = kept or KeptColumns()
     if output_format == "parquet":
         assert output is not None  # check_destination refused it
+        schema = schema or parquet_schema(by_source=columns == SOURCE_COLUMNS, kept=kept)
         with _replacing(output) as temp:
-            return _parquet(rows, temp, parquet_schema(by_source=columns == SOURCE_COLUMNS))
+            return _parquet(rows, temp, schema, kept)
     writer = _jsonl if output_format == "jsonl" else _csv
     if output is None:
-        return writer(rows, sys.stdout, columns)
+        return writer(rows, sys.stdout, columns, kept)
     with _replacing(output) as temp, temp.open("x", encoding="utf-8", newline="") as stream:
-        return writer(rows, stream, columns)
+        return writer(rows, stream, columns, kept)
 
 
 @contextmanager
@@ -214,36 +264,47 @@ def _replacing(target: Path) -> Iterator[Path]:
 def _plain(row: Record, columns: tuple[str, ...]) -> Record:
     out = {name: row.get(name) for name in columns}
     for name in ("completed_at", "created_at"):
-        if out[name] is not None:
+        if out.get(name) is not None:
             out[name] = str(out[name])
     return out
 
 
-def _jsonl(rows: Rows, stream: TextIO, columns: tuple[str, ...]) -> int:
+def _jsonl(rows: Rows, stream: TextIO, columns: tuple[str, ...], kept: KeptColumns) -> int:
     count = 0
     for row in rows:
-        stream.write(json.dumps(_plain(row, columns), ensure_ascii=False) + "\n")
+        plain = _plain(row, columns)
+        # As stored: a kept value is the JSON value the input held.
+        plain.update({kept_column_name(k): v for k, v in _kept_of(row, kept).items()})
+        stream.write(json.dumps(plain, ensure_ascii=False) + "\n")
         count += 1
     return count
 
 
-def _csv(rows: Rows, stream: TextIO, columns: tuple[str, ...]) -> int:
-    writer = csv.DictWriter(stream, fieldnames=columns)
+def _kept_of(row: Record, kept: KeptColumns) -> dict[str, Any]:
+    metadata = row.get("metadata") or {}
+    return {name: metadata.get(name) for name in kept.kinds}
+
+
+def _csv(rows: Rows, stream: TextIO, columns: tuple[str, ...], kept: KeptColumns) -> int:
+    writer = csv.DictWriter(stream, fieldnames=(*columns, *kept.columns))
     writer.writeheader()
     count = 0
     for row in rows:
         count += 1
         plain = _plain(row, columns)
-        plain["messages"] = json.dumps(plain["messages"], ensure_ascii=False)
+        for name, value in plain.items():
+            if isinstance(value, list | dict):  # a conversation, a kept list or object
+                plain[name] = json.dumps(value, ensure_ascii=False)
+        plain.update(kept.values(row.get("metadata"), text=True))
         writer.writerow(plain)
     return count
 
 
-def parquet_schema(*, by_source: bool = False) -> pa.Schema:
+def parquet_schema(*, by_source: bool = False, kept: KeptColumns | None = None) -> pa.Schema:
     """The one schema of every Parquet export, whatever the rows hold.
 
     ``by_source`` leads with ``line`` and lets every column that a row never run lacks be
-    null (all but ``line``, ``row_key`` and ``messages``).
+    null (all but ``line``, ``row_key`` and ``messages``); ``kept`` columns come last.
 
     Example:
         >>> str(parquet_schema().field("messages").type)
@@ -255,7 +316,7 @@ def parquet_schema(*, by_source: bool = False) -> pa.Schema:
 
     from studio_flows.result_table import results_schema
 
-    schema = results_schema()  # the same columns read_results hands a pipeline
+    schema = results_schema(kept)  # the same columns read_results hands a pipeline
     if not by_source:
         return schema
     always = {"row_key", "messages"}  # what a row read from the source always has
@@ -264,13 +325,15 @@ def parquet_schema(*, by_source: bool = False) -> pa.Schema:
     return pa.schema(fields)
 
 
-def _parquet(rows: Rows, output: Path, schema: pa.Schema) -> int:
+def _parquet(rows: Rows, output: Path, schema: pa.Schema, kept: KeptColumns) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     count = 0
     with pq.ParquetWriter(str(output), schema) as writer:
         for batch in _batched(rows, PARQUET_BATCH):
+            if kept.kinds:
+                batch = [{**row, **kept.values(row.get("metadata"))} for row in batch]
             columns = {name: [row.get(name) for row in batch] for name in schema.names}
             writer.write_table(pa.Table.from_pydict(columns, schema=schema))
             count += len(batch)

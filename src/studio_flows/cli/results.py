@@ -36,6 +36,9 @@ def results(
     ] = "table",
     output: Annotated[Path | None, typer.Option(help="Write to this file")] = None,
     limit: Annotated[int | None, typer.Option(help="At most this many rows")] = None,
+    wide: Annotated[
+        bool, typer.Option("--wide", help="One line per row, an answer column per model")
+    ] = False,
     prompt_column: Annotated[str | None, typer.Option(help="With SOURCE: as for generate")] = None,
     messages_column: Annotated[
         str | None, typer.Option(help="With SOURCE: as for generate")
@@ -64,11 +67,14 @@ def results(
     with _clear_errors():
         fmt = _results_format(output_format)
         _check_results_selection(source, dataset, status, reading)
+        if wide and status is not None:
+            raise ConfigurationError("--wide shows every status side by side; leave out --status")
         selection = Selection(
             dataset=dataset,
             model_id=model_id,
             status=status,
             source=source,
+            wide=wide,
             source_options=DatasetOptions(
                 prompt_column=prompt_column or DatasetOptions.prompt_column,
                 messages_column=messages_column or DatasetOptions.messages_column,

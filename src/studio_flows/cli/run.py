@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -37,6 +37,8 @@ def _print_summary(summary: RunSummary) -> None:
     for row in summary.table():
         table.add_row(str(row["metric"]), str(row["value"]))
     console.print(table)
+    if len(summary.models) > 1 or any(m.exact_match is not None for m in summary.models):
+        _print_models(summary)
     for title, items in (("bad rows skipped", summary.bad_rows), ("errors", summary.errors)):
         if items:
             console.print(f"[yellow]{title}:[/]")
@@ -44,12 +46,23 @@ def _print_summary(summary: RunSummary) -> None:
                 console.print(f"  {item}", highlight=False, soft_wrap=True)
 
 
+def _print_models(summary: RunSummary) -> None:
+    rows = summary.models_table()
+    table = Table(title="by model")
+    for name in rows[0]:
+        table.add_column(name, justify="left" if name == "model" else "right")
+    for row in rows:
+        table.add_row(*(str(value) for value in row.values()))
+    console.print(table)
+
+
 def _run_flow(options: GenerateOptions, show_progress: bool) -> RunSummary:
     """Run the flow on a checked or local Prefect API, stopping cleanly on a signal."""
+    from studio_flows.datasets import handing_over
     from studio_flows.preflight import check_run_inputs
 
     # Bad input is reported before Prefect is even imported (about a second, not fifteen).
-    check_run_inputs(options)
+    report = check_run_inputs(options)
 
     from studio_flows.cli.run_control import exit_code_for, run_until_signal
     from studio_flows.errors import RunInterrupted
@@ -62,7 +75,13 @@ def _run_flow(options: GenerateOptions, show_progress: bool) -> RunSummary:
         from studio_flows.flows.generate import generate_dataset
 
         display = progress_display(console, enabled=show_progress)
-        with prefect_api(notify=_notice) as api_url, _slot_notices(), display:
+        # The flow sends the rows validated here (a query is not read a second time).
+        handed = (
+            handing_over(report, options.dataset_options(), options.on_bad_rows)
+            if report is not None
+            else nullcontext()
+        )
+        with prefect_api(notify=_notice) as api_url, _slot_notices(), display, handed:
             interrupts.check()
             with _prefect_stopped_answering(api_url):
                 return generate_dataset(options)
@@ -149,10 +168,76 @@ def _slot_notices() -> Iterator[None]:
         slot_logger.removeHandler(handler)
 
 
+def _dry_run(options: GenerateOptions) -> None:
+    """Read, validate and plan; print what a run would pay for; submit nothing."""
+    from studio_flows.dry_run import plan_run
+    from studio_flows.preflight import check_run_inputs
+    from studio_flows.settings import load_settings
+
+    settings = load_settings()
+    report = check_run_inputs(options, require_credentials=False)
+    database_url = options.database_url or settings.database_url
+    if report is None or options.database_block is not None:
+        # A URL lives in a block: that needs the Prefect API (and only then).
+        from studio_flows.cli.local_server import prefect_api
+        from studio_flows.datasets import validate_dataset_once
+        from studio_flows.tasks.database import resolve_database_url
+        from studio_flows.tasks.datasets import source_of
+
+        with prefect_api(notify=_notice):
+            database_url = resolve_database_url(
+                options.database_url, options.database_block, settings
+            )
+            if report is None:
+                report = validate_dataset_once(
+                    source_of(options), options.dataset_options(), options.on_bad_rows
+                )
+    plan = plan_run(
+        options, report, database_url, shard_size=options.shard_size or settings.shard_size
+    )
+    table = Table(title=f"dry run: {plan.dataset} → {plan.model_id}", show_header=False)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for label, value in plan.table():
+        table.add_row(label, str(value))
+    console.print(table)
+    if report.bad_rows:
+        console.print("[yellow]bad rows that would be skipped:[/]")
+        for bad in report.bad_rows:
+            console.print(f"  {bad}", highlight=False, soft_wrap=True)
+    console.print("Dry run: nothing was submitted.")
+
+
 @app.command()
 def generate(
-    dataset: Annotated[Path, typer.Argument(help="JSONL, CSV or Parquet file")],
-    model_id: Annotated[str, typer.Option("--model-id", help="Model Studio model id")],
+    model_id: Annotated[
+        list[str],
+        typer.Option("--model-id", help="Model Studio model id; repeat it to compare models"),
+    ],
+    dataset: Annotated[
+        Path | None,
+        typer.Argument(help="JSONL, CSV or Parquet file (or give --sql)", show_default=False),
+    ] = None,
+    sql: Annotated[str | None, typer.Option(help="A SQL query whose rows are the dataset")] = None,
+    source_url: Annotated[
+        str | None, typer.Option(help="SQLAlchemy URL --sql runs on (default: the results DB)")
+    ] = None,
+    source_block: Annotated[
+        str | None, typer.Option(help="SqlAlchemyConnector block --sql runs on")
+    ] = None,
+    dataset_name: Annotated[
+        str | None,
+        typer.Option(help="Name the results are stored under (default: file name, sql:<hash>)"),
+    ] = None,
+    template: Annotated[
+        str | None, typer.Option(help="Jinja2 user message, e.g. 'Answer: {{ question }}'")
+    ] = None,
+    system_template: Annotated[
+        str | None, typer.Option(help="Jinja2 system message over the row's columns")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Read, validate and plan; print; submit nothing")
+    ] = False,
     database_url: Annotated[str | None, typer.Option(help="SQLAlchemy URL")] = None,
     shard_size: Annotated[int | None, typer.Option(help="Conversations per job (1-100)")] = None,
     temperature: Annotated[float, typer.Option(min=0.0, max=2.0)] = 0.7,
@@ -163,10 +248,19 @@ def generate(
     prompt_column: str = "prompt",
     messages_column: str = "messages",
     id_column: Annotated[str | None, typer.Option(help="Column holding a row id")] = None,
+    keep_columns: Annotated[
+        str | None,
+        typer.Option(
+            metavar="A,B", help="Input columns stored beside each answer and exported with it"
+        ),
+    ] = None,
+    expected_column: Annotated[
+        str | None, typer.Option(help="Kept column with the expected answer: score the models")
+    ] = None,
     credentials_block: Annotated[str | None, typer.Option(help="Credentials block name")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar")] = True,
 ) -> None:
-    """Generate an answer for every row of DATASET and write them to the database."""
+    """Generate an answer for every row of DATASET (or of --sql) and write them to the database."""
     from pydantic import ValidationError
 
     from studio_flows.options import GenerateOptions
@@ -174,9 +268,18 @@ def generate(
 
     with _clear_errors():
         try:
+            if (dataset is None) == (sql is None):
+                raise ConfigurationError("give a dataset file or --sql QUERY (one of the two)")
             options = GenerateOptions(
-                dataset_path=str(dataset),
-                model_id=model_id,
+                dataset_path=str(dataset) if dataset is not None else None,
+                sql=sql,
+                source_url=source_url,
+                source_block=source_block,
+                dataset_name=dataset_name,
+                template=template,
+                system_template=system_template,
+                model_ids=model_id,
+                expected_column=expected_column,
                 database_url=database_url,
                 shard_size=shard_size,
                 temperature=temperature,
@@ -187,16 +290,25 @@ def generate(
                 prompt_column=prompt_column,
                 messages_column=messages_column,
                 id_column=id_column,
+                keep_columns=_column_list(keep_columns),
                 credentials_block=credentials_block,
             )
         except ValidationError as err:
             raise ConfigurationError(
                 describe_validation_error(err, flags=_option_flags("generate"))
             ) from None
+        if dry_run:
+            _dry_run(options)
+            return
         summary = _run_flow(options, show_progress=progress)
     _print_summary(summary)
     if not summary.all_completed:
         raise typer.Exit(1)
+
+
+def _column_list(names: str | None) -> list[str]:
+    """``--keep-columns id,expected`` as a list (blanks around a name dropped)."""
+    return [] if names is None else [name.strip() for name in names.split(",")]
 
 
 @app.command()
@@ -230,7 +342,7 @@ def demo(
         f"Emulator: {stats['jobs_created']} jobs created, "
         f"at most {stats['max_active_jobs']} active at once."
     )
-    _print_samples(database_url, dataset, options.model_id)
+    _print_samples(database_url, dataset, options.models[0])
     if not summary.all_completed:
         raise typer.Exit(1)
 

@@ -1,4 +1,5 @@
-"""Dataset readers: JSONL, CSV and Parquet files streamed into rows, bad rows and shards.
+"""Dataset sources: JSONL, CSV and Parquet files, SQL queries and rows in memory, streamed
+into rows, bad rows and shards (see :mod:`studio_flows.datasets.sources`).
 
 A dataset row is either ``messages`` (a conversation: a list of ``{role, content}``; in CSV
 a JSON string, in Parquet a list of structs or a JSON string) or ``prompt`` (a string that
@@ -29,7 +30,10 @@ Decisions:
   not in a Python set: its page cache is capped, so memory stays bounded at a million rows,
   at the price of a few microseconds per row (bench/NOTES.md).
   The validation pass keeps its verdict, one bit per line (:class:`DedupVerdict`); the
-  sending pass reuses it instead of de-duplicating again, unless the file changed between.
+  sending pass reuses it instead of de-duplicating again, unless the source changed between
+  (a query is read once into a snapshot, so its verdict holds).
+- A ``template`` renders the columns it names into the user message (Jinja2, sandboxed,
+  undefined names are errors: a bad row ``source:line: template: 'x' is undefined``).
 
 Example:
     >>> from pathlib import Path
@@ -53,25 +57,41 @@ from studio_flows.datasets.options import (
     detect_format,
 )
 from studio_flows.datasets.scan import (
+    handing_over,
     iter_good_rows,
     iter_shards,
     read_rows,
     validate_dataset,
     validate_dataset_once,
 )
+from studio_flows.datasets.sources import (
+    DatasetSource,
+    FileSource,
+    MemorySource,
+    SqlSource,
+    as_source,
+    sql_dataset_name,
+)
 
 __all__ = [
     "DatasetFormat",
     "DatasetOptions",
     "DatasetReport",
+    "DatasetSource",
     "DedupVerdict",
+    "FileSource",
+    "MemorySource",
     "OnBadRows",
     "PathLike",
+    "SqlSource",
+    "as_source",
     "dataset_name",
     "detect_format",
+    "handing_over",
     "iter_good_rows",
     "iter_shards",
     "read_rows",
+    "sql_dataset_name",
     "validate_dataset",
     "validate_dataset_once",
 ]

@@ -1,11 +1,21 @@
-"""De-duplication: the seen-keys store a pass checks rows against, and the verdict it
-leaves for the next pass over the same unchanged file."""
+"""De-duplication: the passes that drop exact duplicates and refuse conflicting ids, the
+seen-keys store they check rows against, and the verdict a pass leaves for the next pass
+over the same unchanged source."""
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from studio_flows.datasets.validation import _show
+from studio_flows.rows import BadRow, Row
+
+if TYPE_CHECKING:
+    from studio_flows.datasets.sources import DatasetSource
 
 # Rows are parsed into a buffer of this many, then checked against the seen-keys store in
 # one statement: per-statement overhead dominates SQLite at small batches, and the buffer
@@ -50,23 +60,107 @@ class _LineBits:
 
 class DedupVerdict:
     """The lines a de-duplicating pass dropped (exact duplicates) or refused (an id seen with
-    a different conversation), valid for the file as it was read.
+    a different conversation), valid for the source as it was read.
 
     De-duplicating costs more than reading and building the row itself; a pass that reuses
-    the verdict skips it (see :func:`iter_good_rows`).
+    the verdict skips it (see :func:`~studio_flows.datasets.iter_good_rows`).
     """
 
-    def __init__(self, stamp: _FileStamp) -> None:
+    def __init__(self, stamp: Hashable) -> None:
+        # What proves the source unchanged (a file's stamp, a query snapshot's file stamp).
         self.stamp = stamp
         self.duplicates = _LineBits()
         self.conflicts = _LineBits()
 
-    def holds_for(self, path: Path) -> bool:
-        """True while the file is the one this verdict was made on."""
+    def holds_for(self, source: DatasetSource) -> bool:
+        """True while the source is the one this verdict was made on."""
         try:
-            return _FileStamp.of(path) == self.stamp
+            stamp = source.stamp()
         except OSError:
             return False
+        return stamp is not None and stamp == self.stamp
+
+
+class Deduplication:
+    """One pass's de-duplication of ``file``'s rows; ``duplicates`` counts those dropped."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.duplicates = 0
+
+    def deduplicated(
+        self, items: Iterator[Row | BadRow], verdict: DedupVerdict
+    ) -> Iterator[Row | BadRow]:
+        """Look every row up in a seen-keys store; record what was decided in ``verdict``."""
+        store = _SeenKeys()
+        try:
+            buffer: list[Row | BadRow] = []
+            for item in items:
+                buffer.append(item)
+                if len(buffer) >= _DEDUP_BATCH:
+                    yield from self._check_batch(buffer, store, verdict)
+                    buffer = []
+            if buffer:
+                yield from self._check_batch(buffer, store, verdict)
+        finally:
+            store.close()
+
+    def judged(
+        self, items: Iterator[Row | BadRow], verdict: DedupVerdict
+    ) -> Iterator[Row | BadRow]:
+        """The rows as an earlier pass over this same source judged them: no lookups."""
+        duplicates, conflicts = verdict.duplicates, verdict.conflicts
+        for item in items:
+            if type(item) is Row:
+                if item.line in duplicates:
+                    self.duplicates += 1
+                    continue
+                if item.line in conflicts:
+                    item = BadRow(
+                        self.file,
+                        item.line,
+                        f"duplicate id {_show(item.row_key)} with different content "
+                        "(an earlier line has it)",
+                    )
+            yield item
+
+    def _check_batch(
+        self, buffer: list[Row | BadRow], store: _SeenKeys, verdict: DedupVerdict
+    ) -> list[Row | BadRow]:
+        """Drop exact duplicates and mark conflicting ids, judged against first occurrences.
+
+        Every occurrence is compared with the first one in the whole source (from the store,
+        or the first in this batch), so the verdict does not depend on where batches split.
+        """
+        blake2b = hashlib.blake2b
+        keyed: list[tuple[int, bytes, bytes]] = []
+        first_in_batch: dict[bytes, tuple[bytes, int]] = {}
+        for index, item in enumerate(buffer):
+            if type(item) is Row:
+                k = blake2b(item.row_key.encode("utf-8"), digest_size=16).digest()
+                v = bytes.fromhex(item.prompt_hash[:32])
+                keyed.append((index, k, v))
+                first_in_batch.setdefault(k, (v, item.line))
+        if not keyed:
+            return buffer
+        first = store.claim(first_in_batch)
+        out: list[Row | BadRow | None] = list(buffer)
+        for index, k, v in keyed:
+            row: Row = buffer[index]  # type: ignore[assignment]
+            first_v, first_line = first[k]
+            if v != first_v:
+                verdict.conflicts.add(row.line)
+                out[index] = BadRow(
+                    self.file,
+                    row.line,
+                    f"duplicate id {_show(row.row_key)} with different content "
+                    f"(first seen on line {first_line})",
+                )
+            elif row.line != first_line:
+                verdict.duplicates.add(row.line)
+                out[index] = None
+                self.duplicates += 1
+        return [item for item in out if item is not None]
 
 
 class _SeenKeys:

@@ -1,4 +1,5 @@
-"""What a dataset is read as (its format, columns, system prompt), and what a pass found."""
+"""What a dataset is read as (its format, columns, system prompt, templates), and what a
+pass found."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from studio_flows.rows import BadRow
 
 if TYPE_CHECKING:
     from studio_flows.datasets.dedup import DedupVerdict
+    from studio_flows.datasets.sources import DatasetSource
 
 DatasetFormat = Literal["jsonl", "csv", "parquet"]
 OnBadRows = Literal["fail", "skip"]
@@ -24,13 +26,20 @@ _SUFFIXES: dict[str, DatasetFormat] = {
     ".parquet": "parquet",
     ".pq": "parquet",
 }
-# A record as the format readers hand it over: (line, messages, prompt, id); None = absent.
-_Record: TypeAlias = tuple[int, Any, Any, Any]
+# A record as the format readers hand it over: (line, messages, prompt, id, columns, kept);
+# None = absent; columns maps the names a template uses to their values (None: no template),
+# kept the --keep-columns values by name (None when no column is kept).
+_Record: TypeAlias = tuple[int, Any, Any, Any, Any, dict[str, Any] | None]
 
 
 @dataclass(frozen=True)
 class DatasetOptions:
     """How to read a dataset: its format (default: from the suffix) and column names.
+
+    ``template`` (Jinja2) renders a row's columns into its user message instead of reading
+    ``prompt`` or ``messages``; ``system_template`` renders its system message.
+    ``keep_columns`` are input columns carried, as JSON values, into each row's
+    ``metadata`` (stored beside its answer, never part of its identity).
 
     Example:
         >>> DatasetOptions(id_column="id", system_prompt="Answer briefly.").prompt_column
@@ -42,6 +51,9 @@ class DatasetOptions:
     messages_column: str = "messages"
     id_column: str | None = None
     system_prompt: str | None = None
+    template: str | None = None
+    system_template: str | None = None
+    keep_columns: tuple[str, ...] = ()
 
 
 @dataclass
@@ -53,7 +65,8 @@ class DatasetReport:
         0
     """
 
-    path: Path
+    # The file, or the label of another source (a query's dataset name, "rows").
+    path: Path | str
     rows: int = 0
     bad_count: int = 0
     bad_rows: list[BadRow] = field(default_factory=list)
@@ -61,6 +74,8 @@ class DatasetReport:
     # What de-duplication decided, for the next pass over the same file (None if the file
     # changed while it was read).
     verdict: DedupVerdict | None = field(default=None, repr=False)
+    # What was read, for the next pass (a query's rows are a snapshot: read it, not the query).
+    source: DatasetSource | None = field(default=None, repr=False, compare=False)
 
 
 def detect_format(path: PathLike) -> DatasetFormat:

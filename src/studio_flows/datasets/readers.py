@@ -1,5 +1,13 @@
-"""One reader per format: each streams a file's records as ``(line, messages, prompt, id)``
-(None where absent) or a bad row; validating a record into a row is not theirs."""
+"""One reader per format: each streams a file's records as ``(line, messages, prompt, id,
+columns, kept)`` (None where absent; ``columns`` maps the names a template uses to their
+values, None when no template is set; ``kept`` the ``keep_columns`` values, None when none
+are kept) or a bad row; validating a record into a row is not theirs.
+
+A kept column missing from a CSV header or a Parquet schema is a DatasetError (the whole
+file lacks it); a JSONL row without it is a bad row (each object has its own keys). Kept
+values are JSON values: JSONL's as parsed, CSV's as text (an empty cell is null),
+Parquet's converted (timestamps and dates to ISO 8601 text, decimals to text, NaN to null).
+"""
 
 from __future__ import annotations
 
@@ -19,10 +27,15 @@ _UTF8_BOM = b"\xef\xbb\xbf"
 _PARQUET_BATCH = 4096
 
 
-def jsonl_records(path: Path, options: DatasetOptions) -> Iterator[_Record | BadRow]:
+def jsonl_records(
+    path: Path, options: DatasetOptions, columns: tuple[str, ...] = (), label: str | None = None
+) -> Iterator[_Record | BadRow]:
+    file = label or os.fspath(path)
+    with_columns = bool(columns)
     prompt_column = options.prompt_column
     messages_column = options.messages_column
     id_column = options.id_column
+    keep = options.keep_columns
     loads = orjson.loads
     with open(path, "rb") as handle:
         for line, raw in enumerate(handle, 1):
@@ -34,22 +47,31 @@ def jsonl_records(path: Path, options: DatasetOptions) -> Iterator[_Record | Bad
                 # Only on the error path: a blank line is not a record, just spacing.
                 if not raw.strip():
                     continue
-                yield BadRow(os.fspath(path), line, _json_error_reason(raw, err))
+                yield BadRow(file, line, _json_error_reason(raw, err))
                 continue
             if type(obj) is not dict:
-                yield BadRow(
-                    os.fspath(path), line, f"expected a JSON object, got {_json_type(obj)}"
-                )
+                yield BadRow(file, line, f"expected a JSON object, got {_json_type(obj)}")
                 continue
+            kept = None
+            if keep:
+                missing = [name for name in keep if name not in obj]
+                if missing:
+                    yield BadRow(file, line, no_kept_column(missing[0]))
+                    continue
+                kept = {name: obj[name] for name in keep}
             yield (
                 line,
                 obj.get(messages_column),
                 obj.get(prompt_column),
                 obj.get(id_column) if id_column is not None else None,
+                obj if with_columns else None,
+                kept,
             )
 
 
-def csv_records(path: Path, options: DatasetOptions) -> Iterator[_Record | BadRow]:
+def csv_records(
+    path: Path, options: DatasetOptions, columns: tuple[str, ...] = ()
+) -> Iterator[_Record | BadRow]:
     # surrogateescape: an undecodable byte spoils its record only (a bad row), not the
     # whole file; utf-8-sig drops the BOM spreadsheet programs write.
     with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
@@ -67,6 +89,8 @@ def csv_records(path: Path, options: DatasetOptions) -> Iterator[_Record | BadRo
                 header = None  # leading blank lines
         header = [name.strip() for name in header]
         m_index, p_index, id_index = _columns(path, options, header)
+        wanted = [(name, header.index(name)) for name in columns if name in header]
+        kept_at = [(name, _kept_position(path, name, header)) for name in options.keep_columns]
         width = len(header)
         while True:
             # The record starts on the line after the last one the reader consumed;
@@ -94,10 +118,14 @@ def csv_records(path: Path, options: DatasetOptions) -> Iterator[_Record | BadRo
                 (cells[m_index] or None) if m_index is not None else None,
                 (cells[p_index] or None) if p_index is not None else None,
                 (cells[id_index] or None) if id_index is not None else None,
+                {name: cells[i] or None for name, i in wanted} if columns else None,
+                {name: cells[i] or None for name, i in kept_at} if kept_at else None,
             )
 
 
-def parquet_records(path: Path, options: DatasetOptions) -> Iterator[_Record | BadRow]:
+def parquet_records(
+    path: Path, options: DatasetOptions, columns: tuple[str, ...] = ()
+) -> Iterator[_Record | BadRow]:
     import pyarrow.parquet as pq  # imported here: JSONL and CSV users need no pyarrow
 
     try:
@@ -106,7 +134,13 @@ def parquet_records(path: Path, options: DatasetOptions) -> Iterator[_Record | B
     except Exception as err:
         raise DatasetError(f"{os.fspath(path)}: not a readable Parquet file ({err})") from err
     m_index, p_index, id_index = _columns(path, options, names)
+    keep = options.keep_columns
+    for name in keep:
+        _kept_position(path, name, names)
     wanted = [names[i] for i in (m_index, p_index, id_index) if i is not None]
+    extra = [name for name in columns if name in names]
+    wanted += [name for name in extra if name not in wanted]
+    wanted += [name for name in keep if name not in wanted]
     row = 0
     try:
         for batch in parquet.iter_batches(batch_size=_PARQUET_BATCH, columns=wanted):
@@ -115,8 +149,11 @@ def parquet_records(path: Path, options: DatasetOptions) -> Iterator[_Record | B
             messages = _column(batch, names, m_index, absent)
             prompts = _column(batch, names, p_index, absent)
             ids = _column(batch, names, id_index, absent)
+            values = {name: batch.column(name).to_pylist() for name in extra}
+            kept = _kept_rows(batch, keep) if keep else absent
             for j in range(size):
-                yield (row + j + 1, messages[j], prompts[j], ids[j])
+                cells = {name: value[j] for name, value in values.items()} if columns else None
+                yield (row + j + 1, messages[j], prompts[j], ids[j], cells, kept[j])
             row += size
     except DatasetError:
         raise
@@ -139,7 +176,8 @@ def _columns(
 
     m_index = position(options.messages_column)
     p_index = position(options.prompt_column)
-    if m_index is None and p_index is None:
+    # With a template the conversation comes from the columns it names, not these two.
+    if m_index is None and p_index is None and options.template is None:
         raise DatasetError(
             f"{os.fspath(path)}: neither a {options.prompt_column!r} nor a "
             f"{options.messages_column!r} column (columns: {', '.join(names) or 'none'})"
@@ -155,7 +193,43 @@ def _columns(
     return m_index, p_index, id_index
 
 
-READERS: dict[DatasetFormat, Callable[[Path, DatasetOptions], Iterator[_Record | BadRow]]] = {
+def no_kept_column(name: str) -> str:
+    return f"no column {name!r} to keep (--keep-columns)"
+
+
+def _kept_position(path: Path, name: str, names: list[str]) -> int:
+    """Where the kept column ``name`` is in a header or schema; missing is fatal."""
+    found = [i for i, candidate in enumerate(names) if candidate == name]
+    if not found:
+        raise DatasetError(
+            f"{os.fspath(path)}: {no_kept_column(name)}; its columns are "
+            f"{', '.join(names) or 'none'}"
+        )
+    if len(found) > 1:
+        raise DatasetError(f"{os.fspath(path)}: the column {name!r} appears {len(found)} times")
+    return found[0]
+
+
+def _kept_rows(batch: Any, keep: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The kept columns of a Parquet record batch, one dict of JSON values per row."""
+    columns = [_json_values(batch.column(name).to_pylist()) for name in keep]
+    return [dict(zip(keep, values, strict=True)) for values in zip(*columns, strict=True)]
+
+
+def _json_values(values: list[Any]) -> list[Any]:
+    """``values`` as JSON would read them back (orjson writes NaN as null, dates as ISO)."""
+    return orjson.loads(orjson.dumps(values, default=_json_default))  # type: ignore[no-any-return]
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)  # Decimal, timedelta and the like: their text
+
+
+READERS: dict[
+    DatasetFormat, Callable[[Path, DatasetOptions, tuple[str, ...]], Iterator[_Record | BadRow]]
+] = {
     "jsonl": jsonl_records,
     "csv": csv_records,
     "parquet": parquet_records,

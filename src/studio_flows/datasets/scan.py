@@ -1,23 +1,19 @@
-"""One pass over a dataset file (read, validate, de-duplicate), and the functions built on it."""
+"""One pass over a dataset source (read, validate, de-duplicate), and the functions built on
+it. Every function takes a file path or a :class:`~studio_flows.datasets.sources.DatasetSource`
+(a SQL query, rows in memory)."""
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
+import itertools
 import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from studio_flows.datasets.dedup import _DEDUP_BATCH, DedupVerdict, _FileStamp, _SeenKeys
-from studio_flows.datasets.options import (
-    DatasetFormat,
-    DatasetOptions,
-    DatasetReport,
-    OnBadRows,
-    PathLike,
-    detect_format,
-)
-from studio_flows.datasets.readers import READERS
-from studio_flows.datasets.validation import RowBuilder, _show
+from studio_flows.datasets.dedup import Deduplication, DedupVerdict
+from studio_flows.datasets.options import DatasetOptions, DatasetReport, OnBadRows, PathLike
+from studio_flows.datasets.sources import DatasetSource, FileSource, as_source
+from studio_flows.datasets.validation import RowBuilder
 from studio_flows.errors import DatasetError
 from studio_flows.rows import BadRow, GenerationParams, Row, Shard
 
@@ -27,7 +23,7 @@ _ERROR_BAD_ROWS = 10
 
 
 def read_rows(
-    path: PathLike, options: DatasetOptions | None = None, *, dedup: bool = True
+    path: PathLike | DatasetSource, options: DatasetOptions | None = None, *, dedup: bool = True
 ) -> Iterator[Row | BadRow]:
     """Stream a dataset as rows and bad rows, in file order.
 
@@ -46,11 +42,11 @@ def read_rows(
         >>> [row.row_key for row in read_rows(file, DatasetOptions(id_column="id"))]
         ['1']
     """
-    return iter(_Scan(path, options or DatasetOptions(), dedup=dedup))
+    return iter(_scan(path, options, dedup=dedup))
 
 
 def iter_good_rows(
-    path: PathLike,
+    path: PathLike | DatasetSource,
     options: DatasetOptions | None = None,
     dedup: bool = True,
     *,
@@ -74,8 +70,8 @@ def iter_good_rows(
         >>> [row.line for row in iter_good_rows(file, verdict=report.verdict)]
         [1]
     """
-    scan = _Scan(path, options or DatasetOptions(), dedup=dedup)
-    if dedup and verdict is not None and verdict.holds_for(scan.path):
+    scan = _scan(path, options, dedup=dedup)
+    if dedup and verdict is not None and verdict.holds_for(scan.source):
         scan.reuse(verdict)
     for item in scan:
         if type(item) is Row:
@@ -85,7 +81,9 @@ def iter_good_rows(
 
 
 def validate_dataset(
-    path: PathLike, options: DatasetOptions | None = None, on_bad_rows: OnBadRows = "fail"
+    path: PathLike | DatasetSource,
+    options: DatasetOptions | None = None,
+    on_bad_rows: OnBadRows = "fail",
 ) -> DatasetReport:
     """Read the whole file once; count good, bad and duplicate rows.
 
@@ -101,8 +99,10 @@ def validate_dataset(
         >>> (report.rows, report.duplicates, report.bad_count)
         (1, 1, 1)
     """
-    scan = _Scan(path, options or DatasetOptions(), dedup=True)
-    report = DatasetReport(path=Path(path))
+    scan = _scan(path, options, dedup=True)
+    source = scan.source
+    label: Path | str = source.path if isinstance(source, FileSource) else source.label
+    report = DatasetReport(path=label, source=source)
     for item in scan:
         if type(item) is Row:
             report.rows += 1
@@ -116,7 +116,7 @@ def validate_dataset(
         raise DatasetError(_bad_rows_message(report))
     if not report.rows and not report.bad_count:
         # An empty, blank or header-only file is a mistake far more often than a no-op.
-        raise DatasetError(f"{os.fspath(path)}: no rows")
+        raise DatasetError(f"{source.label}: no rows")
     return report
 
 
@@ -144,6 +144,13 @@ def iter_shards(
         yield Shard(dataset=dataset, params=params, rows=tuple(batch))
 
 
+def _scan(
+    source: PathLike | DatasetSource, options: DatasetOptions | None, *, dedup: bool
+) -> _Scan:
+    options = options or DatasetOptions()
+    return _Scan(as_source(source, options), options, dedup=dedup)
+
+
 def _bad_rows_message(report: DatasetReport) -> str:
     """One readable paragraph: the count, what to do, then the first bad rows."""
     shown = report.bad_rows[:_ERROR_BAD_ROWS]
@@ -158,20 +165,17 @@ def _bad_rows_message(report: DatasetReport) -> str:
 
 
 class _Scan:
-    """One pass over one file; ``duplicates`` counts the exact duplicates dropped."""
+    """One pass over one source; ``duplicates`` counts the exact duplicates dropped."""
 
-    def __init__(self, path: PathLike, options: DatasetOptions, *, dedup: bool) -> None:
-        self.path = Path(path)
-        self.file = os.fspath(path)
+    def __init__(self, source: DatasetSource, options: DatasetOptions, *, dedup: bool) -> None:
+        self.source = source
+        self.file = source.label
         self.options = options
         self.dedup = dedup
-        self.duplicates = 0
-        # After a de-duplicating pass over an unchanged file: its verdict (see DedupVerdict).
+        self._dedup = Deduplication(self.file)
+        # After a de-duplicating pass over an unchanged source: its verdict (see DedupVerdict).
         self.verdict: DedupVerdict | None = None
         self._reused: DedupVerdict | None = None
-        self.format: DatasetFormat = options.format or detect_format(path)
-        if self.format not in ("jsonl", "csv", "parquet"):
-            raise DatasetError(f"{self.file}: unknown dataset format {self.format!r}")
         if options.id_column is not None and options.id_column in (
             options.prompt_column,
             options.messages_column,
@@ -180,25 +184,31 @@ class _Scan:
                 f"{self.file}: the id column {options.id_column!r} cannot also be the "
                 "prompt or messages column"
             )
-        if not self.path.exists():
-            raise DatasetError(f"{self.file}: no such dataset file")
-        if self.path.is_dir():
-            raise DatasetError(f"{self.file}: is a directory, not a dataset file")
-        self._builder = RowBuilder(self.file, options, messages_as_text=self.format != "jsonl")
+        source.check()
+        self._builder = RowBuilder(self.file, options, messages_as_text=source.messages_as_text)
+
+    @property
+    def duplicates(self) -> int:
+        return self._dedup.duplicates
 
     def reuse(self, verdict: DedupVerdict) -> None:
-        """De-duplicate by ``verdict``'s lines instead of looking keys up (same file only)."""
+        """De-duplicate by ``verdict``'s lines instead of looking keys up (same source only)."""
         self._reused = verdict
 
     def __iter__(self) -> Iterator[Row | BadRow]:
         try:
             if self._reused is not None:
-                yield from self._judged(self._rows(), self._reused)
+                yield from self._dedup.judged(self._rows(), self._reused)
             elif self.dedup:
-                stamp = _FileStamp.of(self.path)
+                rows = self._rows()
+                stamp = self.source.stamp()
+                first = next(rows, None)
+                if stamp is None:
+                    stamp = self.source.stamp()  # a query's snapshot exists from its first row
                 verdict = DedupVerdict(stamp)
-                yield from self._deduplicated(self._rows(), verdict)
-                if _FileStamp.of(self.path) == stamp:
+                if first is not None:
+                    yield from self._dedup.deduplicated(itertools.chain((first,), rows), verdict)
+                if stamp is not None and self.source.stamp() == stamp:
                     self.verdict = verdict
             else:
                 yield from self._rows()
@@ -210,13 +220,8 @@ class _Scan:
                 f"{self.file}: cannot read the dataset ({type(err).__name__}: {err})"
             ) from err
 
-    def _bad(self, line: int, reason: str) -> BadRow:
-        return BadRow(self.file, line, reason)
-
     def _rows(self) -> Iterator[Row | BadRow]:
-        if self.path.stat().st_size == 0:
-            return
-        records = READERS[self.format](self.path, self.options)
+        records = self.source.records(self.options, self._builder.template_columns)
         build = self._builder.build
         for record in records:
             if type(record) is tuple:
@@ -224,103 +229,64 @@ class _Scan:
             else:
                 yield record  # type: ignore[misc]
 
-    # -- duplicates ----------------------------------------------------------------------------
-
-    def _deduplicated(
-        self, items: Iterator[Row | BadRow], verdict: DedupVerdict
-    ) -> Iterator[Row | BadRow]:
-        store = _SeenKeys()
-        try:
-            buffer: list[Row | BadRow] = []
-            for item in items:
-                buffer.append(item)
-                if len(buffer) >= _DEDUP_BATCH:
-                    yield from self._check_batch(buffer, store, verdict)
-                    buffer = []
-            if buffer:
-                yield from self._check_batch(buffer, store, verdict)
-        finally:
-            store.close()
-
-    def _judged(
-        self, items: Iterator[Row | BadRow], verdict: DedupVerdict
-    ) -> Iterator[Row | BadRow]:
-        """The rows as an earlier pass over this same file judged them: no lookups."""
-        duplicates, conflicts = verdict.duplicates, verdict.conflicts
-        for item in items:
-            if type(item) is Row:
-                if item.line in duplicates:
-                    self.duplicates += 1
-                    continue
-                if item.line in conflicts:
-                    item = self._bad(
-                        item.line,
-                        f"duplicate id {_show(item.row_key)} with different content "
-                        "(an earlier line has it)",
-                    )
-            yield item
-
-    def _check_batch(
-        self, buffer: list[Row | BadRow], store: _SeenKeys, verdict: DedupVerdict
-    ) -> list[Row | BadRow]:
-        """Drop exact duplicates and mark conflicting ids, judged against first occurrences.
-
-        Every occurrence is compared with the first one in the whole file (from the store, or
-        the first in this batch), so the verdict does not depend on where batches split.
-        """
-        blake2b = hashlib.blake2b
-        keyed: list[tuple[int, bytes, bytes]] = []
-        first_in_batch: dict[bytes, tuple[bytes, int]] = {}
-        for index, item in enumerate(buffer):
-            if type(item) is Row:
-                k = blake2b(item.row_key.encode("utf-8"), digest_size=16).digest()
-                v = bytes.fromhex(item.prompt_hash[:32])
-                keyed.append((index, k, v))
-                first_in_batch.setdefault(k, (v, item.line))
-        if not keyed:
-            return buffer
-        first = store.claim(first_in_batch)
-        out: list[Row | BadRow | None] = list(buffer)
-        for index, k, v in keyed:
-            row: Row = buffer[index]  # type: ignore[assignment]
-            first_v, first_line = first[k]
-            if v != first_v:
-                verdict.conflicts.add(row.line)
-                out[index] = self._bad(
-                    row.line,
-                    f"duplicate id {_show(row.row_key)} with different content "
-                    f"(first seen on line {first_line})",
-                )
-            elif row.line != first_line:
-                verdict.duplicates.add(row.line)
-                out[index] = None
-                self.duplicates += 1
-        return [item for item in out if item is not None]
-
 
 _last_validation: list[tuple[tuple[object, ...], DatasetReport]] = []
+# Reports a caller validated and hands to the flow it runs next (see handing_over).
+_handed_over: dict[tuple[object, ...], DatasetReport] = {}
 
 
 def validate_dataset_once(
-    path: PathLike, options: DatasetOptions | None = None, on_bad_rows: OnBadRows = "fail"
+    path: PathLike | DatasetSource,
+    options: DatasetOptions | None = None,
+    on_bad_rows: OnBadRows = "fail",
 ) -> DatasetReport:
     """:func:`validate_dataset`, remembered for the same unchanged file and options.
 
     The command line validates before it starts a Prefect server (errors in about a
-    second), and the flow validates again in its own task: the second pass is free.
+    second), and the flow validates again in its own task: the second pass is free. A
+    source nothing proves unchanged (a query) is read again, unless the caller handed its
+    report over (:func:`handing_over`).
 
     Example:
         >>> validate_dataset_once("examples/prompts.jsonl").rows  # doctest: +SKIP
         40
     """
-    file = Path(path).resolve()
+    source = as_source(path, options or DatasetOptions())
+    handed = _handed_over.get((source.key(), options, on_bad_rows))
+    if handed is not None:
+        return handed
     try:
-        key: tuple[object, ...] = (file, _FileStamp.of(file), options, on_bad_rows)
+        stamp = source.stamp()
     except OSError:
-        return validate_dataset(path, options, on_bad_rows)  # let it report the missing file
+        return validate_dataset(source, options, on_bad_rows)  # let it report the missing file
+    if stamp is None:
+        return validate_dataset(source, options, on_bad_rows)
+    key: tuple[object, ...] = (source.key(), stamp, options, on_bad_rows)
     for seen, report in _last_validation:
         if seen == key:
             return report
-    report = validate_dataset(path, options, on_bad_rows)
+    report = validate_dataset(source, options, on_bad_rows)
     _last_validation[:] = [(key, report)]
     return report
+
+
+@contextlib.contextmanager
+def handing_over(
+    report: DatasetReport, options: DatasetOptions | None, on_bad_rows: OnBadRows
+) -> Iterator[None]:
+    """Inside this block, :func:`validate_dataset_once` of the same source and options
+    answers ``report``: a query's snapshot, validated before the run, is what it sends.
+
+    Example:
+        >>> with handing_over(report, options, "fail"):  # doctest: +SKIP
+        ...     generate_dataset(run_options)
+    """
+    if report.source is None:
+        yield
+        return
+    key = (report.source.key(), options, on_bad_rows)
+    _handed_over[key] = report
+    try:
+        yield
+    finally:
+        _handed_over.pop(key, None)

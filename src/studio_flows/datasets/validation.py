@@ -9,6 +9,8 @@ from pydantic import ValidationError
 
 from studio_flows.datasets.options import DatasetOptions
 from studio_flows.datasets.readers import _json_error_reason, _json_type, _single_line
+from studio_flows.datasets.templates import CompiledTemplate, TemplateRowError, compile_template
+from studio_flows.errors import DatasetError
 from studio_flows.models import Message
 from studio_flows.rows import MAX_ROW_KEY_LENGTH, BadRow, Row
 
@@ -26,16 +28,37 @@ class RowBuilder:
         self._system = Message(role="system", content=system) if system else None
         # CSV cells are text, so messages arrive as JSON; Parquet may hold either shape.
         self._messages_as_text = messages_as_text
+        self._template, self._system_template = templates_of(options)
+
+    @property
+    def template_columns(self) -> tuple[str, ...]:
+        """The columns the templates read, which the reader must hand over with a record."""
+        names: set[str] = set()
+        for template in (self._template, self._system_template):
+            if template is not None:
+                names |= template.columns
+        return tuple(sorted(names))
 
     def _bad(self, line: int, reason: str) -> BadRow:
         return BadRow(self.file, line, reason)
 
-    def build(self, line: int, messages: Any, prompt: Any, key: Any) -> Row | BadRow:
+    def build(
+        self,
+        line: int,
+        messages: Any,
+        prompt: Any,
+        key: Any,
+        columns: Any = None,
+        kept: dict[str, Any] | None = None,
+    ) -> Row | BadRow:
         """Validate one record's values and build its row; the hot path, kept flat."""
         options = self.options
         try:
             conversation: list[Message]
-            if messages is not None:
+            if self._template is not None:
+                text = self._rendered(self._template, columns)
+                conversation = [Message(role="user", content=text)]
+            elif messages is not None:
                 if prompt is not None:
                     return self._bad(
                         line,
@@ -72,6 +95,9 @@ class RowBuilder:
                 )
             if self._system is not None and conversation[0].role != "system":
                 conversation.insert(0, self._system)
+            elif self._system_template is not None and conversation[0].role != "system":
+                system = self._rendered(self._system_template, columns)
+                conversation.insert(0, Message(role="system", content=system))
             last = conversation[-1].role
             if last != "user":
                 return self._bad(
@@ -99,7 +125,9 @@ class RowBuilder:
                     if not key.isascii():
                         key.encode("utf-8")  # undecodable bytes raise, caught below
                     row_key = key
-            return Row.from_messages(conversation, line=line, row_key=row_key)
+            return Row.from_messages(conversation, line=line, row_key=row_key, metadata=kept)
+        except TemplateRowError as err:
+            return self._bad(line, str(err))
         except (ValidationError, UnicodeError) as err:
             # Our own checks come first; this is the net for text pydantic refuses, chiefly
             # undecodable bytes (lone surrogates) from a non-UTF-8 CSV.
@@ -109,6 +137,28 @@ class RowBuilder:
             ) or "unicode" in str(err):
                 return self._bad(line, "the text is not valid UTF-8")
             return self._bad(line, f"invalid row: {_single_line(str(err))}")
+
+    @staticmethod
+    def _rendered(template: CompiledTemplate, columns: Any) -> str:
+        """The text ``template`` makes of a row's columns (:class:`TemplateRowError` if none)."""
+        text: str = template.render(columns)
+        if not text or text.isspace():
+            raise TemplateRowError("template: renders an empty message")
+        return text
+
+
+def templates_of(
+    options: DatasetOptions,
+) -> tuple[CompiledTemplate | None, CompiledTemplate | None]:
+    """The compiled ``template`` and ``system_template`` of ``options`` (None where unset)."""
+    if options.system_template is not None and options.system_prompt is not None:
+        raise DatasetError("give --system-prompt or --system-template, not both")
+    template = system = None
+    if options.template is not None:
+        template = compile_template(options.template, "--template")
+    if options.system_template is not None:
+        system = compile_template(options.system_template, "--system-template")
+    return template, system
 
 
 def _conversation(value: Any, column: str) -> list[Message] | str:

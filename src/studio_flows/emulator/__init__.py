@@ -8,6 +8,8 @@ Same paths and bodies as the API reference, under a configurable prefix::
 plus control endpoints outside the prefix, which need no token::
 
     GET  /_emulator/stats    what the emulator saw (never a token, only its hash)
+    GET  /_emulator/jobs     every job's true start, end and duration (seconds after the
+                             first job), for a benchmark's perfect schedule
     POST /_emulator/config   change knobs at run time (a JSON object of the fields); answers
                              the new knobs, with tokens shown only as ``token_keys``
     POST /_emulator/reset    forget every job and count, re-seed the fault generator
@@ -18,6 +20,12 @@ Behaviour worth knowing when you read a test:
   job of ``n`` conversations lasts ``D = job_latency_s + task_latency_s * n``; task ``i``
   is done ``D * (i + 1) / n`` after creation. The job is ``CREATED`` for its first
   ``D / (2n)``, then ``RUNNING``, then ``FINISHED`` (or ``FAILED``) at ``D``.
+* ``job_latency_jitter`` (sigma) multiplies ``D`` by ``exp(N(-sigma^2/2, sigma))``, a
+  lognormal factor whose **mean** is 1 (its median is ``exp(-sigma^2/2)``, 0.88 at 0.5),
+  so jobs of ``job_latency_s = 5`` take 5 s on average. With ``uneven_tasks`` the first
+  ``n - 1`` tasks end at uniform points inside the job (sorted), the last at ``D``. Both
+  come from a generator of their own, seeded from ``seed``: the k-th job gets the same
+  times whatever requests and faults came before it.
 * ``results`` lists the tasks done so far (partial while ``RUNNING``), in ``task_index``
   order or, with ``shuffle_results``, in a seeded order fixed when the job is created.
   A failed task still counts in ``completed_tasks`` (it is done) but has status

@@ -42,6 +42,10 @@ def create_app(config: EmulatorConfig, *, clock: Clock = time.monotonic) -> Fast
     async def emulator_stats() -> Response:
         return _json(200, state.stats())
 
+    @app.get(f"{CONTROL_PREFIX}/jobs")
+    async def emulator_jobs() -> Response:
+        return _json(200, {"jobs": state.jobs()})
+
     @app.post(f"{CONTROL_PREFIX}/config")
     async def emulator_config(request: Request) -> Response:
         try:

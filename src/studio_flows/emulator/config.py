@@ -48,6 +48,15 @@ class EmulatorConfig(BaseModel):
 
     job_latency_s: float = Field(0.2, ge=0.0, description="Seconds every job takes.")
     task_latency_s: float = Field(0.0, ge=0.0, description="Extra seconds per conversation.")
+    job_latency_jitter: float = Field(
+        0.0,
+        ge=0.0,
+        le=3.0,
+        description="Sigma of a seeded lognormal factor on each job's time (its mean is 1).",
+    )
+    uneven_tasks: bool = Field(
+        False, description="Tasks end at seeded uniform points inside the job, not evenly."
+    )
     error_5xx_rate: Rate = Field(0.0, description="Share of API requests answered 500/502/503/504.")
     rate_429: Rate = Field(0.0, description="Share of API requests answered 429 at random.")
     drop_connection_rate: Rate = Field(

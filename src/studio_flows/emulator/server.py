@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from uvicorn.config import LOGGING_CONFIG
 
 from studio_flows.emulator.app import create_app
-from studio_flows.emulator.config import EmulatorConfig
+from studio_flows.emulator.config import Clock, EmulatorConfig
 from studio_flows.emulator.responses import _DroppingH11Protocol
 from studio_flows.emulator.state import EmulatorState
 from studio_flows.errors import ConfigurationError
@@ -88,9 +88,15 @@ class EmulatorServer:
     """
 
     def __init__(
-        self, config: EmulatorConfig | None = None, host: str = "127.0.0.1", port: int = 0
+        self,
+        config: EmulatorConfig | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        clock: Clock = time.monotonic,
     ) -> None:
-        self.app = create_app(config or EmulatorConfig())
+        # ``clock``: jobs' times are read from it (a test may pass one it moves by hand).
+        self.app = create_app(config or EmulatorConfig(), clock=clock)
         self.state: EmulatorState = self.app.state.emulator
         self.host = host
         self.port = port
@@ -117,6 +123,10 @@ class EmulatorServer:
     def stats(self) -> dict[str, Any]:
         """See :meth:`EmulatorState.stats`."""
         return self.state.stats()
+
+    def jobs(self) -> list[dict[str, Any]]:
+        """See :meth:`EmulatorState.jobs`."""
+        return self.state.jobs()
 
     def configure(self, **knobs: Any) -> EmulatorConfig:
         """Change knobs at run time; raises ``pydantic.ValidationError`` for a bad one."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import bisect
 import hmac
+import math
 import random
 import threading
 import time
@@ -46,6 +48,11 @@ class _GenerateBody(BaseModel):
     max_tokens: int = Field(512, gt=0)
 
 
+def _timing_rng(seed: int | None) -> random.Random:
+    """The generator of job times, seeded apart from the fault generator."""
+    return random.Random(None if seed is None else f"timing-{seed}")
+
+
 def _answer(model_id: str, conversation: list[_Turn]) -> str:
     """The deterministic result of one conversation: it names what it answers."""
     user_turns = [turn for turn in conversation if turn.role == "user"]
@@ -87,6 +94,9 @@ class _Job:
     # None: the job finishes; k: it completes k tasks, then ends FAILED at its end time.
     fails_after: int | None
     order: list[int]
+    # Seconds after creation at which each task ends (ascending, the last at ``duration``);
+    # None: task i ends at duration * (i + 1) / n.
+    task_ends: list[float] | None = None
 
     @property
     def end(self) -> float:
@@ -102,8 +112,8 @@ class _Job:
             done = n
             status = "FINISHED" if self.fails_after is None else "FAILED"
         else:
-            # Task i is done at duration * (i + 1) / n; the last one only at the end.
-            done = min(n - 1, int(elapsed * n / self.duration))
+            # The last task is done only at the end.
+            done = min(n - 1, self._tasks_done(elapsed))
             status = "CREATED" if elapsed < self.duration / (2 * n) else "RUNNING"
         if self.fails_after is not None:
             done = min(done, self.fails_after)
@@ -113,6 +123,22 @@ class _Job:
             "total_tasks": n,
             "completed_tasks": done,
             "results": [self._task(i) for i in self.order if i < done],
+        }
+
+    def _tasks_done(self, elapsed: float) -> int:
+        if self.task_ends is None:
+            # Task i is done at duration * (i + 1) / n.
+            return int(elapsed * len(self.answers) / self.duration)
+        return bisect.bisect_right(self.task_ends, elapsed)
+
+    def timeline(self, origin: float) -> dict[str, Any]:
+        """When this job truly started and ended, in seconds after ``origin``."""
+        return {
+            "job_id": self.job_id,
+            "tasks": len(self.answers),
+            "created_s": round(self.created - origin, 6),
+            "end_s": round(self.end - origin, 6),
+            "duration_s": round(self.duration, 6),
         }
 
     def _task(self, index: int) -> dict[str, Any]:
@@ -158,6 +184,7 @@ class EmulatorState:
 
     def _clear(self) -> None:
         self._rng = random.Random(self.config.seed)
+        self._timing_rng = _timing_rng(self.config.seed)
         self._jobs: dict[str, _Job] = {}
         self._tokens: dict[str, _TokenCounts] = {}
         self._requests: defaultdict[str, Counter[str]] = defaultdict(Counter)
@@ -184,6 +211,7 @@ class EmulatorState:
             self.config = new
             if "seed" in changes:
                 self._rng = random.Random(new.seed)
+                self._timing_rng = _timing_rng(new.seed)
             return new
 
     def stats(self) -> dict[str, Any]:
@@ -218,6 +246,21 @@ class EmulatorState:
                 "conversations": self._conversations,
                 "faults": dict(self._faults),
             }
+
+    def jobs(self) -> list[dict[str, Any]]:
+        """Every job's true start and end, in creation order, as ``GET /_emulator/jobs``.
+
+        Times are seconds after the first job was created, so a benchmark can compare a
+        client's schedule with a perfect one over the very durations the emulator used.
+
+        Example:
+            >>> EmulatorState(EmulatorConfig(seed=1)).jobs()
+            []
+        """
+        with self.lock:
+            jobs = sorted(self._jobs.values(), key=lambda job: job.created)
+        origin = jobs[0].created if jobs else 0.0
+        return [job.timeline(origin) for job in jobs]
 
     # -- the API --------------------------------------------------------------------------
 
@@ -347,6 +390,7 @@ class EmulatorState:
             fails_after = self._rng.randrange(n)
         task_failed = [self._rng.random() < config.task_failure_rate for _ in range(n)]
         self._faults["failed_task"] += sum(task_failed)
+        duration, task_ends = self._timing(n)
         return _Job(
             job_id=str(uuid.UUID(int=self._rng.getrandbits(128), version=4)),
             organization_id=organization_id,
@@ -354,10 +398,27 @@ class EmulatorState:
             answers=[_answer(request.model_id, conversation) for conversation in request.messages],
             task_failed=task_failed,
             created=now,
-            duration=config.job_latency_s + config.task_latency_s * n,
+            duration=duration,
             fails_after=fails_after,
             order=order,
+            task_ends=task_ends,
         )
+
+    def _timing(self, n: int) -> tuple[float, list[float] | None]:
+        """A new job's duration and its tasks' end times, from the timing generator.
+
+        Its own generator: the k-th job gets the same times whatever requests came before.
+        """
+        config = self.config
+        duration = config.job_latency_s + config.task_latency_s * n
+        sigma = config.job_latency_jitter
+        if sigma > 0:
+            # exp(N(-sigma^2/2, sigma)) has mean 1: jobs of "5 s" take 5 s on average.
+            duration *= math.exp(self._timing_rng.gauss(-sigma * sigma / 2, sigma))
+        if not config.uneven_tasks:
+            return duration, None
+        points = sorted(self._timing_rng.uniform(0.0, duration) for _ in range(n - 1))
+        return duration, [*points, duration]
 
     def _respond(
         self, route: str, status: int, body: Any, headers: dict[str, str] | None = None

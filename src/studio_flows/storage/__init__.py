@@ -40,8 +40,15 @@ from studio_flows.storage.ledger import (
     record_rejected,
     record_shard_intent,
 )
-from studio_flows.storage.migrations import ensure_schema
-from studio_flows.storage.readback import count_results, iter_results, results_of_rows
+from studio_flows.storage.migrations import SchemaUpgrade, ensure_schema, upgrade_database
+from studio_flows.storage.readback import (
+    count_results,
+    iter_metadata,
+    iter_results,
+    iter_results_by_conversation,
+    results_of_rows,
+    stored_model_ids,
+)
 from studio_flows.storage.schema import (
     IDENTITY_COLUMNS,
     LOOKUP_CHUNK,
@@ -58,6 +65,7 @@ __all__ = [
     "IDENTITY_COLUMNS",
     "LOOKUP_CHUNK",
     "SCHEMA_VERSION",
+    "SchemaUpgrade",
     "ShardRecord",
     "complete_shard",
     "completed_identities",
@@ -67,7 +75,9 @@ __all__ = [
     "generation_results",
     "get_shard",
     "get_shards",
+    "iter_metadata",
     "iter_results",
+    "iter_results_by_conversation",
     "make_engine",
     "metadata",
     "open_shards",
@@ -77,6 +87,8 @@ __all__ = [
     "record_shard_intent",
     "results_of_rows",
     "schema_version",
+    "stored_model_ids",
+    "upgrade_database",
     "upsert_results",
     "upsert_statement",
     "utcnow",

@@ -163,24 +163,32 @@ def _configured_connect_timeout() -> int:
     return load_settings().database_connect_timeout_s
 
 
-def _timeout_hint(cause: str, connect_args: dict[str, Any]) -> str:
+# The connect timeout each PostgreSQL engine was made with (None: the URL's own), for errors.
+_CONNECT_TIMEOUTS: weakref.WeakKeyDictionary[Engine, int | None] = weakref.WeakKeyDictionary()
+
+
+def _timeout_hint(cause: str, engine: Engine) -> str:
     """Which setting bounded a PostgreSQL connection that timed out, so a user can change it."""
-    if "timeout" not in cause or "application_name" not in connect_args:
+    if "timeout" not in cause or engine not in _CONNECT_TIMEOUTS:
         return ""
-    if "connect_timeout" not in connect_args:
+    seconds = _CONNECT_TIMEOUTS[engine]
+    if seconds is None:
         return " (connect_timeout in the URL)"
-    seconds = connect_args["connect_timeout"]
     return f" after {seconds} s (MODEL_STUDIO_DATABASE_CONNECT_TIMEOUT_S)"
 
 
-def make_engine(url: str, *, connect_timeout_s: int | None = None) -> Engine:
+def make_engine(
+    url: str, *, auto_upgrade: bool | None = None, connect_timeout_s: int | None = None
+) -> Engine:
     """An engine for ``url`` with the schema in place; raise ConfigurationError if unusable.
 
     SQLite gets WAL, a busy timeout and foreign keys; ``postgresql://`` URLs use psycopg 3
-    with ``pool_pre_ping`` and a connect timeout: ``connect_timeout`` in the URL, else
-    ``connect_timeout_s``, else ``MODEL_STUDIO_DATABASE_CONNECT_TIMEOUT_S``. The schema is
-    created on first use (idempotent, safe when several processes start at once). Dispose
-    of the engine when done.
+    with ``pool_pre_ping`` and a connect timeout (``connect_timeout`` in the URL, else
+    ``connect_timeout_s``, else ``MODEL_STUDIO_DATABASE_CONNECT_TIMEOUT_S``). The schema is
+    checked on every call (two small queries when it is current) and created or upgraded on
+    first use, safe when several processes start at once, unless ``auto_upgrade`` is False
+    (None: ``MODEL_STUDIO_DATABASE_AUTO_UPGRADE``, default true; see
+    :mod:`studio_flows.storage.migrations`). Dispose of the engine when done.
 
     Example:
         >>> engine = make_engine("sqlite://")
@@ -188,9 +196,19 @@ def make_engine(url: str, *, connect_timeout_s: int | None = None) -> Engine:
         'sqlite'
         >>> engine.dispose()
     """
+    engine, parsed = _open_engine(url, connect_timeout_s)
+    # Imported here: migrations write through this module's transaction helpers.
+    from studio_flows.storage.migrations import ensure_schema
+
+    with _opening(engine, parsed):
+        ensure_schema(engine, auto_upgrade=auto_upgrade)
+    return engine
+
+
+def _open_engine(url: str, connect_timeout_s: int | None = None) -> tuple[Engine, URL]:
+    """An engine for ``url`` (and the parsed URL), its schema not looked at yet."""
     parsed = _normalise_url(url)
     shown = parsed.render_as_string(hide_password=True)
-    connect_args: dict[str, Any] = {}
     try:
         match parsed.get_backend_name():
             case "sqlite":
@@ -199,7 +217,8 @@ def make_engine(url: str, *, connect_timeout_s: int | None = None) -> Engine:
                 _configure_sqlite(engine)
                 _WRITERS[engine] = _SQLiteWriters()
             case "postgresql":
-                connect_args["application_name"] = "studio-flows"
+                connect_args: dict[str, Any] = {"application_name": "studio-flows"}
+                timeout = None
                 if "connect_timeout" not in parsed.query:
                     timeout = connect_timeout_s or _configured_connect_timeout()
                     connect_args["connect_timeout"] = timeout
@@ -211,24 +230,28 @@ def make_engine(url: str, *, connect_timeout_s: int | None = None) -> Engine:
                     pool_recycle=1800,
                     connect_args=connect_args,
                 )
+                _CONNECT_TIMEOUTS[engine] = timeout
             case _:
                 engine = sa.create_engine(parsed, pool_pre_ping=True)
     except (exc.ArgumentError, exc.NoSuchModuleError, ImportError) as err:
         raise ConfigurationError(
             f"Cannot use database {shown}: {_redact(str(err).splitlines()[0], parsed)}"
         ) from None
-    try:
-        # Imported here: migrations write through this module's transaction helpers.
-        from studio_flows.storage.migrations import ensure_schema
+    return engine, parsed
 
-        ensure_schema(engine)
+
+@contextlib.contextmanager
+def _opening(engine: Engine, parsed: URL) -> Iterator[None]:
+    """Dispose of ``engine`` if the block fails; a driver error becomes one redacted sentence."""
+    shown = parsed.render_as_string(hide_password=True)
+    try:
+        yield
     except exc.DBAPIError as err:
         engine.dispose()
         cause = _redact(str(err.orig).strip().splitlines()[0] if err.orig else str(err), parsed)
         raise ConfigurationError(
-            f"Cannot open database {shown}: {cause}{_timeout_hint(cause, connect_args)}"
+            f"Cannot open database {shown}: {cause}{_timeout_hint(cause, engine)}"
         ) from None
-    except Exception:
+    except BaseException:
         engine.dispose()
         raise
-    return engine

@@ -301,6 +301,7 @@ def _result_rows(
             "flow_run_id": flow_run_id,
             "created_at": now,
             "completed_at": now if r.status == COMPLETED else None,
+            "metadata": None if r.metadata is None else dict(r.metadata),
         }
         for r in records
     ]

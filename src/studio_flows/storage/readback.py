@@ -84,6 +84,84 @@ def iter_results(
             yield dict(row._mapping)
 
 
+def iter_metadata(
+    engine: Engine,
+    *,
+    dataset: str | None = None,
+    model_id: str | None = None,
+    status: str | None = None,
+    batch_size: int = 5000,
+) -> Iterator[dict[str, Any]]:
+    """The kept input columns (``metadata``) of the matching results that have any, streamed.
+
+    An export reads them first, to know its columns before it writes a header.
+
+    Example:
+        >>> from studio_flows.storage import make_engine
+        >>> list(iter_metadata(make_engine("sqlite://")))
+        []
+    """
+    table = generation_results
+    query = sa.select(table.c.metadata).where(
+        table.c.metadata.is_not(None), *_result_filters(dataset, model_id, status, None)
+    )
+    with _reading(engine) as conn:
+        streamed = conn.execution_options(stream_results=True, yield_per=batch_size)
+        yield from streamed.execute(query).scalars()
+
+
+def iter_results_by_conversation(
+    engine: Engine, *, dataset: str | None = None, batch_size: int = 1000
+) -> Iterator[list[dict[str, Any]]]:
+    """The stored results, one list per conversation (``row_key`` and ``prompt_hash``).
+
+    Conversations come in the order of their first stored result's shard and task index
+    (the dataset's order, as ``order="shard"`` of :func:`iter_results`), their results by
+    model id then write order: an evaluation run's answers to one row, side by side.
+    Streamed like :func:`iter_results`, so memory holds one conversation at a time.
+
+    Example:
+        >>> from studio_flows.storage import make_engine
+        >>> list(iter_results_by_conversation(make_engine("sqlite://"), dataset="d"))
+        []
+    """
+    with _reading(engine) as conn:
+        streamed = conn.execution_options(stream_results=True, yield_per=batch_size)
+        rows = (dict(row._mapping) for row in streamed.execute(_by_conversation(dataset)))
+        for _, group in itertools.groupby(rows, key=lambda r: (r["row_key"], r["prompt_hash"])):
+            yield list(group)
+
+
+def _by_conversation(dataset: str | None) -> sa.Select[Any]:
+    results, ledger = generation_results, generation_jobs
+    where = _result_filters(dataset, None, None, None)
+    firsts = (
+        sa.select(results.c.row_key, results.c.prompt_hash, sa.func.min(results.c.id).label("id"))
+        .where(*where)
+        .group_by(results.c.row_key, results.c.prompt_hash)
+        .subquery()
+    )
+    first = results.alias("first_result")
+    joined = (
+        results.join(
+            firsts,
+            sa.and_(
+                results.c.row_key == firsts.c.row_key, results.c.prompt_hash == firsts.c.prompt_hash
+            ),
+        )
+        .join(first, first.c.id == firsts.c.id)
+        .outerjoin(ledger, ledger.c.shard_key == first.c.shard_key)
+    )
+    # A conversation whose first result has no ledger row (upsert_results alone) sorts last.
+    order = (ledger.c.id.is_(None), ledger.c.id, first.c.task_index, firsts.c.id)
+    return (
+        sa.select(results)
+        .select_from(joined)
+        .where(*where)
+        .order_by(*order, results.c.model_id, results.c.id)
+    )
+
+
 _SELECT_BY_ROW_KEYS: Final = (
     sa.select(generation_results)
     .where(generation_results.c.row_key.in_(sa.bindparam("row_keys", expanding=True)))
@@ -129,6 +207,20 @@ def _stored_results(
         for result in conn.execute(query, {"row_keys": sorted({row.row_key for row in batch})}):
             found.setdefault((result.row_key, result.prompt_hash), []).append(dict(result._mapping))
     return found
+
+
+def stored_model_ids(engine: Engine, *, dataset: str | None = None) -> list[str]:
+    """The model ids with stored results (of ``dataset``), sorted.
+
+    Example:
+        >>> from studio_flows.storage import make_engine
+        >>> stored_model_ids(make_engine("sqlite://"))
+        []
+    """
+    column = generation_results.c.model_id
+    query = sa.select(column).where(*_result_filters(dataset, None, None, None)).distinct()
+    with _reading(engine) as conn:
+        return sorted(str(model) for model in conn.execute(query).scalars())
 
 
 def count_results(

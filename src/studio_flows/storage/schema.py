@@ -15,7 +15,8 @@ from studio_flows.rows import (
 )
 from studio_flows.statuses import RowStatus, ShardStatus
 
-SCHEMA_VERSION: Final = 2
+# The Alembic head (revision 000N is schema N, storage/_migrations/versions/).
+SCHEMA_VERSION: Final = 3
 
 # Plain strings of the enums: SQLAlchemy renders them into CHECK constraints and SQL.
 COMPLETED: Final = RowStatus.COMPLETED.value
@@ -86,6 +87,10 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 # JSONB on PostgreSQL (indexable, compact); SQLAlchemy's JSON (text) everywhere else.
 JSONType = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+# The same, where Python's None is SQL NULL rather than JSON null: "no columns were kept".
+NullableJSONType = sa.JSON(none_as_null=True).with_variant(
+    postgresql.JSONB(none_as_null=True), "postgresql"
+)
 # SQLite only aliases the rowid (and auto-increments) for a column typed exactly INTEGER.
 BigIntId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
@@ -99,6 +104,8 @@ metadata = sa.MetaData(
     }
 )
 
+# The versions a database has been through, as studio-flows kept them before Alembic (whose
+# own table is the record now); each revision still appends to it, for older releases.
 schema_version = sa.Table(
     "studio_flows_schema",
     metadata,
@@ -130,6 +137,8 @@ generation_results = sa.Table(
     sa.Column("flow_run_id", sa.String(64), nullable=True),
     sa.Column("created_at", UTCDateTime, nullable=False, default=utcnow),
     sa.Column("completed_at", UTCDateTime, nullable=True),
+    # The input columns a user keeps (--keep-columns), by name; last, as schema 3 added it.
+    sa.Column("metadata", NullableJSONType, nullable=True),
     sa.CheckConstraint(sa.column("status").in_(RESULT_STATUSES), name="status"),
 )
 # The row identity is unique through its digest, after the row key (see the module docstring).

@@ -1,0 +1,89 @@
+"""What a run would pay for, found without paying: read, validate and plan, submit nothing.
+
+Planning reads the results database (rows already done, jobs a past run recorded) exactly as
+a run does, so the figures are the run's own: rows in the source, bad rows, exact
+duplicates, rows already done, and the rows and jobs that would be submitted (jobs a past
+run recorded are re-attached, not paid again).
+
+Example:
+    >>> plan = plan_run(options, report, "sqlite:///r.db", shard_size=50)  # doctest: +SKIP
+    >>> plan.jobs_to_submit  # doctest: +SKIP
+    4
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from studio_flows.datasets import DatasetReport, iter_good_rows, iter_shards
+from studio_flows.options import GenerateOptions
+from studio_flows.planning import Planner, for_each_model
+from studio_flows.rows import GenerationParams
+from studio_flows.storage import make_engine
+
+
+@dataclass(frozen=True)
+class DryRunPlan:
+    """The counts a dry run prints."""
+
+    dataset: str
+    model_id: str
+    rows_in_source: int
+    bad_rows: int
+    duplicates: int
+    already_done: int
+    rows_to_submit: int
+    jobs_to_submit: int
+    jobs_to_reattach: int
+
+    def table(self) -> list[tuple[str, int]]:
+        """Label and value of each count, in the order a user reads them.
+
+        Example:
+            >>> DryRunPlan("d", "m", 3, 0, 0, 1, 2, 1, 0).table()[-2]
+            ('jobs that would be submitted', 1)
+        """
+        return [
+            ("rows in source", self.rows_in_source),
+            ("bad rows", self.bad_rows),
+            ("exact duplicates", self.duplicates),
+            ("already done", self.already_done),
+            ("rows that would be submitted", self.rows_to_submit),
+            ("jobs that would be submitted", self.jobs_to_submit),
+            ("recorded jobs to re-attach", self.jobs_to_reattach),
+        ]
+
+
+def plan_run(
+    options: GenerateOptions, report: DatasetReport, database_url: str, *, shard_size: int
+) -> DryRunPlan:
+    """Plan the run ``options`` describe over the rows ``report`` validated; submit nothing."""
+    assert report.source is not None  # every validation pass names what it read
+    params = [GenerationParams(m, options.temperature, options.max_tokens) for m in options.models]
+    rows = iter_good_rows(report.source, options.dataset_options(), verdict=report.verdict)
+    shards = iter_shards(
+        rows, dataset=report.source.dataset, params=params[0], shard_size=shard_size
+    )
+    engine = make_engine(database_url)
+    try:
+        planner = Planner(engine)
+        jobs = reattach = submitted_rows = 0
+        for work in planner.plan(for_each_model(shards, params)):
+            if work.job_id is not None:
+                reattach += 1
+            else:
+                jobs += 1
+                submitted_rows += len(work.shard.rows)
+    finally:
+        engine.dispose()
+    return DryRunPlan(
+        dataset=report.source.dataset,
+        model_id=", ".join(options.models),
+        rows_in_source=report.rows,
+        bad_rows=report.bad_count,
+        duplicates=report.duplicates,
+        already_done=planner.counts.already_done,
+        rows_to_submit=submitted_rows,
+        jobs_to_submit=jobs,
+        jobs_to_reattach=reattach,
+    )
