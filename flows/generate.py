@@ -154,7 +154,9 @@ class _Lane:
     def run(self) -> None:
         """Hold a fair-use slot and run jobs until the work is done, a stop or a fatal error."""
         pool = slot_pool(
-            turn_s=self.settings.slot_turn_s, wait_limit_s=self.settings.slot_wait_limit_s
+            turn_s=self.settings.slot_turn_s,
+            wait_limit_s=self.settings.slot_wait_limit_s,
+            unavailable_limit_s=self.settings.prefect_unavailable_limit_s,
         )
         # Take the slot before the first job and wait (briefly) for the other lanes to
         # take theirs, so the first jobs start together.

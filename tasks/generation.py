@@ -265,7 +265,11 @@ def _settings(credentials: ModelStudioCredentials | None) -> Settings:
 def _pool(settings: Settings, *, ensure: bool = False) -> SlotPool:
     if ensure:  # a slot is about to be taken: the limit must exist (never overwritten)
         ensure_limit_once(settings.concurrency_limit)
-    return slot_pool(turn_s=settings.slot_turn_s, wait_limit_s=settings.slot_wait_limit_s)
+    return slot_pool(
+        turn_s=settings.slot_turn_s,
+        wait_limit_s=settings.slot_wait_limit_s,
+        unavailable_limit_s=settings.prefect_unavailable_limit_s,
+    )
 
 
 def _log_result(result: GenerationResult) -> None:

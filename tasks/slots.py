@@ -60,7 +60,8 @@ from studio_flows.errors import (
 FAIR_USE_TAG = "model-studio"
 FAIR_USE_LIMIT_NAME = f"tag:{FAIR_USE_TAG}"
 MIN_LEASE_S = 60.0  # the server refuses shorter leases
-# How long the pool keeps asking a Prefect API that does not answer before the run fails.
+# How long the pool keeps asking a Prefect API that does not answer before the run fails
+# (the default of MODEL_STUDIO_PREFECT_UNAVAILABLE_LIMIT_S: a server restart takes less).
 SERVER_UNAVAILABLE_LIMIT_S = 300.0
 FIRST_WAIT_NOTICE_S = 3.0
 WAIT_NOTICE_EVERY_S = 30.0
@@ -113,9 +114,11 @@ class SlotPool:
         poll_s: float = 0.25,
         lease_s: float = MIN_LEASE_S,
         wait_limit_s: float = 600.0,
+        unavailable_limit_s: float = SERVER_UNAVAILABLE_LIMIT_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.limit_name = limit_name
+        self.unavailable_limit_s = unavailable_limit_s
         self.turn_s = turn_s
         self.poll_s = poll_s
         self.lease_s = max(lease_s, MIN_LEASE_S)
@@ -343,10 +346,11 @@ class SlotPool:
         now = self._clock()
         if waiting.unavailable_since is None:
             waiting.unavailable_since = now
-        if now - waiting.unavailable_since > SERVER_UNAVAILABLE_LIMIT_S:
+        if now - waiting.unavailable_since > self.unavailable_limit_s:
             raise PrefectUnavailableError(
                 f"The Prefect API ({self._api.server}) did not answer for "
-                f"{SERVER_UNAVAILABLE_LIMIT_S:.0f} s ({cause}); check PREFECT_API_URL."
+                f"{self.unavailable_limit_s:g} s ({cause}); check PREFECT_API_URL "
+                "(MODEL_STUDIO_PREFECT_UNAVAILABLE_LIMIT_S bounds this wait)."
             )
         logger.warning("Prefect API unavailable (%s); asking again", cause)
         waiting.backoff = min(max(waiting.backoff * 2, self.poll_s), 10.0)
@@ -478,7 +482,11 @@ _pools_lock = threading.Lock()
 
 
 def slot_pool(
-    limit_name: str = FAIR_USE_LIMIT_NAME, *, turn_s: float = 60.0, wait_limit_s: float = 600.0
+    limit_name: str = FAIR_USE_LIMIT_NAME,
+    *,
+    turn_s: float = 60.0,
+    wait_limit_s: float = 600.0,
+    unavailable_limit_s: float = SERVER_UNAVAILABLE_LIMIT_S,
 ) -> SlotPool:
     """This process's pool for ``limit_name`` on the Prefect API it points at now.
 
@@ -496,6 +504,7 @@ def slot_pool(
         else:
             api.close()  # the pool talks through its own
         pool.turn_s, pool.wait_limit_s = turn_s, wait_limit_s
+        pool.unavailable_limit_s = unavailable_limit_s
         return pool
 
 

@@ -4,6 +4,7 @@ pytest_plugins = [
     "tests.fixtures.emulator",
     "tests.fixtures.databases",
     "tests.fixtures.harness",
+    "tests.fixtures.hung_server",
     "tests.fixtures.prefect_server",
     "tests.fixtures.private_postgres",
     "tests.fixtures.redis_server",

@@ -265,10 +265,13 @@ class _BaseClient:
                 "a job may have been created",
                 cause=cause,
             ) from exc
-        error_type = (
-            APITimeoutError if isinstance(exc, httpx.TimeoutException) else APIConnectionError
-        )
-        raise error_type(f"Could not reach {self.base_url}: {cause}") from exc
+        if isinstance(exc, httpx.TimeoutException):
+            # Names the setting: a slow network may need more than the default per request.
+            raise APITimeoutError(
+                f"Could not reach {self.base_url}: {cause} after {self.timeout_s:g} s, "
+                f"{attempt} {'try' if attempt == 1 else 'tries'} (MODEL_STUDIO_REQUEST_TIMEOUT_S)"
+            ) from exc
+        raise APIConnectionError(f"Could not reach {self.base_url}: {cause}") from exc
 
     def _waiter(
         self,

@@ -14,6 +14,7 @@ from studio_flows.datasets import DatasetReport, validate_dataset_once
 from studio_flows.errors import (
     APIConnectionError,
     APIStatusError,
+    APITimeoutError,
     AuthenticationError,
     ConfigurationError,
     NotFoundError,
@@ -38,6 +39,12 @@ def check_access(client: ModelStudioClient) -> None:
             f"Model Studio refused the token (HTTP {err.status_code}) for organisation "
             f"{client.organization_id!r}: check MODEL_STUDIO_TOKEN and "
             "MODEL_STUDIO_ORGANIZATION_ID (or the credentials block)."
+        ) from None
+    except APITimeoutError as err:
+        # The client's sentence names the timeout, its setting and the tries.
+        raise ConfigurationError(
+            f"Cannot reach Model Studio at {client.base_url}: {_cause(err)}: check "
+            "MODEL_STUDIO_BASE_URL and the network, or raise that timeout."
         ) from None
     except APIConnectionError as err:
         raise ConfigurationError(

@@ -41,7 +41,9 @@ class Settings(BaseSettings):
     )
     concurrency_limit: int = Field(default=3, ge=1, description="Jobs in flight per account")
     shard_size: int = Field(default=50, ge=1, le=100, description="Conversations per job")
-    request_timeout_s: float = Field(default=30.0, gt=0)
+    request_timeout_s: float = Field(
+        default=30.0, gt=0, description="Give up on one Model Studio request (connect, read) after"
+    )
     poll_interval_s: float = Field(default=0.5, gt=0, description="First poll interval")
     poll_max_interval_s: float = Field(default=10.0, gt=0, description="Longest poll interval")
     poll_budget: float | None = Field(
@@ -59,6 +61,16 @@ class Settings(BaseSettings):
     )
     slot_wait_limit_s: float = Field(
         default=600.0, gt=0, description="Give up when no fair-use slot comes free in this time"
+    )
+    # psycopg counts whole seconds and waits at least 2 s whatever it is given.
+    database_connect_timeout_s: int = Field(
+        default=10, ge=2, description="Give up connecting to a PostgreSQL database after"
+    )
+    prefect_check_timeout_s: float = Field(
+        default=10.0, gt=0, description="Give up on the PREFECT_API_URL health check after"
+    )
+    prefect_unavailable_limit_s: float = Field(
+        default=300.0, gt=0, description="Fail a run whose fair-use pool got no answer this long"
     )
 
     @model_validator(mode="after")

@@ -48,6 +48,7 @@ from studio_flows.errors import (
 from studio_flows.models import GenerateRequest, JobStatus, Message
 from studio_flows.polling import DurationHistory, PollPlan
 from studio_flows.settings import Settings
+from tests.fixtures.hung_server import HungServer
 
 TOKEN = "tok-Sup3rSecret-do-not-leak"
 ORG = "org-42"
@@ -934,3 +935,37 @@ def test_429_has_a_longer_retry_budget_than_other_errors(fake: FakeTime) -> None
         client.get_job(JOB)
     assert script.count("GET") == 5
     assert client.stats.rate_limited == 4
+
+
+# ------------------------------------------------------------ a server that never answers
+
+
+def _hung_client(hung_server: HungServer) -> ModelStudioClient:
+    return ModelStudioClient(
+        base_url=f"http://{hung_server.address}/api/v1",
+        token="t",
+        organization_id="org",
+        timeout_s=0.2,
+        retry=RetryPolicy(max_retries=2, backoff_base_s=0.01, backoff_max_s=0.02),
+    )
+
+
+def test_a_get_to_a_server_that_never_answers_names_the_timeout_and_its_setting(
+    hung_server: HungServer,
+) -> None:
+    with _hung_client(hung_server) as client, pytest.raises(APITimeoutError) as info:
+        client.get_job("job-1")
+    assert str(info.value) == (
+        f"Could not reach http://{hung_server.address}/api/v1: read timeout after 0.2 s, "
+        "3 tries (MODEL_STUDIO_REQUEST_TIMEOUT_S)"
+    )
+    assert client.stats.requests == 3
+
+
+def test_a_post_to_a_server_that_never_answers_is_ambiguous_and_not_resent(
+    hung_server: HungServer,
+) -> None:
+    with _hung_client(hung_server) as client, pytest.raises(AmbiguousSubmissionError) as info:
+        client.create_job(request())
+    assert info.value.cause == "read timeout"
+    assert client.stats.requests == 1  # the job may exist: sending again could pay twice

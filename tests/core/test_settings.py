@@ -35,6 +35,8 @@ def test_defaults() -> None:
     assert settings.request_timeout_s > 0
     assert 0 < settings.poll_interval_s <= settings.poll_max_interval_s
     assert settings.job_deadline_s > 0
+    assert settings.database_connect_timeout_s == 10
+    assert settings.prefect_check_timeout_s == 10.0
 
 
 def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -165,3 +167,11 @@ def test_require_credentials_returns_them(monkeypatch: pytest.MonkeyPatch) -> No
     token, organization_id = Settings(_env_file=None).require_credentials()
     assert token.get_secret_value() == TOKEN
     assert organization_id == "org-7"
+
+
+def test_a_database_connect_timeout_below_what_psycopg_honours_is_refused_by_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MODEL_STUDIO_DATABASE_CONNECT_TIMEOUT_S", "1")
+    with pytest.raises(ConfigurationError, match="MODEL_STUDIO_DATABASE_CONNECT_TIMEOUT_S"):
+        load_settings(_env_file=None)

@@ -17,8 +17,14 @@ from studio_flows.tasks.slot_holders import HolderFile, live_holders, reclaim_de
 from studio_flows.tasks.slots import SlotPool, SlotRefused, SlotServerUnavailable
 
 from studio_flows import interrupts
-from studio_flows.errors import RunInterrupted, SlotDeadlockError, SlotWaitTimeoutError
+from studio_flows.errors import (
+    PrefectUnavailableError,
+    RunInterrupted,
+    SlotDeadlockError,
+    SlotWaitTimeoutError,
+)
 from tests.fixtures.cli_runs import wait_for
+from tests.fixtures.hung_server import HungServer
 
 
 class FakeLimit:
@@ -270,3 +276,36 @@ def test_a_lease_freed_while_the_server_is_slow_goes_to_the_waiter_at_once() -> 
     waiter.join(timeout=10)
 
     assert got == [first] and time.monotonic() - handed < 1.0
+
+
+def test_a_prefect_api_that_never_answers_fails_the_wait_naming_the_api_and_the_setting(
+    hung_server: HungServer,
+) -> None:
+    """Prefect's own client against a hung server: each call times out, the pool gives up."""
+    from prefect.context import SettingsContext, _temporary_global_settings_context
+    from prefect.settings import (
+        PREFECT_API_REQUEST_TIMEOUT,
+        PREFECT_API_URL,
+        PREFECT_CLIENT_MAX_RETRIES,
+        temporary_settings,
+    )
+    from studio_flows.tasks.slot_api import PrefectSlotApi
+
+    api_url = f"http://{hung_server.address}/api"
+    updates = {PREFECT_API_URL: api_url, PREFECT_API_REQUEST_TIMEOUT: 0.3}
+    with temporary_settings(updates={**updates, PREFECT_CLIENT_MAX_RETRIES: 0}):
+        context = SettingsContext.get()
+        assert context is not None
+        # Global too: the pool's threads read Prefect's settings outside this context, as
+        # they read a user's environment (its retries would otherwise take 60 s a call).
+        with _temporary_global_settings_context(context):
+            api = PrefectSlotApi()
+            pool = SlotPool(api=api, poll_s=0.05, unavailable_limit_s=1.0)
+            try:
+                with pytest.raises(PrefectUnavailableError) as info:
+                    pool.acquire()
+            finally:
+                api.close()
+    assert str(info.value).startswith(f"The Prefect API ({api_url}) did not answer for 1 s (")
+    assert "MODEL_STUDIO_PREFECT_UNAVAILABLE_LIMIT_S" in str(info.value)
+    assert hung_server.accepted >= 1

@@ -56,15 +56,19 @@ SERVER_ENVIRONMENT = {
 
 
 def check_prefect_api(api_url: str, timeout_s: float = 10.0) -> None:
-    """Raise :class:`PrefectUnavailableError` unless ``api_url`` answers its health check."""
+    """Raise :class:`PrefectUnavailableError` unless ``api_url`` answers its health check.
+
+    ``timeout_s`` bounds each phase (connect, send, read): a server that accepts the
+    connection and never answers fails the check like one that refuses it.
+    """
     try:
         response = httpx.get(f"{api_url.rstrip('/')}/health", timeout=timeout_s)
         response.raise_for_status()
     except httpx.HTTPError as err:
         raise PrefectUnavailableError(
             f"The Prefect API at PREFECT_API_URL={api_url} does not answer "
-            f"({_describe(err)}); start that server, or unset PREFECT_API_URL to run "
-            "with a local one."
+            f"({_describe(err, timeout_s)}); start that server, or unset PREFECT_API_URL "
+            "to run with a local one."
         ) from None
 
 
@@ -79,9 +83,11 @@ def prefect_api(notify: Callable[[str], None]) -> Iterator[str]:
     """
     from prefect.settings import get_current_settings
 
+    from studio_flows.settings import load_settings
+
     configured = get_current_settings().api.url
     if configured:
-        check_prefect_api(configured)
+        check_prefect_api(configured, load_settings().prefect_check_timeout_s)
         yield configured
         return
     with local_prefect_api(notify) as api_url:
@@ -209,9 +215,11 @@ def _free_port() -> int:
         return port
 
 
-def _describe(err: httpx.HTTPError) -> str:
+def _describe(err: httpx.HTTPError, timeout_s: float) -> str:
     if isinstance(err, httpx.HTTPStatusError):
         return f"HTTP {err.response.status_code}"
+    if isinstance(err, httpx.TimeoutException):
+        return f"no answer within {timeout_s:g} s, MODEL_STUDIO_PREFECT_CHECK_TIMEOUT_S"
     return str(err) or type(err).__name__
 
 

@@ -81,9 +81,10 @@ def _run_flow(options: GenerateOptions, show_progress: bool) -> RunSummary:
             if report is not None
             else nullcontext()
         )
-        with prefect_api(notify=_notice), _slot_notices(), display, handed:
+        with prefect_api(notify=_notice) as api_url, _slot_notices(), display, handed:
             interrupts.check()
-            return generate_dataset(options)
+            with _prefect_stopped_answering(api_url):
+                return generate_dataset(options)
 
     try:
         return run_until_signal(run, on_stop=_stopping, on_force_exit=_exiting_now)
@@ -97,6 +98,34 @@ def _run_flow(options: GenerateOptions, show_progress: bool) -> RunSummary:
         )
         err_console.print(line, highlight=False, soft_wrap=True)
         raise typer.Exit(exit_code_for(reason)) from None
+
+
+@contextmanager
+def _prefect_stopped_answering(api_url: str) -> Iterator[None]:
+    """Turn the Prefect API failing under a running flow into one sentence (exit 2).
+
+    Our Model Studio client wraps every transport error of its own, so an httpx error
+    that reaches here is Prefect's engine failing to record a state after its retries.
+    """
+    import httpx
+    from prefect.settings import get_current_settings
+
+    from studio_flows.errors import PrefectUnavailableError
+
+    # Prefect's log and event workers print "--- Error logging to API ---" for every batch
+    # a hung server does not take; the sentence below says it once (stdlib's switch).
+    logging.raiseExceptions = False
+    try:
+        yield
+    except httpx.TransportError as err:
+        settings = get_current_settings()
+        tries = settings.client.max_retries + 1
+        raise PrefectUnavailableError(
+            f"The Prefect API at {api_url} stopped answering during the run "
+            f"({type(err).__name__} after {tries} {'try' if tries == 1 else 'tries'} of "
+            f"PREFECT_API_REQUEST_TIMEOUT={settings.api.request_timeout:g} s); jobs already "
+            "submitted are recorded and the next run re-attaches to them."
+        ) from None
 
 
 def _notice(message: str) -> None:

@@ -18,7 +18,6 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 
 from studio_flows.errors import ConfigurationError
 from studio_flows.storage.schema import (
-    _PG_CONNECT_TIMEOUT_S,
     _SQLITE_BACKSTOP_CHECKPOINT_PAGES,
     _SQLITE_BUSY_TIMEOUT_MS,
     _SQLITE_CHECKPOINT_EVERY,
@@ -157,14 +156,39 @@ def _json_text(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-def make_engine(url: str, *, auto_upgrade: bool | None = None) -> Engine:
+def _configured_connect_timeout() -> int:
+    """``MODEL_STUDIO_DATABASE_CONNECT_TIMEOUT_S`` (imported here: settings need no storage)."""
+    from studio_flows.settings import load_settings
+
+    return load_settings().database_connect_timeout_s
+
+
+# The connect timeout each PostgreSQL engine was made with (None: the URL's own), for errors.
+_CONNECT_TIMEOUTS: weakref.WeakKeyDictionary[Engine, int | None] = weakref.WeakKeyDictionary()
+
+
+def _timeout_hint(cause: str, engine: Engine) -> str:
+    """Which setting bounded a PostgreSQL connection that timed out, so a user can change it."""
+    if "timeout" not in cause or engine not in _CONNECT_TIMEOUTS:
+        return ""
+    seconds = _CONNECT_TIMEOUTS[engine]
+    if seconds is None:
+        return " (connect_timeout in the URL)"
+    return f" after {seconds} s (MODEL_STUDIO_DATABASE_CONNECT_TIMEOUT_S)"
+
+
+def make_engine(
+    url: str, *, auto_upgrade: bool | None = None, connect_timeout_s: int | None = None
+) -> Engine:
     """An engine for ``url`` with the schema in place; raise ConfigurationError if unusable.
 
     SQLite gets WAL, a busy timeout and foreign keys; ``postgresql://`` URLs use psycopg 3
-    with ``pool_pre_ping``. The schema is checked on every call (two small queries when it
-    is current) and created or upgraded on first use, safe when several processes start at
-    once, unless ``auto_upgrade`` is False (None: ``MODEL_STUDIO_DATABASE_AUTO_UPGRADE``,
-    default true; see :mod:`studio_flows.storage.migrations`). Dispose of the engine when done.
+    with ``pool_pre_ping`` and a connect timeout (``connect_timeout`` in the URL, else
+    ``connect_timeout_s``, else ``MODEL_STUDIO_DATABASE_CONNECT_TIMEOUT_S``). The schema is
+    checked on every call (two small queries when it is current) and created or upgraded on
+    first use, safe when several processes start at once, unless ``auto_upgrade`` is False
+    (None: ``MODEL_STUDIO_DATABASE_AUTO_UPGRADE``, default true; see
+    :mod:`studio_flows.storage.migrations`). Dispose of the engine when done.
 
     Example:
         >>> engine = make_engine("sqlite://")
@@ -172,7 +196,7 @@ def make_engine(url: str, *, auto_upgrade: bool | None = None) -> Engine:
         'sqlite'
         >>> engine.dispose()
     """
-    engine, parsed = _open_engine(url)
+    engine, parsed = _open_engine(url, connect_timeout_s)
     # Imported here: migrations write through this module's transaction helpers.
     from studio_flows.storage.migrations import ensure_schema
 
@@ -181,7 +205,7 @@ def make_engine(url: str, *, auto_upgrade: bool | None = None) -> Engine:
     return engine
 
 
-def _open_engine(url: str) -> tuple[Engine, URL]:
+def _open_engine(url: str, connect_timeout_s: int | None = None) -> tuple[Engine, URL]:
     """An engine for ``url`` (and the parsed URL), its schema not looked at yet."""
     parsed = _normalise_url(url)
     shown = parsed.render_as_string(hide_password=True)
@@ -194,8 +218,10 @@ def _open_engine(url: str) -> tuple[Engine, URL]:
                 _WRITERS[engine] = _SQLiteWriters()
             case "postgresql":
                 connect_args: dict[str, Any] = {"application_name": "studio-flows"}
+                timeout = None
                 if "connect_timeout" not in parsed.query:
-                    connect_args["connect_timeout"] = _PG_CONNECT_TIMEOUT_S
+                    timeout = connect_timeout_s or _configured_connect_timeout()
+                    connect_args["connect_timeout"] = timeout
                 engine = sa.create_engine(
                     parsed,
                     pool_pre_ping=True,
@@ -204,6 +230,7 @@ def _open_engine(url: str) -> tuple[Engine, URL]:
                     pool_recycle=1800,
                     connect_args=connect_args,
                 )
+                _CONNECT_TIMEOUTS[engine] = timeout
             case _:
                 engine = sa.create_engine(parsed, pool_pre_ping=True)
     except (exc.ArgumentError, exc.NoSuchModuleError, ImportError) as err:
@@ -222,7 +249,9 @@ def _opening(engine: Engine, parsed: URL) -> Iterator[None]:
     except exc.DBAPIError as err:
         engine.dispose()
         cause = _redact(str(err.orig).strip().splitlines()[0] if err.orig else str(err), parsed)
-        raise ConfigurationError(f"Cannot open database {shown}: {cause}") from None
+        raise ConfigurationError(
+            f"Cannot open database {shown}: {cause}{_timeout_hint(cause, engine)}"
+        ) from None
     except BaseException:
         engine.dispose()
         raise

@@ -55,7 +55,6 @@ _SQLITE_BUSY_TIMEOUT_MS: Final = 30_000
 # default threshold, at 100-row shards), and SQLite's own at this many pages if ours lag.
 _SQLITE_CHECKPOINT_EVERY: Final = 8
 _SQLITE_BACKSTOP_CHECKPOINT_PAGES: Final = 20_000
-_PG_CONNECT_TIMEOUT_S: Final = 10
 
 
 def utcnow() -> datetime:
