@@ -41,7 +41,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from studio_flows.tasks.slot_api import PrefectSlotApi, SlotApi, SlotRefused, SlotServerUnavailable
+from studio_flows.tasks.slot_api import (
+    PrefectSlotApi,
+    SlotApi,
+    SlotRefused,
+    SlotServerUnavailable,
+    configured_api_url,
+)
 from studio_flows.tasks.slot_holders import (
     HolderFile,
     holders_directory,
@@ -474,6 +480,8 @@ class SlotPool:
 
 
 _pools: dict[tuple[str, str], SlotPool] = {}
+# The same pools by the API URL the settings named when each was made (see slot_pool).
+_pools_by_setting: dict[tuple[str, str], SlotPool] = {}
 _pools_lock = threading.Lock()
 
 
@@ -486,17 +494,29 @@ def slot_pool(
         >>> with slot_pool().slot():  # doctest: +SKIP
         ...     run_one_job()
     """
-    api = PrefectSlotApi()
-    key = (api.server, limit_name)
+    url = configured_api_url()
     with _pools_lock:
-        pool = _pools.get(key)
+        # Found by the configured URL first: every job asks, and a client is costly to build.
+        pool = _pools_by_setting.get((url, limit_name)) if url else None
         if pool is None:
-            pool = _new_pool(api, limit_name, turn_s=turn_s, wait_limit_s=wait_limit_s)
-            _pools[key] = pool
-        else:
-            api.close()  # the pool talks through its own
+            pool = _pool_of_client(limit_name, turn_s=turn_s, wait_limit_s=wait_limit_s)
+            if url:
+                _pools_by_setting[(url, limit_name)] = pool
         pool.turn_s, pool.wait_limit_s = turn_s, wait_limit_s
         return pool
+
+
+def _pool_of_client(limit_name: str, *, turn_s: float, wait_limit_s: float) -> SlotPool:
+    """The pool of the API a new Prefect client talks to (made if missing; under the lock)."""
+    api = PrefectSlotApi()
+    key = (api.server, limit_name)
+    pool = _pools.get(key)
+    if pool is None:
+        pool = _new_pool(api, limit_name, turn_s=turn_s, wait_limit_s=wait_limit_s)
+        _pools[key] = pool
+    else:
+        api.close()  # the pool talks through its own
+    return pool
 
 
 def release_all_slots() -> int:
