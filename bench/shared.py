@@ -33,7 +33,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import MODEL, ORGANIZATION, Results, flow_env, job_intervals, log, write_prompts
+from bench.common import (
+    MODEL,
+    ORGANIZATION,
+    ROOT,
+    Results,
+    flow_env,
+    job_intervals,
+    log,
+    write_prompts,
+)
 from bench.scenarios import _naive_parts, run_child
 
 
@@ -44,7 +53,7 @@ class SharedSizes:
     p8_rows_per_batch: int = 10
     p7_jobs: int = 10
     p7_latency_s: float = 2.0
-    p7_rows_per_job: int = 5
+    p7_rows_per_job: int = 10
     p7_second_after_s: float = 3.0
 
 
@@ -97,6 +106,7 @@ class Timeline:
     def recording(self) -> Iterator[None]:
         """Wrap the pool and client methods a ``generate`` task run calls."""
         import studio_flows.tasks.generation as generation
+        from studio_flows.tasks.slot_api import PrefectSlotApi
         from studio_flows.tasks.slots import SlotPool
 
         from studio_flows.client import ModelStudioClient
@@ -106,6 +116,8 @@ class Timeline:
             (SlotPool, "release"): SlotPool.release,
             (ModelStudioClient, "create_job"): ModelStudioClient.create_job,
             (ModelStudioClient, "get_job"): ModelStudioClient.get_job,
+            (PrefectSlotApi, "acquire"): PrefectSlotApi.acquire,
+            (PrefectSlotApi, "release"): PrefectSlotApi.release,
         }
         timeline = self
 
@@ -131,6 +143,22 @@ class Timeline:
             timeline.add(f"poll:{status.job_status}", job_id)
             return status
 
+        def ask(api: Any, limit_name: str, lease_s: float) -> Any:
+            timeline.add("ask")
+            try:
+                lease_id = originals[(PrefectSlotApi, "acquire")](api, limit_name, lease_s)
+            except Exception as err:
+                timeline.add(f"refused:{type(err).__name__}")
+                raise
+            timeline.add("granted")
+            return lease_id
+
+        def give_back(api: Any, lease_id: Any) -> None:
+            originals[(PrefectSlotApi, "release")](api, lease_id)
+            timeline.add("given-back")
+
+        setattr(PrefectSlotApi, "acquire", ask)  # noqa: B010
+        setattr(PrefectSlotApi, "release", give_back)  # noqa: B010
         settings_of = generation._settings
 
         def task_started(credentials: Any) -> Any:
@@ -277,7 +305,7 @@ def _mapped_figures(
         "idle_slot_s": round(idle_slot_seconds(intervals), 3),
         "handover_gap_s": handover_gaps(intervals),
         "max_active": stats["max_active_jobs"],
-        "rejections": sum(stats["rejections"].values()) if stats["rejections"] else 0,
+        "fair_use_429": stats["faults"].get("fair_use_429", 0),
         "requests_per_job": round(requests / max(stats["jobs_created"], 1), 3),
         "intervals": [(round(a - first_post, 4), round(b - first_post, 4)) for a, b in intervals],
     }
@@ -330,9 +358,19 @@ def p7_shared(sizes: SharedSizes = SHARED) -> dict[str, Any]:
                 job_latency_s=sizes.p7_latency_s, task_latency_s=0.0, fair_use_limit=SLOTS
             )
             emulator.reset()
-            return _p7_runs(emulator, prefect, work, sizes)
+            with _terminal_reads(emulator) as seen:
+                figures = _p7_runs(emulator, prefect, work, sizes)
+            figures["steps"] = _p7_steps(emulator, seen)
+            if os.environ.get(TIMELINE_DUMP_ENV):
+                jobs = json.dumps(_job_times(emulator))
+                Path(f"{os.environ[TIMELINE_DUMP_ENV]}.jobs.json").write_text(jobs)
+            return figures
         finally:
             prefect.stop()
+            if os.environ.get(TIMELINE_DUMP_ENV):
+                Path(f"{os.environ[TIMELINE_DUMP_ENV]}.server.log").write_text(
+                    prefect.log_tail(400)
+                )
 
 
 def _p7_runs(emulator: Any, prefect: Any, work: Path, sizes: SharedSizes) -> dict[str, Any]:
@@ -346,15 +384,21 @@ def _p7_runs(emulator: Any, prefect: Any, work: Path, sizes: SharedSizes) -> dic
             time.sleep(max(processes[0][1] + sizes.p7_second_after_s - time.monotonic(), 0.0))
         dataset = write_prompts(work / f"{name}.jsonl", rows, prefix=name)
         env = prefect.env(
-            PREFECT_HOME=str(work / f"home-{name}"),
+            # One user on one machine: both runs share PREFECT_HOME (and its slot holders).
+            PREFECT_HOME=str(work / "home"),
             MODEL_STUDIO_TOKEN=emulator.token,
             MODEL_STUDIO_ORGANIZATION_ID=ORGANIZATION,
             MODEL_STUDIO_BASE_URL=emulator.base_url,
             MODEL_STUDIO_POLL_INTERVAL_S="0.5",
             MODEL_STUDIO_POLL_MAX_INTERVAL_S="10",
         )
+        dump = os.environ.get(TIMELINE_DUMP_ENV)
+        cli = [str(Path(sys.executable).with_name("studio-flows"))]
+        if dump:  # the same command, traced (see traced_cli)
+            cli = [sys.executable, "-m", "bench.shared", f"{dump}.{name}.json"]
+            env["PYTHONPATH"] = str(ROOT)
         args = [
-            str(Path(sys.executable).with_name("studio-flows")),
+            *cli,
             "generate",
             str(dataset),
             "--model-id",
@@ -375,9 +419,51 @@ def _p7_runs(emulator: Any, prefect: Any, work: Path, sizes: SharedSizes) -> dic
             )
         processes.append((process, started))
     for (process, _), path in zip(processes, logs, strict=True):
-        if process.wait(timeout=300) != 0:
+        code = process.wait(timeout=300)
+        if os.environ.get(TIMELINE_DUMP_ENV):  # the runs' own logs, for a closer look
+            Path(f"{os.environ[TIMELINE_DUMP_ENV]}.{path.name}").write_text(path.read_text())
+        if code != 0:
             raise RuntimeError(f"p7: studio-flows generate failed:\n{path.read_text()[-3000:]}")
     return _p7_figures(emulator, [started for _, started in processes], sizes)
+
+
+@contextlib.contextmanager
+def _terminal_reads(emulator: Any) -> Iterator[dict[str, float]]:
+    """When the emulator first answered a GET of each job after its end (its clock)."""
+    state = emulator.state
+    read_job = state.read_job
+    seen: dict[str, float] = {}
+
+    def recorded(organization_id: str, job_id: str, authorization: str | None) -> Any:
+        response = read_job(organization_id, job_id, authorization)
+        job = state._jobs.get(job_id)
+        now = time.monotonic()
+        if job is not None and now >= job.end:
+            seen.setdefault(job_id, now)
+        return response
+
+    state.read_job = recorded
+    try:
+        yield seen
+    finally:
+        state.read_job = read_job
+
+
+def _p7_steps(emulator: Any, seen: dict[str, float]) -> dict[str, float]:
+    """Mean seconds from a job's end to its terminal GET, and from that to the next POST."""
+    jobs = _job_times(emulator)
+    late = [seen[j] - end for j, (_, end) in jobs.items() if j in seen]
+    created = sorted(a for a, _ in jobs.values())
+    handovers = []
+    for terminal in sorted(seen.values()):
+        later = [c for c in created if c >= terminal]
+        if later:
+            handovers.append(later[0] - terminal)
+            created.remove(later[0])
+    return {
+        "end_to_terminal_get_s": round(sum(late) / max(len(late), 1), 4),
+        "terminal_get_to_next_post_s": round(sum(handovers) / max(len(handovers), 1), 4),
+    }
 
 
 def _p7_figures(emulator: Any, starts: list[float], sizes: SharedSizes) -> dict[str, Any]:
@@ -399,7 +485,7 @@ def _p7_figures(emulator: Any, starts: list[float], sizes: SharedSizes) -> dict[
         "idle_slot_s": round(idle_slot_seconds(intervals), 3),
         "handover_gap_s": handover_gaps(intervals),
         "max_active": stats["max_active_jobs"],
-        "rejections": sum(stats["rejections"].values()) if stats["rejections"] else 0,
+        "fair_use_429": stats["faults"].get("fair_use_429", 0),
         "requests_per_job": round(requests / max(stats["jobs_created"], 1), 3),
         "intervals": [(round(a - first_post, 4), round(b - first_post, 4)) for a, b in intervals],
     }
@@ -488,14 +574,37 @@ def _p7_section(d: dict[str, Any]) -> list[str]:
         "process's jobs available from its start.",
         "",
         "| jobs | greedy (s) | makespan (s) | ratio | idle slot-s | end to next POST (s) |"
-        " max in flight | rejections | requests/job |",
+        " max in flight | fair-use 429s | requests/job |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         f"| {p7['jobs']} | {p7['greedy_s']} | {p7['makespan_s']} | {p7['ratio']} | "
         f"{p7['idle_slot_s']} | {p7['handover_gap_s']} | {p7['max_active']} | "
-        f"{p7['rejections']} | {p7['requests_per_job']} |",
+        f"{p7['fair_use_429']} | {p7['requests_per_job']} |",
     ]
 
 
 def _ok(value: float, target: float, lower: bool = True) -> str:
     good = value <= target if lower else value >= target
     return "met" if good else "**missed**"
+
+
+def traced_cli(dump: str, argv: list[str]) -> int:
+    """Run the command line with the timeline on; write its events to ``dump`` at exit."""
+    from studio_flows.cli import main
+
+    timeline = Timeline()
+    with timeline.recording():
+        sys.argv = ["studio-flows", *argv]
+        try:
+            main()
+        except SystemExit as done:
+            code = done.code
+        else:
+            code = 0
+        finally:
+            Path(dump).write_text(json.dumps(timeline.events))
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    # python -m bench.shared DUMP ARGS...: `studio-flows ARGS...`, traced (P7's runs).
+    sys.exit(traced_cli(sys.argv[1], sys.argv[2:]))

@@ -38,8 +38,11 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from studio_flows.tasks.slot_api import (
     PrefectSlotApi,
@@ -50,6 +53,7 @@ from studio_flows.tasks.slot_api import (
 )
 from studio_flows.tasks.slot_holders import (
     HolderFile,
+    PeerWatch,
     holders_directory,
     live_holders,
     reclaim_dead_holders,
@@ -68,6 +72,8 @@ FAIR_USE_LIMIT_NAME = f"tag:{FAIR_USE_TAG}"
 MIN_LEASE_S = 60.0  # the server refuses shorter leases
 # How long the pool keeps asking a Prefect API that does not answer before the run fails.
 SERVER_UNAVAILABLE_LIMIT_S = 300.0
+# ... and after how long it says so.
+UNAVAILABLE_NOTICE_S = 10.0
 FIRST_WAIT_NOTICE_S = 3.0
 WAIT_NOTICE_EVERY_S = 30.0
 # A waiting pool looks for slots of dead holders this often.
@@ -76,6 +82,14 @@ RECLAIM_EVERY_S = 5.0
 # enough for a mapped wait task to start after its submit (tens of ms), short enough to be
 # told within seconds.
 PARKED_DEADLOCK_S = 5.0
+# A refused pool looks this often whether a process on this machine gave a slot back (a
+# few file sizes, no Prefect call), to ask again then instead of at its next poll.
+PEER_WATCH_S = 0.02
+# An ask of a new lease not answered this soon is doubled (see SlotPool._ask); a healthy
+# server answers in tens of milliseconds.
+HEDGE_AFTER_S = 0.15
+# How often a refused pool asks the server while peers on this machine hold every slot.
+PEERS_HOLD_POLL_S = 1.0
 # Every waiter checks the limit's size each poll; an operator changes it rarely.
 LIMIT_READ_EVERY_S = 5.0
 # Set by the command line when it started the local Prefect server of this machine.
@@ -115,10 +129,12 @@ class SlotPool:
         api: SlotApi,
         holders: HolderFile | None = None,
         reclaim: Callable[[], int] | None = None,
+        peers: PeerWatch | None = None,
         turn_s: float = 60.0,
         poll_s: float = 0.25,
         lease_s: float = MIN_LEASE_S,
         wait_limit_s: float = 600.0,
+        hedge_after_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.limit_name = limit_name
@@ -130,6 +146,7 @@ class SlotPool:
         self._api = api
         self._holders = holders
         self._reclaim = reclaim
+        self._peers = peers
         self._clock = clock
         self._cond = threading.Condition()
         self._held: dict[uuid.UUID, Lease] = {}
@@ -142,6 +159,7 @@ class SlotPool:
         self._last_freed = float("-inf")
         self._renewer: threading.Thread | None = None
         self.deadlock_after_s = PARKED_DEADLOCK_S
+        self.hedge_after_s = hedge_after_s
         self._limit_read: tuple[int, float] | None = None
 
     @property
@@ -323,7 +341,7 @@ class SlotPool:
 
     def _fetch_one(self, fetching: _Waiting) -> None:
         try:
-            lease_id = self._api.acquire(self.limit_name, self.lease_s)
+            lease_id = self._ask()
         except SlotRefused:
             self.refusals += 1
             self._on_refused(fetching)
@@ -332,6 +350,47 @@ class SlotPool:
             self._server_unavailable(fetching, str(err))
             return
         fetching.unavailable_since = None
+        if lease_id is not None:
+            self._add_lease(lease_id)
+
+    def _ask(self) -> uuid.UUID | None:
+        """One lease from the server; None if only a hedged ask got one (already added).
+
+        Why hedge: a busy SQLite Prefect server sometimes holds a request ~2 s and then
+        answers 503 (bench/NOTES.md); a slot freed meanwhile would idle. An ask that has
+        not come back after ``hedge_after_s`` is doubled by asks on other connections, one
+        every ``poll_s``, while callers still wait; an extra lease goes back as an orphan.
+        """
+        if self.hedge_after_s is None:
+            return self._api.acquire(self.limit_name, self.lease_s)
+        answer: Future[uuid.UUID] = Future()
+        threading.Thread(
+            target=_settle,
+            args=(answer, self._api.acquire, self.limit_name, self.lease_s),
+            name="slot-lease-ask",
+            daemon=True,
+        ).start()
+        hedged = False
+        timeout = self.hedge_after_s
+        while True:
+            try:
+                return answer.result(timeout=timeout)
+            except FutureTimeout:
+                pass
+            except (SlotRefused, SlotServerUnavailable):
+                if hedged:
+                    return None
+                raise
+            timeout = self.poll_s
+            with self._cond:
+                wanted = self._waiters > len(self._idle)
+            if wanted and not interrupts.stop_requested():
+                with contextlib.suppress(SlotRefused, SlotServerUnavailable):
+                    self._add_lease(self._api.acquire(self.limit_name, self.lease_s))
+                    hedged = True
+
+    def _add_lease(self, lease_id: uuid.UUID) -> None:
+        """A lease the server granted: record it and hand it to a waiting caller."""
         lease = Lease(lease_id, self._clock())
         with self._cond:
             self._held[lease_id] = lease
@@ -354,7 +413,13 @@ class SlotPool:
                 f"The Prefect API ({self._api.server}) did not answer for "
                 f"{SERVER_UNAVAILABLE_LIMIT_S:.0f} s ({cause}); check PREFECT_API_URL."
             )
-        logger.warning("Prefect API unavailable (%s); asking again", cause)
+        # A busy server answers a 503 now and then: said only once it lasts.
+        quiet = now - waiting.unavailable_since < UNAVAILABLE_NOTICE_S
+        logger.log(
+            logging.DEBUG if quiet else logging.WARNING,
+            "Prefect API unavailable (%s); asking again",
+            cause,
+        )
         waiting.backoff = min(max(waiting.backoff * 2, self.poll_s), 10.0)
         interrupts.sleep(waiting.backoff * random.uniform(0.5, 1.0))
 
@@ -367,8 +432,35 @@ class SlotPool:
             with contextlib.suppress(SlotServerUnavailable):
                 if self._reclaim():
                     return
-        with self._cond:  # a lease handed over locally meanwhile may end the demand
-            self._cond.wait(timeout=self.poll_s * random.uniform(0.5, 1.0))
+        # Peers on this machine holding every slot this pool lacks show their releases in
+        # their holder files, so the server is asked rarely then (each refusal is a write
+        # to the server's database, racing the peers' releases).
+        pause = PEERS_HOLD_POLL_S if self._peers_hold_the_rest() else self.poll_s
+        self._pause_before_asking(pause * random.uniform(0.5, 1.0))
+
+    def _peers_hold_the_rest(self) -> bool:
+        if self._peers is None:
+            return False
+        limit = self._limit_size(refresh=True)  # read again every LIMIT_READ_EVERY_S at most
+        if limit is None:
+            return False
+        with self._cond:
+            held = len(self._held)
+        return self._peers.holding() >= limit - held
+
+    def _pause_before_asking(self, pause_s: float) -> None:
+        """Wait ``pause_s`` before asking again; less when a peer on this machine gave a
+        slot back, or when a lease handed over locally ended the demand."""
+        deadline = self._clock() + pause_s
+        step = pause_s if self._peers is None else PEER_WATCH_S
+        while True:
+            with self._cond:
+                remaining = deadline - self._clock()
+                if remaining <= 0 or self._waiters <= len(self._idle):
+                    return
+                self._cond.wait(timeout=min(remaining, step))
+            if self._peers is not None and self._peers.released():
+                return
 
     def _holds_every_slot(self, *, refresh: bool = False) -> bool:
         """True when this process holds the whole limit (its jobs queue behind its own).
@@ -479,6 +571,14 @@ class SlotPool:
                     logger.warning("fair-use lease renewal failed (%s)", err)
 
 
+def _settle(answer: Future[uuid.UUID], ask: Callable[[str, float], uuid.UUID], *args: Any) -> None:
+    """Run ``ask(*args)`` in this thread and put its outcome in ``answer``."""
+    try:
+        answer.set_result(ask(*args))
+    except BaseException as err:  # handed to the thread that waits on ``answer``
+        answer.set_exception(err)
+
+
 _pools: dict[tuple[str, str], SlotPool] = {}
 # The same pools by the API URL the settings named when each was made (see slot_pool).
 _pools_by_setting: dict[tuple[str, str], SlotPool] = {}
@@ -541,11 +641,14 @@ def _new_pool(
         )
 
     reclaim()
+    holders = HolderFile(directory, server)
     return SlotPool(
         limit_name,
         api=api,
-        holders=HolderFile(directory, server),
+        holders=holders,
         reclaim=reclaim,
+        peers=PeerWatch(directory, exclude=holders.path, server=server),
+        hedge_after_s=HEDGE_AFTER_S,
         turn_s=turn_s,
         wait_limit_s=wait_limit_s,
     )
