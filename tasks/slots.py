@@ -160,6 +160,7 @@ class SlotPool:
         self._renewer: threading.Thread | None = None
         self.deadlock_after_s = PARKED_DEADLOCK_S
         self.hedge_after_s = hedge_after_s
+        self.peers_hold_poll_s = PEERS_HOLD_POLL_S
         self._limit_read: tuple[int, float] | None = None
 
     @property
@@ -435,7 +436,7 @@ class SlotPool:
         # Peers on this machine holding every slot this pool lacks show their releases in
         # their holder files, so the server is asked rarely then (each refusal is a write
         # to the server's database, racing the peers' releases).
-        pause = PEERS_HOLD_POLL_S if self._peers_hold_the_rest() else self.poll_s
+        pause = self.peers_hold_poll_s if self._peers_hold_the_rest() else self.poll_s
         self._pause_before_asking(pause * random.uniform(0.5, 1.0))
 
     def _peers_hold_the_rest(self) -> bool:
