@@ -9,7 +9,10 @@ pool instead:
 - hands a lease a job gives back straight to the next local waiter (no server round trip,
   no idle slot), unless the lease has been held ``turn_s`` already;
 - asks the server itself (one request every ``poll_s``, no ``Retry-After`` sleep) only when
-  a local waiter needs one more slot;
+  a local waiter needs one more slot; asks again at once when another process on this
+  machine gives a slot back (its holder file shrinks), and only once a second while such
+  peers hold every slot it lacks; doubles an ask the server holds for long (a busy SQLite
+  server may hold one ~2 s, then answer 503);
 - renews every lease it holds, and writes them to a holder file that the operating system
   unlocks when this process dies, so a later process gives them back at once
   (:mod:`studio_flows.tasks.slot_holders`); leases also expire on a server with a repossessor;
