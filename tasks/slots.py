@@ -41,11 +41,9 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 from studio_flows.tasks.slot_api import (
     PrefectSlotApi,
@@ -91,6 +89,9 @@ PEER_WATCH_S = 0.02
 # An ask of a new lease not answered this soon is doubled (see SlotPool._ask); a healthy
 # server answers in tens of milliseconds.
 HEDGE_AFTER_S = 0.15
+# Asks of one pool in flight at once, the first and those doubling it (a held ask ends
+# within seconds, often in a 503, and must not keep the next ones from going out).
+MAX_ASKS_IN_FLIGHT = 6
 # How often a refused pool asks the server while peers on this machine hold every slot.
 PEERS_HOLD_POLL_S = 1.0
 # Every waiter checks the limit's size each poll; an operator changes it rarely.
@@ -163,6 +164,7 @@ class SlotPool:
         self._renewer: threading.Thread | None = None
         self.deadlock_after_s = PARKED_DEADLOCK_S
         self.hedge_after_s = hedge_after_s
+        self._asking = 0
         self.peers_hold_poll_s = PEERS_HOLD_POLL_S
         self._limit_read: tuple[int, float] | None = None
 
@@ -345,7 +347,10 @@ class SlotPool:
 
     def _fetch_one(self, fetching: _Waiting) -> None:
         try:
-            lease_id = self._ask()
+            if self.hedge_after_s is None:
+                self._add_lease(self._api.acquire(self.limit_name, self.lease_s))
+            else:
+                self._ask_hedged()
         except SlotRefused:
             self.refusals += 1
             self._on_refused(fetching)
@@ -354,44 +359,54 @@ class SlotPool:
             self._server_unavailable(fetching, str(err))
             return
         fetching.unavailable_since = None
-        if lease_id is not None:
-            self._add_lease(lease_id)
 
-    def _ask(self) -> uuid.UUID | None:
-        """One lease from the server; None if only a hedged ask got one (already added).
+    def _ask_hedged(self) -> None:
+        """Ask for a lease; return once one was granted (and added), raise if none was.
 
         Why hedge: a busy SQLite Prefect server sometimes holds a request ~2 s and then
-        answers 503 (bench/NOTES.md); a slot freed meanwhile would idle. An ask that has
-        not come back after ``hedge_after_s`` is doubled by asks on other connections, one
-        every ``poll_s``, while callers still wait; an extra lease goes back as an orphan.
+        answers 503 (bench/NOTES.md); a slot freed meanwhile would idle. Each ask runs in
+        a thread of its own, on its own connection; one not answered after
+        ``hedge_after_s`` is joined by another every ``poll_s`` while callers still wait
+        (at most ``MAX_ASKS_IN_FLIGHT``). A lease granted late goes back as an orphan.
         """
-        if self.hedge_after_s is None:
-            return self._api.acquire(self.limit_name, self.lease_s)
-        answer: Future[uuid.UUID] = Future()
-        threading.Thread(
-            target=_settle,
-            args=(answer, self._api.acquire, self.limit_name, self.lease_s),
-            name="slot-lease-ask",
-            daemon=True,
-        ).start()
-        hedged = False
+        pending = {self._start_ask()}
         timeout = self.hedge_after_s
         while True:
-            try:
-                return answer.result(timeout=timeout)
-            except FutureTimeout:
-                pass
-            except (SlotRefused, SlotServerUnavailable):
-                if hedged:
-                    return None
-                raise
+            done, pending = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
+            failed = [err for f in done if (err := f.exception()) is not None]
+            if len(failed) < len(done):
+                return  # granted, and added by the ask itself
+            if not pending and failed:
+                raise failed[-1]  # every ask failed: refused, or the server unavailable
+            if done:
+                continue  # an answer (a refusal) came: no ask has waited long this time
             timeout = self.poll_s
             with self._cond:
                 wanted = self._waiters > len(self._idle)
-            if wanted and not interrupts.stop_requested():
-                with contextlib.suppress(SlotRefused, SlotServerUnavailable):
-                    self._add_lease(self._api.acquire(self.limit_name, self.lease_s))
-                    hedged = True
+                room = self._asking < MAX_ASKS_IN_FLIGHT
+            if wanted and room and not interrupts.stop_requested():
+                pending.add(self._start_ask())
+
+    def _start_ask(self) -> Future[uuid.UUID]:
+        """One ask in a thread of its own; a granted lease is added the moment it comes."""
+        answer: Future[uuid.UUID] = Future()
+
+        def ask() -> None:
+            try:
+                lease_id = self._api.acquire(self.limit_name, self.lease_s)
+            except BaseException as err:  # handed to the fetcher, which waits on ``answer``
+                answer.set_exception(err)
+            else:
+                self._add_lease(lease_id)
+                answer.set_result(lease_id)
+            finally:
+                with self._cond:
+                    self._asking -= 1
+
+        with self._cond:
+            self._asking += 1
+        threading.Thread(target=ask, name="slot-lease-ask", daemon=True).start()
+        return answer
 
     def _add_lease(self, lease_id: uuid.UUID) -> None:
         """A lease the server granted: record it and hand it to a waiting caller."""
@@ -573,14 +588,6 @@ class SlotPool:
                     self._api.renew(lease_id, self.lease_s)
                 except Exception as err:
                     logger.warning("fair-use lease renewal failed (%s)", err)
-
-
-def _settle(answer: Future[uuid.UUID], ask: Callable[[str, float], uuid.UUID], *args: Any) -> None:
-    """Run ``ask(*args)`` in this thread and put its outcome in ``answer``."""
-    try:
-        answer.set_result(ask(*args))
-    except BaseException as err:  # handed to the thread that waits on ``answer``
-        answer.set_exception(err)
 
 
 _pools: dict[tuple[str, str], SlotPool] = {}

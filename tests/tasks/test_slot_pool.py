@@ -315,12 +315,13 @@ def test_an_ask_the_server_holds_is_doubled_and_the_extra_lease_goes_back() -> N
         return inner(limit_name, lease_s)
 
     limit.acquire = first_ask_hangs  # type: ignore[method-assign]
-    pool = SlotPool(api=limit, poll_s=0.01, hedge_after_s=0.05)
+    # A second hedge would come only after a second without any answer.
+    pool = SlotPool(api=limit, poll_s=1.0, hedge_after_s=0.05)
 
     lease = pool.acquire()  # answered by the doubled ask while the first still hangs
     assert stuck.is_set() and not unstick.is_set()
     unstick.set()
-    wait_for(lambda: len(limit.released) == 1, 10, "the late lease to go back")
+    wait_for(lambda: limit.acquired == 2, 10, "the held ask to be granted late")
+    wait_for(lambda: limit.leases == {lease.lease_id}, 10, "the late lease to go back")
 
-    assert limit.leases == {lease.lease_id}
     assert pool.held == 1
