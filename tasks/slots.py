@@ -33,6 +33,7 @@ Example:
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -261,6 +262,12 @@ class SlotPool:
             self._give_back(lease_id)
         return len(leases)
 
+    def settle_asks(self, timeout_s: float = 10.0) -> None:
+        """Wait (up to ``timeout_s``) for asks still in flight, so that a lease the server
+        grants after the last job still goes back (called when the process exits)."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._asking == 0, timeout=timeout_s)
+
     @contextlib.contextmanager
     def slot(self):  # type: ignore[no-untyped-def]
         """``with pool.slot():`` holds one slot for the block."""
@@ -402,6 +409,7 @@ class SlotPool:
             finally:
                 with self._cond:
                     self._asking -= 1
+                    self._cond.notify_all()
 
         with self._cond:
             self._asking += 1
@@ -653,7 +661,7 @@ def _new_pool(
 
     reclaim()
     holders = HolderFile(directory, server)
-    return SlotPool(
+    pool = SlotPool(
         limit_name,
         api=api,
         holders=holders,
@@ -663,6 +671,10 @@ def _new_pool(
         turn_s=turn_s,
         wait_limit_s=wait_limit_s,
     )
+    # Registered after the holder file's own hook, so it runs first (atexit is LIFO): a
+    # lease granted to a late ask is given back and leaves the file before it closes.
+    atexit.register(pool.settle_asks)
+    return pool
 
 
 def _server_key(api_url: str) -> str:
