@@ -41,6 +41,7 @@ from bench.common import FULL, HERE, QUICK, Results  # noqa: E402
 from bench.jitter import plot_tradeoff  # noqa: E402
 from bench.report import plot, render  # noqa: E402
 from bench.scenarios import run_all  # noqa: E402
+from bench.shared import child_p8  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="rewrite RESULTS.md from results.json (after editing NOTES.md), measure nothing",
     )
-    parser.add_argument("--child", choices=("emulator", "rows", "p1"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=("emulator", "rows", "p1", "p8"), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--latency", type=float, default=0.0, help=argparse.SUPPRESS)
     parser.add_argument("--rows", type=int, help=argparse.SUPPRESS)
@@ -72,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.child == "p1":
         print(json.dumps(child_p1(args.shards, args.latency, args.rows_per_shard, args.db)))
+        return 0
+    if args.child == "p8":
+        print(json.dumps(child_p8(args.shards, args.latency, args.rows_per_shard)))
         return 0
     sizes = QUICK if args.quick else FULL
     if args.render_only:

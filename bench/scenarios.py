@@ -346,6 +346,9 @@ def run_all(sizes: Sizes, out: Path, *, postgres: bool, real_server: bool) -> Re
     if real_server:
         log("P1 on a real prefect server")
         d["p1_real_server"] = p1_real_server(sizes)
+        from bench.shared import run_shared  # P7 / P8 (bench/shared.py)
+
+        run_shared(results)
     f = results.figures
     f["p1_makespan_ratio"] = d["p1"]["ratio"]
     f["p1_makespan_ratio_1s"] = d["p1_1s"]["ratio"]

@@ -52,8 +52,8 @@ from studio_flows.rows import GenerationParams
 from studio_flows.settings import Settings
 from studio_flows.summary import ModelSummary, RunSummary, RunTally
 
-# How long a lane that holds its slot waits for the others before starting alone (another
-# flow run may hold the remaining slots for a long time).
+# How long a lane that holds its slot waits for the others before starting alone, while
+# the server still grants slots (once it refuses one, another run holds the rest).
 LANE_START_WAIT_S = 10.0
 # A task run carries consecutive jobs of its lane until it has lasted this long (see
 # jobs_of_one_task_run).
@@ -149,7 +149,7 @@ class _Lane:
     database_url: str
     options: GenerateOptions
     flow_run_id: str | None
-    start_together: threading.Barrier = field(default_factory=lambda: threading.Barrier(1))
+    start: _LaneStart = field(default_factory=lambda: _LaneStart(lanes=1))
 
     def run(self) -> None:
         """Hold a fair-use slot and run jobs until the work is done, a stop or a fatal error."""
@@ -163,11 +163,10 @@ class _Lane:
         try:
             lease = pool.acquire()
         except BaseException:
-            self.start_together.abort()  # the other lanes need not wait for this one
+            self.start.give_up()  # the other lanes need not wait for this one
             raise
         try:
-            with contextlib.suppress(threading.BrokenBarrierError):
-                self.start_together.wait(timeout=LANE_START_WAIT_S)
+            self.start.wait_for_others(pool, self.stop)
             for first in self.work:
                 if self.stop.is_set() or interrupts.stop_requested():
                     return
@@ -214,6 +213,41 @@ class _Lane:
         self.progress.job_ended()
 
 
+@dataclass
+class _LaneStart:
+    """The lanes of one run start their first jobs together, unless the limit is full.
+
+    Why together: while one lane's task runs keep the Prefect API busy, the others' slot
+    requests took seconds (bench/NOTES.md). Why not always: once the server refuses a
+    slot, another run holds the rest, and a lane that waits for it leaves its own slot idle.
+    """
+
+    lanes: int
+    refusals_before: int = 0
+    holding: int = 0
+    _cond: threading.Condition = field(default_factory=threading.Condition)
+
+    def give_up(self) -> None:
+        """A lane got no slot: nobody waits for it."""
+        with self._cond:
+            self.lanes -= 1
+            self._cond.notify_all()
+
+    def wait_for_others(self, pool: SlotPool, stop: threading.Event) -> None:
+        """This lane holds its slot: wait until every lane does, the limit is full, or
+        ``LANE_START_WAIT_S`` passed."""
+        deadline = time.monotonic() + LANE_START_WAIT_S
+        with self._cond:
+            self.holding += 1
+            self._cond.notify_all()
+            while self.holding < self.lanes and pool.refusals == self.refusals_before:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or stop.is_set() or interrupts.stop_requested():
+                    return
+                # Refusals are counted by the pool's fetcher thread, which does not notify.
+                self._cond.wait(timeout=min(remaining, 0.05))
+
+
 def jobs_of_one_task_run(
     first: WorkItem,
     work: Iterator[WorkItem],
@@ -246,7 +280,10 @@ def _run_lanes(lane: _Lane, count: int) -> None:
     Anything that ends the wait early (Prefect's cancellation signal in a deployment) stops
     the lanes and gives their slots back before it goes on.
     """
-    lane.start_together = threading.Barrier(count)
+    refusals = slot_pool(
+        turn_s=lane.settings.slot_turn_s, wait_limit_s=lane.settings.slot_wait_limit_s
+    ).refusals
+    lane.start = _LaneStart(lanes=count, refusals_before=refusals)
     pool = ThreadPoolExecutor(max_workers=count, thread_name_prefix="lane")
     # Each thread runs in a copy of this context, so task calls belong to the flow run.
     futures = [pool.submit(contextvars.copy_context().run, lane.run) for _ in range(count)]

@@ -9,6 +9,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from studio_flows.tasks.slot_api import configured_api_url
 from studio_flows.tasks.slots import FAIR_USE_TAG
 
 _ensured: set[tuple[str, str]] = set()
@@ -38,8 +39,11 @@ def ensure_limit_once(limit: int, tag: str = FAIR_USE_TAG) -> None:
     Example:
         >>> ensure_limit_once(3)  # doctest: +SKIP
     """
-    with get_client(sync_client=True) as client:
-        key = (str(client.api_url), tag)
+    url = configured_api_url()
+    if url is None:  # no URL configured (an ephemeral API): the client knows where it is
+        with get_client(sync_client=True) as client:
+            url = str(client.api_url)
+    key = (url, tag)
     with _ensured_lock:
         if key in _ensured:
             return

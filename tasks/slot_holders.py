@@ -105,6 +105,59 @@ def reclaim_dead_holders(directory: Path, server: str, release: Callable[[uuid.U
     return reclaimed
 
 
+class PeerWatch:
+    """What the other processes on this machine hold, read from their holder files
+    without asking the Prefect server.
+
+    A pool refused a slot asks again at once when a peer gave a lease back (its holder
+    file got shorter: a lease id always has the same length, so the size follows the
+    number of leases; or it went away), and asks the server rarely while peers hold every
+    slot it lacks.
+
+    Example:
+        >>> watch = PeerWatch(Path("/tmp/holders"), exclude=None, server="local")
+        ... # doctest: +SKIP
+        >>> watch.released(), watch.holding()  # doctest: +SKIP
+        (False, 3)
+    """
+
+    def __init__(self, directory: Path, exclude: Path | None, server: str) -> None:
+        self._directory = directory
+        self._exclude = exclude
+        self._server = server
+        self._sizes = self._snapshot()
+
+    def holding(self) -> int:
+        """Leases on this pool's server that other processes' holder files list now."""
+        held = 0
+        for path in self._directory.glob("*.json"):
+            if path == self._exclude:
+                continue
+            try:
+                body = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):  # gone, or caught mid-write: counted next time
+                continue
+            if isinstance(body, dict) and body.get("server") == self._server:
+                held += len(body.get("leases", []))
+        return held
+
+    def released(self) -> bool:
+        """True if a peer's holder file shrank or vanished since the last call."""
+        sizes = self._snapshot()
+        shrank = any(sizes.get(name, 0) < size for name, size in self._sizes.items())
+        self._sizes = sizes
+        return shrank
+
+    def _snapshot(self) -> dict[str, int]:
+        sizes: dict[str, int] = {}
+        for path in self._directory.glob("*.json"):
+            if path == self._exclude:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                sizes[path.name] = path.stat().st_size
+        return sizes
+
+
 def live_holders(directory: Path, exclude: Path | None = None) -> int:
     """How many other live processes on this machine hold a holder file."""
     count = 0

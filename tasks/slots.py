@@ -9,7 +9,10 @@ pool instead:
 - hands a lease a job gives back straight to the next local waiter (no server round trip,
   no idle slot), unless the lease has been held ``turn_s`` already;
 - asks the server itself (one request every ``poll_s``, no ``Retry-After`` sleep) only when
-  a local waiter needs one more slot;
+  a local waiter needs one more slot; asks again at once when another process on this
+  machine gives a slot back (its holder file shrinks), and only once a second while such
+  peers hold every slot it lacks; doubles an ask the server holds for long (a busy SQLite
+  server may hold one ~2 s, then answer 503);
 - renews every lease it holds, and writes them to a holder file that the operating system
   unlocks when this process dies, so a later process gives them back at once
   (:mod:`studio_flows.tasks.slot_holders`); leases also expire on a server with a repossessor;
@@ -30,6 +33,7 @@ Example:
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -38,12 +42,20 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from studio_flows.tasks.slot_api import PrefectSlotApi, SlotApi, SlotRefused, SlotServerUnavailable
+from studio_flows.tasks.slot_api import (
+    PrefectSlotApi,
+    SlotApi,
+    SlotRefused,
+    SlotServerUnavailable,
+    configured_api_url,
+)
 from studio_flows.tasks.slot_holders import (
     HolderFile,
+    PeerWatch,
     holders_directory,
     live_holders,
     reclaim_dead_holders,
@@ -63,6 +75,8 @@ MIN_LEASE_S = 60.0  # the server refuses shorter leases
 # How long the pool keeps asking a Prefect API that does not answer before the run fails
 # (the default of MODEL_STUDIO_PREFECT_UNAVAILABLE_LIMIT_S: a server restart takes less).
 SERVER_UNAVAILABLE_LIMIT_S = 300.0
+# ... and after how long it says so.
+UNAVAILABLE_NOTICE_S = 10.0
 FIRST_WAIT_NOTICE_S = 3.0
 WAIT_NOTICE_EVERY_S = 30.0
 # A waiting pool looks for slots of dead holders this often.
@@ -71,6 +85,17 @@ RECLAIM_EVERY_S = 5.0
 # enough for a mapped wait task to start after its submit (tens of ms), short enough to be
 # told within seconds.
 PARKED_DEADLOCK_S = 5.0
+# A refused pool looks this often whether a process on this machine gave a slot back (a
+# few file sizes, no Prefect call), to ask again then instead of at its next poll.
+PEER_WATCH_S = 0.02
+# An ask of a new lease not answered this soon is doubled (see SlotPool._ask); a healthy
+# server answers in tens of milliseconds.
+HEDGE_AFTER_S = 0.15
+# Asks of one pool in flight at once, the first and those doubling it (a held ask ends
+# within seconds, often in a 503, and must not keep the next ones from going out).
+MAX_ASKS_IN_FLIGHT = 6
+# How often a refused pool asks the server while peers on this machine hold every slot.
+PEERS_HOLD_POLL_S = 1.0
 # Every waiter checks the limit's size each poll; an operator changes it rarely.
 LIMIT_READ_EVERY_S = 5.0
 # Set by the command line when it started the local Prefect server of this machine.
@@ -110,11 +135,13 @@ class SlotPool:
         api: SlotApi,
         holders: HolderFile | None = None,
         reclaim: Callable[[], int] | None = None,
+        peers: PeerWatch | None = None,
         turn_s: float = 60.0,
         poll_s: float = 0.25,
         lease_s: float = MIN_LEASE_S,
         wait_limit_s: float = 600.0,
         unavailable_limit_s: float = SERVER_UNAVAILABLE_LIMIT_S,
+        hedge_after_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.limit_name = limit_name
@@ -127,6 +154,7 @@ class SlotPool:
         self._api = api
         self._holders = holders
         self._reclaim = reclaim
+        self._peers = peers
         self._clock = clock
         self._cond = threading.Condition()
         self._held: dict[uuid.UUID, Lease] = {}
@@ -139,6 +167,9 @@ class SlotPool:
         self._last_freed = float("-inf")
         self._renewer: threading.Thread | None = None
         self.deadlock_after_s = PARKED_DEADLOCK_S
+        self.hedge_after_s = hedge_after_s
+        self._asking = 0
+        self.peers_hold_poll_s = PEERS_HOLD_POLL_S
         self._limit_read: tuple[int, float] | None = None
 
     @property
@@ -234,6 +265,12 @@ class SlotPool:
             self._give_back(lease_id)
         return len(leases)
 
+    def settle_asks(self, timeout_s: float = 10.0) -> None:
+        """Wait (up to ``timeout_s``) for asks still in flight, so that a lease the server
+        grants after the last job still goes back (called when the process exits)."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._asking == 0, timeout=timeout_s)
+
     @contextlib.contextmanager
     def slot(self):  # type: ignore[no-untyped-def]
         """``with pool.slot():`` holds one slot for the block."""
@@ -320,7 +357,10 @@ class SlotPool:
 
     def _fetch_one(self, fetching: _Waiting) -> None:
         try:
-            lease_id = self._api.acquire(self.limit_name, self.lease_s)
+            if self.hedge_after_s is None:
+                self._add_lease(self._api.acquire(self.limit_name, self.lease_s))
+            else:
+                self._ask_hedged()
         except SlotRefused:
             self.refusals += 1
             self._on_refused(fetching)
@@ -329,6 +369,58 @@ class SlotPool:
             self._server_unavailable(fetching, str(err))
             return
         fetching.unavailable_since = None
+
+    def _ask_hedged(self) -> None:
+        """Ask for a lease; return once one was granted (and added), raise if none was.
+
+        Why hedge: a busy SQLite Prefect server sometimes holds a request ~2 s and then
+        answers 503 (bench/NOTES.md); a slot freed meanwhile would idle. Each ask runs in
+        a thread of its own, on its own connection; one not answered after
+        ``hedge_after_s`` is joined by another every ``poll_s`` while callers still wait
+        (at most ``MAX_ASKS_IN_FLIGHT``). A lease granted late goes back as an orphan.
+        """
+        pending = {self._start_ask()}
+        timeout = self.hedge_after_s
+        while True:
+            done, pending = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
+            failed = [err for f in done if (err := f.exception()) is not None]
+            if len(failed) < len(done):
+                return  # granted, and added by the ask itself
+            if not pending and failed:
+                raise failed[-1]  # every ask failed: refused, or the server unavailable
+            if done:
+                continue  # an answer (a refusal) came: no ask has waited long this time
+            timeout = self.poll_s
+            with self._cond:
+                wanted = self._waiters > len(self._idle)
+                room = self._asking < MAX_ASKS_IN_FLIGHT
+            if wanted and room and not interrupts.stop_requested():
+                pending.add(self._start_ask())
+
+    def _start_ask(self) -> Future[uuid.UUID]:
+        """One ask in a thread of its own; a granted lease is added the moment it comes."""
+        answer: Future[uuid.UUID] = Future()
+
+        def ask() -> None:
+            try:
+                lease_id = self._api.acquire(self.limit_name, self.lease_s)
+            except BaseException as err:  # handed to the fetcher, which waits on ``answer``
+                answer.set_exception(err)
+            else:
+                self._add_lease(lease_id)
+                answer.set_result(lease_id)
+            finally:
+                with self._cond:
+                    self._asking -= 1
+                    self._cond.notify_all()
+
+        with self._cond:
+            self._asking += 1
+        threading.Thread(target=ask, name="slot-lease-ask", daemon=True).start()
+        return answer
+
+    def _add_lease(self, lease_id: uuid.UUID) -> None:
+        """A lease the server granted: record it and hand it to a waiting caller."""
         lease = Lease(lease_id, self._clock())
         with self._cond:
             self._held[lease_id] = lease
@@ -352,7 +444,13 @@ class SlotPool:
                 f"{self.unavailable_limit_s:g} s ({cause}); check PREFECT_API_URL "
                 "(MODEL_STUDIO_PREFECT_UNAVAILABLE_LIMIT_S bounds this wait)."
             )
-        logger.warning("Prefect API unavailable (%s); asking again", cause)
+        # A busy server answers a 503 now and then: said only once it lasts.
+        quiet = now - waiting.unavailable_since < UNAVAILABLE_NOTICE_S
+        logger.log(
+            logging.DEBUG if quiet else logging.WARNING,
+            "Prefect API unavailable (%s); asking again",
+            cause,
+        )
         waiting.backoff = min(max(waiting.backoff * 2, self.poll_s), 10.0)
         interrupts.sleep(waiting.backoff * random.uniform(0.5, 1.0))
 
@@ -365,8 +463,35 @@ class SlotPool:
             with contextlib.suppress(SlotServerUnavailable):
                 if self._reclaim():
                     return
-        with self._cond:  # a lease handed over locally meanwhile may end the demand
-            self._cond.wait(timeout=self.poll_s * random.uniform(0.5, 1.0))
+        # Peers on this machine holding every slot this pool lacks show their releases in
+        # their holder files, so the server is asked rarely then (each refusal is a write
+        # to the server's database, racing the peers' releases).
+        pause = self.peers_hold_poll_s if self._peers_hold_the_rest() else self.poll_s
+        self._pause_before_asking(pause * random.uniform(0.5, 1.0))
+
+    def _peers_hold_the_rest(self) -> bool:
+        if self._peers is None:
+            return False
+        limit = self._limit_size(refresh=True)  # read again every LIMIT_READ_EVERY_S at most
+        if limit is None:
+            return False
+        with self._cond:
+            held = len(self._held)
+        return self._peers.holding() >= limit - held
+
+    def _pause_before_asking(self, pause_s: float) -> None:
+        """Wait ``pause_s`` before asking again; less when a peer on this machine gave a
+        slot back, or when a lease handed over locally ended the demand."""
+        deadline = self._clock() + pause_s
+        step = pause_s if self._peers is None else PEER_WATCH_S
+        while True:
+            with self._cond:
+                remaining = deadline - self._clock()
+                if remaining <= 0 or self._waiters <= len(self._idle):
+                    return
+                self._cond.wait(timeout=min(remaining, step))
+            if self._peers is not None and self._peers.released():
+                return
 
     def _holds_every_slot(self, *, refresh: bool = False) -> bool:
         """True when this process holds the whole limit (its jobs queue behind its own).
@@ -478,6 +603,8 @@ class SlotPool:
 
 
 _pools: dict[tuple[str, str], SlotPool] = {}
+# The same pools by the API URL the settings named when each was made (see slot_pool).
+_pools_by_setting: dict[tuple[str, str], SlotPool] = {}
 _pools_lock = threading.Lock()
 
 
@@ -494,18 +621,30 @@ def slot_pool(
         >>> with slot_pool().slot():  # doctest: +SKIP
         ...     run_one_job()
     """
-    api = PrefectSlotApi()
-    key = (api.server, limit_name)
+    url = configured_api_url()
     with _pools_lock:
-        pool = _pools.get(key)
+        # Found by the configured URL first: every job asks, and a client is costly to build.
+        pool = _pools_by_setting.get((url, limit_name)) if url else None
         if pool is None:
-            pool = _new_pool(api, limit_name, turn_s=turn_s, wait_limit_s=wait_limit_s)
-            _pools[key] = pool
-        else:
-            api.close()  # the pool talks through its own
+            pool = _pool_of_client(limit_name, turn_s=turn_s, wait_limit_s=wait_limit_s)
+            if url:
+                _pools_by_setting[(url, limit_name)] = pool
         pool.turn_s, pool.wait_limit_s = turn_s, wait_limit_s
         pool.unavailable_limit_s = unavailable_limit_s
         return pool
+
+
+def _pool_of_client(limit_name: str, *, turn_s: float, wait_limit_s: float) -> SlotPool:
+    """The pool of the API a new Prefect client talks to (made if missing; under the lock)."""
+    api = PrefectSlotApi()
+    key = (api.server, limit_name)
+    pool = _pools.get(key)
+    if pool is None:
+        pool = _new_pool(api, limit_name, turn_s=turn_s, wait_limit_s=wait_limit_s)
+        _pools[key] = pool
+    else:
+        api.close()  # the pool talks through its own
+    return pool
 
 
 def release_all_slots() -> int:
@@ -530,14 +669,21 @@ def _new_pool(
         )
 
     reclaim()
-    return SlotPool(
+    holders = HolderFile(directory, server)
+    pool = SlotPool(
         limit_name,
         api=api,
-        holders=HolderFile(directory, server),
+        holders=holders,
         reclaim=reclaim,
+        peers=PeerWatch(directory, exclude=holders.path, server=server),
+        hedge_after_s=HEDGE_AFTER_S,
         turn_s=turn_s,
         wait_limit_s=wait_limit_s,
     )
+    # Registered after the holder file's own hook, so it runs first (atexit is LIFO): a
+    # lease granted to a late ask is given back and leaves the file before it closes.
+    atexit.register(pool.settle_asks)
+    return pool
 
 
 def _server_key(api_url: str) -> str:

@@ -8,7 +8,12 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from studio_flows.flows.generate import generate_dataset, jobs_of_one_task_run
+from studio_flows.flows.generate import (
+    LANE_START_WAIT_S,
+    _LaneStart,
+    generate_dataset,
+    jobs_of_one_task_run,
+)
 
 from studio_flows.emulator import EmulatorServer
 from studio_flows.errors import DatasetError
@@ -268,3 +273,20 @@ def test_a_reruns_progress_counts_the_rows_past_runs_answered_and_never_goes_bac
     assert summary.already_done == 12 and summary.completed == 8
     assert seen[-1] == (20, 20)
     assert [done for done, _ in seen] == sorted(done for done, _ in seen)
+
+
+def test_lanes_wait_for_each_other_only_until_the_limit_refuses() -> None:
+    class Pool:
+        refusals = 0
+
+    pool, stop = Pool(), threading.Event()
+    start = _LaneStart(lanes=3, refusals_before=0)
+    done = threading.Event()
+    lane = threading.Thread(target=lambda: (start.wait_for_others(pool, stop), done.set()))  # type: ignore[arg-type,func-returns-value]
+    lane.start()
+    assert not done.wait(timeout=0.3), "a lane started while the server still grants slots"
+
+    pool.refusals = 1  # the next slot is held by another run
+    lane.join(timeout=LANE_START_WAIT_S / 2)
+
+    assert done.is_set(), "the lane kept its slot idle waiting for a slot another run holds"

@@ -13,7 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from studio_flows.tasks.slot_holders import HolderFile, live_holders, reclaim_dead_holders
+from studio_flows.tasks.slot_holders import (
+    HolderFile,
+    PeerWatch,
+    live_holders,
+    reclaim_dead_holders,
+)
 from studio_flows.tasks.slots import SlotPool, SlotRefused, SlotServerUnavailable
 
 from studio_flows import interrupts
@@ -309,3 +314,53 @@ def test_a_prefect_api_that_never_answers_fails_the_wait_naming_the_api_and_the_
     assert str(info.value).startswith(f"The Prefect API ({api_url}) did not answer for 1 s (")
     assert "MODEL_STUDIO_PREFECT_UNAVAILABLE_LIMIT_S" in str(info.value)
     assert hung_server.accepted >= 1
+
+
+def test_a_refused_pool_asks_again_as_soon_as_a_peer_on_this_machine_gives_a_slot_back(
+    tmp_path: Path,
+) -> None:
+    limit = FakeLimit(1)
+    peer = HolderFile(tmp_path, "fake")  # another process's record, on the same server
+    peer_lease = limit.acquire("tag:x", 60)
+    peer.record([peer_lease])
+    mine = HolderFile(tmp_path, "fake")
+    # Polls a minute apart: only the peer's holder file can make it ask again in time.
+    pool = SlotPool(
+        api=limit, poll_s=60.0, holders=mine, peers=PeerWatch(tmp_path, mine.path, "fake")
+    )
+    pool.peers_hold_poll_s = 60.0
+    got: list[object] = []
+    waiter = threading.Thread(target=lambda: got.append(pool.acquire()), daemon=True)
+    waiter.start()
+    wait_for(lambda: pool.refusals == 1, 10, "the first refusal")
+
+    limit.release(peer_lease)
+    peer.record([])
+    waiter.join(timeout=10)
+
+    assert got, "the pool waited for its next poll, not for the peer's release"
+    assert pool.refusals == 1
+
+
+def test_an_ask_the_server_holds_is_doubled_and_the_extra_lease_goes_back() -> None:
+    limit = FakeLimit(3)
+    stuck, unstick = threading.Event(), threading.Event()
+    inner = limit.acquire
+
+    def first_ask_hangs(limit_name: str, lease_s: float) -> uuid.UUID:
+        if not stuck.is_set():
+            stuck.set()
+            unstick.wait(timeout=30)  # a busy server holding the request
+        return inner(limit_name, lease_s)
+
+    limit.acquire = first_ask_hangs  # type: ignore[method-assign]
+    # A second hedge would come only after a second without any answer.
+    pool = SlotPool(api=limit, poll_s=1.0, hedge_after_s=0.05)
+
+    lease = pool.acquire()  # answered by the doubled ask while the first still hangs
+    assert stuck.is_set() and not unstick.is_set()
+    unstick.set()
+    wait_for(lambda: limit.acquired == 2, 10, "the held ask to be granted late")
+    wait_for(lambda: limit.leases == {lease.lease_id}, 10, "the late lease to go back")
+
+    assert pool.held == 1
