@@ -66,7 +66,7 @@ import pytest
 from sqlalchemy import make_url
 
 from studio_flows.emulator import EmulatorServer
-from tests.fixtures.cli_runs import CliResult, run_cli
+from tests.fixtures.cli_runs import CliResult, interrupt, run_cli
 from tests.fixtures.emulator import TEST_ORGANIZATION
 from tests.fixtures.old_schemas import create_old_database, old_result_row
 from tests.fixtures.prefect_server import PrefectServer, free_port
@@ -420,8 +420,7 @@ def test_the_three_commands_and_an_adhoc_run(
     try:
         started = _read_until(worker, "started", timeout_s=120)
     finally:
-        os.killpg(worker.pid, signal.SIGINT)  # Ctrl-C; no flow run exists yet for it to take
-        worker.communicate(timeout=60)
+        interrupt(worker)  # Ctrl-C; no flow run exists yet for it to take
     run = _run(command("prefect deployment run generate-dataset/adhoc-generation"), env, REPO_ROOT)
 
     assert pool.returncode == 0 and "Created work pool 'studio-flows'" in pool.stdout, pool

@@ -12,7 +12,6 @@ import contextlib
 import inspect
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -48,6 +47,7 @@ from studio_flows.errors import ConfigurationError
 from studio_flows.options import GenerateOptions
 from studio_flows.settings import DEFAULT_BASE_URL, Settings
 from studio_flows.storage import count_results, make_engine
+from tests.fixtures.cli_runs import interrupt
 from tests.fixtures.emulator import TEST_ORGANIZATION
 from tests.fixtures.prefect_server import PREFECT_CLI, PrefectServer, stop_process_group
 from tests.fixtures.workers import prefect_cli
@@ -539,8 +539,7 @@ def test_serve_and_deploy_on_one_server_leave_each_other_alone(
         )
         try:
             wait_until_served({served_name(n) for n in EXPECTED_DEPLOYMENTS}, serve, log)
-            os.killpg(serve.pid, signal.SIGINT)  # what Ctrl-C sends to a terminal's job
-            assert serve.wait(timeout=60) == 0
+            assert interrupt(serve) == 0  # what Ctrl-C sends to a terminal's job
         finally:
             stop_process_group(serve)
     served_log = log.read_text(errors="replace")
