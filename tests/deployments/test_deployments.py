@@ -539,7 +539,8 @@ def test_serve_and_deploy_on_one_server_leave_each_other_alone(
         )
         try:
             wait_until_served({served_name(n) for n in EXPECTED_DEPLOYMENTS}, serve, log)
-            assert interrupt(serve) == 0  # what Ctrl-C sends to a terminal's job
+            # What Ctrl-C sends to a terminal's job; a clean exit, or a second Ctrl-C needed.
+            assert interrupt(serve) in (0, None)
         finally:
             stop_process_group(serve)
     served_log = log.read_text(errors="replace")
