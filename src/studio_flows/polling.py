@@ -18,6 +18,10 @@ poller keeps a *distribution* of each job's duration and chooses poll times agai
   (``budget`` requests a job, POST included; by default ``2 + mean / 2``, the fair-use
   target, less a margin for jobs that outlive the plan). Each new look re-plans with
   that price.
+* **What a look teaches**: the programme takes the posterior as fixed, so it never looks
+  early to learn. The next look is chosen one step ahead instead: for each candidate
+  time up to the programme's, the chance of each progress count it could see, the plan
+  that count would lead to, and the expected cost of the whole (lateness plus price).
 
 Before anything is known (no finished job, no progress) the interval backs off from
 ``start`` to ``maximum``; jobs predicted shorter than a few GETs skip the planning.
@@ -55,8 +59,8 @@ _BOUND_SHRINK = 0.75
 # Samples of seconds per task kept (older ones weigh less): enough for a spread.
 _WINDOW = 32
 _RECENCY = 0.85  # each older sample weighs this much less
-# The spread assumed after a single sample (log units): a job may take 0.5-2x the first.
-_ONE_SAMPLE_SIGMA = 0.35
+# The spread assumed after a single sample (log units): a job may take 0.4-2.7x the first.
+_ONE_SAMPLE_SIGMA = 0.5
 # The narrowest spread believed: the client's own estimate of each end is this uncertain.
 _MIN_SIGMA = 0.004
 # A share of the prior that allows anything from 0.2x to 20x the typical job, so a service
@@ -68,22 +72,26 @@ _FINE_POINTS = 160
 _PLAN_POINTS = 32
 # Progress models: tasks end evenly, at uniform points, or the count says nothing.
 EVEN, UNIFORM, SILENT = "even", "uniform", "silent"
-_MODEL_PRIOR = {EVEN: 0.45, UNIFORM: 0.45, SILENT: 0.10}
+# Even is the narrowest belief: before any job has shown it, it is not the likeliest.
+_MODEL_PRIOR = {EVEN: 0.25, UNIFORM: 0.65, SILENT: 0.10}
 # Likelihood left to the even model when progress contradicts it (it is never ruled out).
 _EVEN_MISS = 0.02
 _SILENT_MISS = 0.001
 # Each finished job's evidence counts this much less per later job.
 _MODEL_DECAY = 0.85
 # The automatic budget: 2 + mean/2 requests (the fair-use target) less this margin.
-_AUTO_MARGIN = 0.5
-# Jobs whose spread (log units) exceeds _SCOUT_SIGMA get a first look at this quantile:
-# early in a job whose length is uncertain, a look buys its progress.
-_SCOUT_AT = 0.1
-_SCOUT_SIGMA = 0.15
-# What the budget counts a scout as (it also saves later looks), and the fewest looks a
-# budget must leave for one to be worth it.
-_SCOUT_COST = 0.5
-_SCOUT_MIN_LOOKS = 2.0
+_AUTO_MARGIN = 0.7
+# One step ahead: candidate look times (an even grid up to the plan's next look, plus
+# its equal-mass ends there) and the coarser posterior each possible count is planned on.
+_AHEAD_GRID = 6
+_AHEAD_POINTS = 24
+# Counts less likely than this share are not planned for (they change nothing).
+_AHEAD_MIN_CHANCE = 5e-3
+# Counts a look could see, planned for one by one up to this many, then in steps.
+_AHEAD_COUNTS = 12
+# Jobs predicted shorter than this are planned without looking ahead: its CPU (a few
+# milliseconds a look) would be a noticeable share of a job that short.
+_AHEAD_FROM_S = 0.5
 # The automatic budget never prices a request below this share of the mean duration:
 # when the end is known to a few hundredths, more looks would buy next to nothing.
 _PRICE_FLOOR = 0.005
@@ -277,6 +285,56 @@ def posterior(
         >>> 4.8 < equal_mass_points(points, count=3)[1] < 5.2  # the median
         True
     """
+    belief = _belief(after=after, prior=prior, progress=progress, weights=weights)
+    return [] if belief is None else _normalised(belief.ends, belief.total())
+
+
+@dataclass(frozen=True)
+class _Belief:
+    """Where a running job ends, as unnormalised masses per progress model on ``ends``."""
+
+    ends: list[float]
+    masses: dict[str, list[float]]
+
+    def total(self) -> list[float]:
+        return [sum(column) for column in zip(*self.masses.values(), strict=True)]
+
+
+def _normalised(ends: list[float], masses: list[float]) -> list[tuple[float, float]]:
+    total = sum(masses)
+    if total <= 0 or not math.isfinite(total):
+        return []
+    return [(end, mass / total) for end, mass in zip(ends, masses, strict=True)]
+
+
+def _belief(
+    *,
+    after: float,
+    prior: tuple[float, float] | None,
+    progress: _Progress | None,
+    weights: dict[str, float],
+) -> _Belief | None:
+    """The posterior of :func:`posterior`, kept apart per progress model."""
+    ends = _grid(after, prior, progress)
+    if not ends:
+        return None
+    masses: dict[str, list[float]] = {m: [] for m in _MODEL_PRIOR}
+    for i, end in enumerate(ends):
+        # Width of the point in log time: densities below are per unit of log duration.
+        left = math.log(ends[i - 1]) if i else math.log(end)
+        right = math.log(ends[i + 1]) if i + 1 < len(ends) else math.log(end)
+        width = max((right - left) / 2, 1e-9)
+        density = 1.0 if prior is None else _lognormal_log_density(math.log(end), *prior)
+        fit = _progress_likelihoods(progress, end) if progress is not None else {}
+        for model, column in masses.items():
+            column.append(density * width * weights.get(model, 0.0) * fit.get(model, 1.0))
+    return _Belief(ends, masses)
+
+
+def _grid(
+    after: float, prior: tuple[float, float] | None, progress: _Progress | None
+) -> list[float]:
+    """Ends after ``after`` to weigh: log-spaced over what the prior and progress allow."""
     spans: list[tuple[float, float]] = []
     if prior is not None:
         mu, sigma = prior
@@ -290,31 +348,41 @@ def posterior(
             spans.append((progress.even_after * 1.000001, progress.even_by))
     if not spans:
         return []
-    ends = sorted(
-        {
-            p
-            for low, high in spans
-            for p in _log_points(max(low, 1e-6), high, _FINE_POINTS // len(spans))
-        }
-    )
-    ends = [end for end in ends if end > after]
-    if not ends:
-        return []
-    masses = []
-    for i, end in enumerate(ends):
-        # Width of the point in log time: densities below are per unit of log duration.
-        left = math.log(ends[i - 1]) if i else math.log(end)
-        right = math.log(ends[i + 1]) if i + 1 < len(ends) else math.log(end)
-        width = max((right - left) / 2, 1e-9)
-        density = 1.0 if prior is None else _lognormal_log_density(math.log(end), *prior)
-        if progress is not None:
-            likelihood = _progress_likelihoods(progress, end)
-            density *= sum(weights.get(m, 0.0) * likelihood[m] for m in likelihood)
-        masses.append(density * width)
-    total = sum(masses)
-    if total <= 0 or not math.isfinite(total):
-        return []
-    return [(end, mass / total) for end, mass in zip(ends, masses, strict=True)]
+    ends = {
+        p
+        for low, high in spans
+        for p in _log_points(max(low, 1e-6), high, _FINE_POINTS // len(spans))
+    }
+    return sorted(end for end in ends if end > after)
+
+
+def _after_look(
+    belief: _Belief, progress: _Progress | None, at: float, count: int, total: int
+) -> list[float]:
+    """``belief``'s masses times the chance that a look at ``at`` sees ``count`` tasks done
+    (0 where the job would have ended by then): summed, the chance of that count."""
+    n = total - 1
+    last_at, last = progress.looks[-1] if progress is not None else (0.0, 0)
+    last = min(last, n)
+    if count < last:
+        return [0.0] * len(belief.ends)
+    ways = math.lgamma(n - last + 1) - math.lgamma(count - last + 1) - math.lgamma(n - count + 1)
+    even, uniform, silent = belief.masses[EVEN], belief.masses[UNIFORM], belief.masses[SILENT]
+    out = []
+    for i, end in enumerate(belief.ends):
+        if end <= at:
+            out.append(0.0)
+            continue
+        # Uniform: the tasks not seen yet end at uniform points between the last look and the end.
+        share = (at - last_at) / (end - last_at)
+        chance = uniform[i] * math.exp(
+            ways + (count - last) * math.log(share) + (n - count) * math.log1p(-share)
+        )
+        even_count = min(max(int(at * total / end), last), n)
+        chance += even[i] * (1.0 if even_count == count else _EVEN_MISS)
+        chance += silent[i] * (1.0 if count == 0 else _SILENT_MISS)
+        out.append(chance)
+    return out
 
 
 def equal_mass_points(points: list[tuple[float, float]], count: int = _PLAN_POINTS) -> list[float]:
@@ -348,6 +416,22 @@ def plan_polls(ends: list[float], price: float) -> tuple[float, float]:
         >>> plan_polls([4.0, 5.0, 6.0], price=0.0)[0]
         4.0
     """
+    _, polls, first = _programme(ends, price)
+    return ends[first - 1], polls
+
+
+def plan_cost(ends: list[float], price: float) -> float:
+    """Expected lateness plus ``price`` per poll of :func:`plan_polls`' plan.
+
+    Example:
+        >>> plan_cost([4.0, 5.0, 6.0], price=100.0)  # one poll at 6: late by 1 on average
+        101.0
+    """
+    return _programme(ends, price)[0]
+
+
+def _programme(ends: list[float], price: float) -> tuple[float, float, int]:
+    """``(cost, expected polls, index after the first poll)`` of the best plan."""
     count = len(ends)
     mass = 1.0 / count
     covered = [0.0]
@@ -367,7 +451,7 @@ def plan_polls(ends: list[float], price: float) -> tuple[float, float]:
                 best, choice[s] = value, j
         cost[s] = best
         polls[s] = survival + polls[choice[s]]
-    return ends[choice[0] - 1], polls[0]
+    return cost[0], polls[0], choice[0]
 
 
 def price_for(ends: list[float], polls: float) -> float:
@@ -390,6 +474,20 @@ def price_for(ends: list[float], polls: float) -> float:
     return high
 
 
+def _add_look(progress: _Progress | None, elapsed: float, completed: int, total: int) -> _Progress:
+    """``progress`` with one more look; the even model's window narrowed by it."""
+    after, by = _even_window(elapsed, completed, total)
+    broken = False
+    if progress is not None and progress.total == total:
+        # Every look bounds the end under the even model: keep what they all allow.
+        low, high = max(after, progress.even_after), min(by, progress.even_by)
+        broken = progress.even_broken or low >= high
+        if not broken:
+            after, by = low, high
+    kept = progress.looks if progress is not None and not broken else ()
+    return _Progress((*kept, (elapsed, completed)), total, after, by, broken)
+
+
 @dataclass
 class PollPlan:
     """Chooses the delay before each poll of one job (one plan per job).
@@ -407,7 +505,6 @@ class PollPlan:
     _backoff: float = 0.0
     _overdue: float = 0.0
     _price: float | None = None
-    _scout: bool = False
     _progress: _Progress | None = None
     _last: list[tuple[float, float]] = field(default_factory=list)
 
@@ -457,52 +554,77 @@ class PollPlan:
         return {m: sum(fit[m] * mass for fit, mass in fits) / weight for m in _MODEL_PRIOR}
 
     def _see(self, elapsed: float, completed: int, total: int) -> None:
-        after, by = _even_window(elapsed, completed, total)
-        previous = self._progress
-        broken = False
-        if previous is not None and previous.total == total:
-            # Every look bounds the end under the even model: keep what they all allow.
-            low, high = max(after, previous.even_after), min(by, previous.even_by)
-            broken = previous.even_broken or low >= high
-            if not broken:
-                after, by = low, high
-        looks = (previous.looks if previous is not None and not broken else ()) + (
-            (elapsed, completed),
-        )
-        self._progress = _Progress(looks, total, after, by, broken)
+        self._progress = _add_look(self._progress, elapsed, completed, total)
 
     def _decide(self, *, after: float, total: int) -> float:
         prior = self.history.prior(total) if total > 0 else None
         progress = self._progress
         if prior is not None and math.exp(prior[0]) < _PLAN_FROM_S:
             return self._short_job(after, total)
-        points = posterior(
-            after=after, prior=prior, progress=progress, weights=self.history.model_weights()
-        )
-        if not points:
+        weights = self.history.model_weights()
+        belief = _belief(after=after, prior=prior, progress=progress, weights=weights)
+        points = [] if belief is None else _normalised(belief.ends, belief.total())
+        if belief is None or not points:
             seen = progress is not None and progress.completed > 0
             return self._no_plan(after, known=prior is not None or seen)
         self._last = points
         ends = equal_mass_points(points)
         if self._price is None:
-            looks = self._poll_budget(points)
-            self._scout = self._worth_a_scout(prior, looks)
-            self._price = price_for(ends, looks - (_SCOUT_COST if self._scout else 0.0))
+            self._price = price_for(ends, self._poll_budget(points))
             if self.budget is None:
                 mean = sum(end * mass for end, mass in points)
                 self._price = max(self._price, _PRICE_FLOOR * mean)
         when, _ = plan_polls(ends, self._price)
-        if self._scout and self._polls == 0:
-            # A look early in a job whose length is uncertain buys its progress, which
-            # places the later looks; the plan alone would not value what a look teaches.
-            when = min(when, ends[int(_SCOUT_AT * len(ends))])
+        if total > 1 and when >= _AHEAD_FROM_S:
+            when = self._look_ahead(after, when, belief, total)
         self._overdue = 0.0
         return self._clamp(when - after + min(_LATE_BY_S, _LATE_FRACTION * when))
 
-    def _worth_a_scout(self, prior: tuple[float, float] | None, looks: float) -> bool:
-        seen = self._progress is not None and self._progress.completed > 0
-        wide = prior is not None and prior[1] > _SCOUT_SIGMA
-        return wide and not seen and self._polls == 0 and looks >= _SCOUT_MIN_LOOKS
+    def _look_ahead(self, after: float, when: float, belief: _Belief, total: int) -> float:
+        """The next look: the programme's ``when``, or earlier if what it shows pays."""
+        price = self._price
+        assert price is not None
+        masses = belief.total()
+        weight = sum(masses)
+        ends = equal_mass_points(_normalised(belief.ends, masses), _AHEAD_POINTS)
+        best, best_cost = when, plan_cost(ends, price)
+        grid = {after + (when - after) * (i + 1) / (_AHEAD_GRID + 1) for i in range(_AHEAD_GRID)}
+        for at in sorted(grid | {end for end in ends if after < end < when}):
+            # Lateness if it has ended by then; else each count's own plan from there.
+            cost = (
+                price
+                + sum(
+                    (at - end) * mass
+                    for end, mass in zip(belief.ends, masses, strict=True)
+                    if end <= at
+                )
+                / weight
+            )
+            cost += self._cost_of_counts(at, belief, weight, total)
+            if cost < best_cost:
+                best, best_cost = at, cost
+        return best
+
+    def _cost_of_counts(self, at: float, belief: _Belief, weight: float, total: int) -> float:
+        """Expected cost from ``at`` on, over the counts a look then could see (at most
+        ``_AHEAD_COUNTS`` of them, each standing for the ``step`` counts from it).
+
+        Not renormalised: the models' floors for a contradicting count (``_EVEN_MISS``)
+        add a little weight to the broad plans that follow a surprise, which keeps a
+        well-predicted job from paying for looks that would only confirm it.
+        """
+        price = self._price
+        assert price is not None
+        first = min(self._progress.completed if self._progress else 0, total - 1)
+        step = max(1, math.ceil((total - first) / _AHEAD_COUNTS))
+        cost = 0.0
+        for count in range(first, total, step):
+            seen = _after_look(belief, self._progress, at, count, total)
+            chance = sum(seen) / weight * step
+            if chance >= _AHEAD_MIN_CHANCE:
+                later = equal_mass_points(_normalised(belief.ends, seen), _AHEAD_POINTS)
+                cost += chance * plan_cost(later, price)
+        return cost
 
     def _poll_budget(self, points: list[tuple[float, float]]) -> float:
         """GETs left for this job, from the request budget less the POST and polls made."""
