@@ -37,6 +37,9 @@ from studio_flows import interrupts
 from studio_flows.errors import PrefectUnavailableError, RunInterrupted
 
 MIN_LEASE_S = 60.0  # the server refuses shorter leases
+# A refused pool asks the server again at most this long after its last answer (jitter
+# makes it sooner), unless peers on this machine hold every slot it lacks.
+POLL_S = 0.25
 # How long the pool keeps asking a Prefect API that does not answer before the run fails
 # (the default of MODEL_STUDIO_PREFECT_UNAVAILABLE_LIMIT_S: a server restart takes less).
 SERVER_UNAVAILABLE_LIMIT_S = 300.0
@@ -83,7 +86,7 @@ class SlotAsker:
         holders: HolderFile | None = None,
         reclaim: Callable[[], int] | None = None,
         peers: PeerWatch | None = None,
-        poll_s: float = 0.25,
+        poll_s: float = POLL_S,
         lease_s: float = MIN_LEASE_S,
         unavailable_limit_s: float = SERVER_UNAVAILABLE_LIMIT_S,
         hedge_after_s: float | None = None,

@@ -32,7 +32,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from studio_flows.tasks.slot_api import SlotApi
-from studio_flows.tasks.slot_asker import MIN_LEASE_S, SERVER_UNAVAILABLE_LIMIT_S, SlotAsker
+from studio_flows.tasks.slot_asker import (
+    MIN_LEASE_S,
+    POLL_S,
+    SERVER_UNAVAILABLE_LIMIT_S,
+    SlotAsker,
+)
 from studio_flows.tasks.slot_books import Lease, SlotBooks
 from studio_flows.tasks.slot_holders import HolderFile, PeerWatch
 
@@ -74,7 +79,7 @@ class SlotPool:
         reclaim: Callable[[], int] | None = None,
         peers: PeerWatch | None = None,
         turn_s: float = 60.0,
-        poll_s: float = 0.25,
+        poll_s: float = POLL_S,
         lease_s: float = MIN_LEASE_S,
         wait_limit_s: float = 600.0,
         unavailable_limit_s: float = SERVER_UNAVAILABLE_LIMIT_S,

@@ -41,7 +41,7 @@ from studio_flows.tasks.slot_api import (
     SlotServerUnavailable,
     configured_api_url,
 )
-from studio_flows.tasks.slot_asker import HEDGE_AFTER_S, SERVER_UNAVAILABLE_LIMIT_S
+from studio_flows.tasks.slot_asker import HEDGE_AFTER_S, POLL_S, SERVER_UNAVAILABLE_LIMIT_S
 from studio_flows.tasks.slot_books import Lease
 from studio_flows.tasks.slot_handoff import FAIR_USE_LIMIT_NAME, FAIR_USE_TAG, SlotPool
 from studio_flows.tasks.slot_holders import (
@@ -55,6 +55,7 @@ __all__ = [
     "FAIR_USE_LIMIT_NAME",
     "FAIR_USE_TAG",
     "LOCAL_SERVER_ENV",
+    "POLL_S",
     "Lease",
     "PrefectSlotApi",
     "SlotPool",
