@@ -37,7 +37,7 @@ from studio_flows.tasks.datasets import validate_dataset_task
 from studio_flows.tasks.jobs import FATAL_ERRORS, engine_for, run_generation_jobs
 from studio_flows.tasks.limits import ensure_concurrency_limit
 from studio_flows.tasks.preflight import check_model_studio_access
-from studio_flows.tasks.slots import Lease, SlotPool, release_all_slots, slot_pool
+from studio_flows.tasks.slots import POLL_S, Lease, SlotPool, release_all_slots, slot_pool
 
 from studio_flows import interrupts
 from studio_flows.blocks import resolve_settings
@@ -58,7 +58,10 @@ LANE_START_WAIT_S = 10.0
 # A task run carries consecutive jobs of its lane until it has lasted this long (see
 # jobs_of_one_task_run).
 TASK_RUN_TARGET_S = 1.0
-TURN_PAUSE_S = 1.0
+# A lane that gave its slot back for a turn asks again after twice the longest interval
+# between a refused pool's asks, so a waiting run gets the slot first, and a slot nobody
+# waits for idles no longer than that.
+TURN_PAUSE_S = 2 * POLL_S
 
 ProgressListener = Callable[[int, int, RunTally, int], None]
 # Who watches the runs started in this context (the command line's progress display).
@@ -180,8 +183,7 @@ class _Lane:
         if time.monotonic() - lease.since < pool.turn_s:
             return lease
         pool.release(lease)
-        # Longer than a waiting run's poll interval, so it sees the free slot first.
-        interrupts.sleep(TURN_PAUSE_S)
+        interrupts.sleep(TURN_PAUSE_S)  # a waiting run asks first (see TURN_PAUSE_S)
         return pool.acquire()
 
     def _run_task(self, items: Iterator[WorkItem]) -> None:
@@ -434,6 +436,11 @@ def _compare(
     """Read back the models' answers: samples side by side and, if asked, their scores."""
     assert report.source is not None
     reading = options.dataset_options()
+    # A second pass over the source, not a read-back of the rows stored under its name: a
+    # completed row keeps the name (and kept columns) of whichever file or run paid for it,
+    # and stored rows know shard order, not the source's, so only the source gives every
+    # row's expected value, in order, in bounded memory (without --expected-column the pass
+    # stops after its first chunk, see compare_models).
     rows = iter_good_rows(report.source, reading, verdict=report.verdict)
     comparison = compare_models(
         engine, rows, options.models, params_hash=params_hash, expected=options.expected_column
