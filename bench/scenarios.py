@@ -372,7 +372,7 @@ def run_all(sizes: Sizes, out: Path, *, postgres: bool, real_server: bool) -> Re
 
 
 def p1_real_server(sizes: Sizes) -> dict[str, Any]:
-    from tests.fixtures.prefect_server import PrefectServer
+    from bench.prefect_server import PrefectServer
 
     with tempfile.TemporaryDirectory(prefix="studio-flows-bench-server-") as home:
         server = PrefectServer(Path(home)).start()

@@ -326,7 +326,7 @@ def _job_times(server: Any) -> dict[str, tuple[float, float]]:
 
 def p8_mapped_generate(sizes: SharedSizes = SHARED) -> dict[str, Any]:
     """P8 in a child process talking to a fresh real Prefect server."""
-    from tests.fixtures.prefect_server import PrefectServer
+    from bench.prefect_server import PrefectServer
 
     with tempfile.TemporaryDirectory(prefix="studio-flows-bench-p8-") as home:
         server = PrefectServer(Path(home)).start()
@@ -344,8 +344,8 @@ def p8_mapped_generate(sizes: SharedSizes = SHARED) -> dict[str, Any]:
 
 def p7_shared(sizes: SharedSizes = SHARED) -> dict[str, Any]:
     """Two ``studio-flows generate`` processes on one real Prefect server and one emulator."""
+    from bench.prefect_server import PrefectServer
     from studio_flows.emulator import EmulatorConfig, EmulatorServer
-    from tests.fixtures.prefect_server import PrefectServer
 
     with (
         tempfile.TemporaryDirectory(prefix="studio-flows-bench-p7-") as tmp,
