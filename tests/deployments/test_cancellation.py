@@ -35,10 +35,13 @@ from tests.fixtures.workers import (
     prefect_cli,
 )
 
-ROWS = 40
+# 40 shards of 2 s: the run still has ~20 s of jobs when `prefect flow-run cancel` starts
+# (with 20 it ended first on a loaded machine); the rerun's new jobs take RERUN_JOB_S.
+ROWS = 80
 SHARD = 2
 SHARDS = ROWS // SHARD
 JOB_S = 2.0
+RERUN_JOB_S = 0.2
 
 
 @pytest.mark.slow
@@ -81,6 +84,8 @@ def test_a_cancelled_deployment_run_gives_its_slots_back_and_the_next_run_re_att
         assert {a["key"] for a in artifacts} >= {"generation-summary", "generation-report"}
         assert in_flight, "no job was in flight at the cancel: nothing to re-attach"
 
+        slow_emulator_jobs = emulator.stats()["jobs_created"]
+        emulator.configure(job_latency_s=RERUN_JOB_S)  # re-attached jobs keep their end
         rerun = api.run_deployment(parameters)
         wait_for(lambda: api.ended(rerun), 180, "the rerun", 1)
         assert api.state(rerun) == "COMPLETED", worker.log()[-4000:]
@@ -102,7 +107,8 @@ def test_a_cancelled_deployment_run_gives_its_slots_back_and_the_next_run_re_att
         f"returned; run ended {state['type']} {stopped_s:.1f} s after the command started "
         f"({stopped:.1f} s after the slots); {len(in_flight)} jobs left recorded in flight, "
         f"{jobs_at_cancel} created by then\n"
-        f"- rerun: completed; emulator {stats['jobs_created']} jobs for {SHARDS} shards "
+        f"- rerun (new jobs of {RERUN_JOB_S:g} s; {slow_emulator_jobs} jobs of {JOB_S:.0f} s "
+        "before it): completed; emulator {stats['jobs_created']} jobs for {SHARDS} shards "
         f"(nothing paid twice), at most {stats['max_active_jobs']} active; CLI SIGINT/SIGTERM: "
         "see tests/cli/test_interrupts.py",
     )
