@@ -28,6 +28,8 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# Serial on purpose: pytest -n 2 (pytest-xdist) gained under 10 % even on the unit folders on 2
+# cores and would run the multi-process scenarios two at a time (bench/NOTES.md, item 24).
 test: lint
 	$(BIN)/pytest
 	# The docstring examples that are not marked +SKIP run too.

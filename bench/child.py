@@ -11,7 +11,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from bench.common import flow_env, options, write_prompts
+from bench.common import flow_env, options, requests_per_job, write_prompts
 from bench.instrument import Timers, instrument, profile_top, split
 from bench.scenarios import run_ours, start_emulator_process
 
@@ -61,14 +61,13 @@ def child_rows(rows: int, database_url: str, shard_size: int, profile: bool) -> 
     finally:
         emulator.terminate()
         emulator.wait(10)
-    requests = sum(sum(codes.values()) for codes in stats["requests"].values())
     result = {
         "rows": rows,
         "completed": summary.completed,
         "jobs": summary.jobs,
         "wall_s": round(wall, 3),
         "rows_per_s": round(rows / wall, 1),
-        "requests_per_job": round(requests / max(stats["jobs_created"], 1), 3),
+        "requests_per_job": requests_per_job(stats),
         "split": split(timers, rows, wall),
         "ru_maxrss_mb_before_flow": round(rss_before / 1024, 1),
         "ru_maxrss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

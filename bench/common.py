@@ -123,6 +123,16 @@ def postgres_database() -> Iterator[str | None]:
         admin.dispose()
 
 
+def requests_made(stats: dict[str, Any]) -> int:
+    """The emulator's API requests, of every route and status, from its ``stats()``."""
+    return sum(int(count) for codes in stats["requests"].values() for count in codes.values())
+
+
+def requests_per_job(stats: dict[str, Any]) -> float:
+    """:func:`requests_made` per job the emulator created."""
+    return round(requests_made(stats) / max(int(stats["jobs_created"]), 1), 3)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -32,6 +32,8 @@ from bench.common import (
     machine,
     options,
     postgres_database,
+    requests_made,
+    requests_per_job,
     write_prompts,
 )
 
@@ -57,7 +59,6 @@ def run_ours(
     first_post = intervals[0][0]
     ideal = math.ceil(shards / 3) * latency
     makespan = max(persisted) - first_post
-    requests = sum(sum(codes.values()) for codes in stats["requests"].values())
     assert summary.completed == shards * rows_per_shard, summary
     return {
         "shards": shards,
@@ -72,8 +73,8 @@ def run_ours(
         "tail_s": round(returned - max(persisted), 3),
         "jobs": stats["jobs_created"],
         "max_active": stats["max_active_jobs"],
-        "requests": requests,
-        "requests_per_job": round(requests / stats["jobs_created"], 3),
+        "requests": requests_made(stats),
+        "requests_per_job": requests_per_job(stats),
         "intervals": [(round(a - first_post, 4), round(b - first_post, 4)) for a, b in intervals],
     }
 
@@ -372,7 +373,7 @@ def run_all(sizes: Sizes, out: Path, *, postgres: bool, real_server: bool) -> Re
 
 
 def p1_real_server(sizes: Sizes) -> dict[str, Any]:
-    from tests.fixtures.prefect_server import PrefectServer
+    from bench.prefect_server import PrefectServer
 
     with tempfile.TemporaryDirectory(prefix="studio-flows-bench-server-") as home:
         server = PrefectServer(Path(home)).start()

@@ -41,6 +41,7 @@ from bench.common import (
     flow_env,
     job_intervals,
     log,
+    requests_per_job,
     write_prompts,
 )
 from bench.scenarios import _naive_parts, run_child
@@ -292,7 +293,6 @@ def _mapped_figures(
     first_post = intervals[0][0]
     ideal = math.ceil(batches / SLOTS) * latency
     makespan = answered - first_post
-    requests = sum(sum(codes.values()) for codes in stats["requests"].values())
     figures: dict[str, Any] = {
         "batches": batches,
         "latency_s": latency,
@@ -302,12 +302,7 @@ def _mapped_figures(
         "startup_s": round(first_post - called, 3),
         "last_end_s": round(max(b for _, b in intervals) - first_post, 3),
         "flow_call_s": round(returned - called, 3),
-        "idle_slot_s": round(idle_slot_seconds(intervals), 3),
-        "handover_gap_s": handover_gaps(intervals),
-        "max_active": stats["max_active_jobs"],
-        "fair_use_429": stats["faults"].get("fair_use_429", 0),
-        "requests_per_job": round(requests / max(stats["jobs_created"], 1), 3),
-        "intervals": [(round(a - first_post, 4), round(b - first_post, 4)) for a, b in intervals],
+        **_slot_figures(stats, intervals, first_post),
     }
     if timeline is not None:
         jobs = _job_times(server)
@@ -326,7 +321,7 @@ def _job_times(server: Any) -> dict[str, tuple[float, float]]:
 
 def p8_mapped_generate(sizes: SharedSizes = SHARED) -> dict[str, Any]:
     """P8 in a child process talking to a fresh real Prefect server."""
-    from tests.fixtures.prefect_server import PrefectServer
+    from bench.prefect_server import PrefectServer
 
     with tempfile.TemporaryDirectory(prefix="studio-flows-bench-p8-") as home:
         server = PrefectServer(Path(home)).start()
@@ -344,8 +339,8 @@ def p8_mapped_generate(sizes: SharedSizes = SHARED) -> dict[str, Any]:
 
 def p7_shared(sizes: SharedSizes = SHARED) -> dict[str, Any]:
     """Two ``studio-flows generate`` processes on one real Prefect server and one emulator."""
+    from bench.prefect_server import PrefectServer
     from studio_flows.emulator import EmulatorConfig, EmulatorServer
-    from tests.fixtures.prefect_server import PrefectServer
 
     with (
         tempfile.TemporaryDirectory(prefix="studio-flows-bench-p7-") as tmp,
@@ -473,7 +468,6 @@ def _p7_figures(emulator: Any, starts: list[float], sizes: SharedSizes) -> dict[
     makespan = last_end - first_post
     available = [starts[0]] * sizes.p7_jobs + [starts[1]] * sizes.p7_jobs
     greedy = greedy_makespan(available, [sizes.p7_latency_s] * len(available))
-    requests = sum(sum(codes.values()) for codes in stats["requests"].values())
     return {
         "jobs": stats["jobs_created"],
         "latency_s": sizes.p7_latency_s,
@@ -482,11 +476,20 @@ def _p7_figures(emulator: Any, starts: list[float], sizes: SharedSizes) -> dict[
         "makespan_s": round(makespan, 3),
         "ratio": round(makespan / greedy, 4),
         "startup_first_s": round(first_post - starts[0], 3),
+        **_slot_figures(stats, intervals, first_post),
+    }
+
+
+def _slot_figures(
+    stats: dict[str, Any], intervals: list[tuple[float, float]], first_post: float
+) -> dict[str, Any]:
+    """How the slots were used (P7 and P8 alike), times from the first POST."""
+    return {
         "idle_slot_s": round(idle_slot_seconds(intervals), 3),
         "handover_gap_s": handover_gaps(intervals),
         "max_active": stats["max_active_jobs"],
         "fair_use_429": stats["faults"].get("fair_use_429", 0),
-        "requests_per_job": round(requests / max(stats["jobs_created"], 1), 3),
+        "requests_per_job": requests_per_job(stats),
         "intervals": [(round(a - first_post, 4), round(b - first_post, 4)) for a, b in intervals],
     }
 

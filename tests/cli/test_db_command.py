@@ -5,7 +5,6 @@ Each database starts as today's main left it before Alembic (tests/fixtures/old_
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from tests.fixtures.cli_runs import (
     ledger,
     results_table,
     run_cli,
+    write_id_prompts,
 )
 from tests.fixtures.old_schemas import create_old_database, old_result_row
 
@@ -78,9 +78,7 @@ def test_generate_with_auto_upgrade_off_names_db_upgrade_then_runs_after_it(
 ) -> None:
     emulator.configure(tokens=[SECRET_TOKEN])
     create_old_database(database_url, 2, [old_result_row(i) for i in range(5)])
-    dataset = tmp_path / "q.jsonl"
-    lines = [json.dumps({"id": f"q{i}", "prompt": f"question {i}?"}) for i in range(4)]
-    dataset.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    dataset = write_id_prompts(tmp_path / "q.jsonl", 4)
     env = cli_env(
         emulator, tmp_path / "prefect", api_url=prefect_server,
         MODEL_STUDIO_DATABASE_AUTO_UPGRADE="false",
@@ -110,9 +108,7 @@ def test_generate_upgrades_a_database_of_the_release_before_on_first_use(
 ) -> None:
     emulator.configure(tokens=[SECRET_TOKEN])
     create_old_database(database_url, 1, [old_result_row(i) for i in range(5)])
-    dataset = tmp_path / "q.jsonl"
-    lines = [json.dumps({"id": f"q{i}", "prompt": f"question {i}?"}) for i in range(4)]
-    dataset.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    dataset = write_id_prompts(tmp_path / "q.jsonl", 4)
     env = cli_env(emulator, tmp_path / "prefect", api_url=prefect_server)
     ran = run_cli(generate_args(dataset, database_url, "--id-column", "id"), env, tmp_path)
     assert ran.returncode == 0, ran

@@ -10,7 +10,6 @@ each test takes seconds; the only bound on time is the generous one of ``run_cli
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from tests.fixtures.cli_runs import (
     start_cli,
     summary_value,
     wait_for,
+    write_id_prompts,
 )
 from tests.fixtures.hung_server import HungServer
 
@@ -46,10 +46,7 @@ def emulator(emulator: EmulatorServer) -> EmulatorServer:
 
 
 def _dataset(tmp_path: Path, rows: int) -> Path:
-    path = tmp_path / "prompts.jsonl"
-    lines = (json.dumps({"id": f"row-{i}", "prompt": f"question {i}?"}) for i in range(rows))
-    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    return path
+    return write_id_prompts(tmp_path / "prompts.jsonl", rows, id_prefix="row-")
 
 
 def _one_sentence(result: CliResult) -> str:

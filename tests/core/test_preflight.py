@@ -10,6 +10,7 @@ from studio_flows.client import ModelStudioClient, RetryPolicy
 from studio_flows.emulator import EmulatorServer
 from studio_flows.errors import ConfigurationError
 from studio_flows.preflight import check_access
+from tests.fixtures.prefect_server import free_port
 
 
 def client_for(base_url: str, token: str) -> ModelStudioClient:
@@ -50,8 +51,4 @@ def test_an_unreachable_base_url_names_it(unused_tcp_port: int) -> None:
 
 @pytest.fixture
 def unused_tcp_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_port()

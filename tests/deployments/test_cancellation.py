@@ -17,23 +17,31 @@ import pytest
 from studio_flows.emulator import EmulatorServer
 from tests.fixtures.cli_runs import (
     DATABASES,
-    MODEL,
     SECRET_TOKEN,
     assert_every_row_completed_once,
     ledger,
     wait_for,
     write_chaos_section,
 )
-from tests.fixtures.emulator import TEST_ORGANIZATION
 from tests.fixtures.harness import write_prompts
 from tests.fixtures.prefect_server import PrefectServer
-from tests.fixtures.workers import REPO_ROOT, Api, Worker, deploy_adhoc, prefect_cli
+from tests.fixtures.workers import (
+    REPO_ROOT,
+    Api,
+    Worker,
+    adhoc_parameters,
+    deploy_adhoc,
+    emulator_worker_env,
+    prefect_cli,
+)
 
-ROWS = 40
+# 40 shards of 2 s: the run still has ~20 s of jobs when `prefect flow-run cancel` starts
+# (with 20 it ended first on a loaded machine); the rerun's new jobs take RERUN_JOB_S.
+ROWS = 80
 SHARD = 2
 SHARDS = ROWS // SHARD
 JOB_S = 2.0
-TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+RERUN_JOB_S = 0.2
 
 
 @pytest.mark.slow
@@ -47,30 +55,11 @@ def test_a_cancelled_deployment_run_gives_its_slots_back_and_the_next_run_re_att
     dataset = write_prompts(tmp_path / "cancel.jsonl", ROWS)
     database_url = f"sqlite:///{tmp_path / 'results.db'}"
     DATABASES.append(database_url)
-    parameters = {
-        "options": {
-            "dataset_path": str(dataset),
-            "model_id": MODEL,
-            "database_url": database_url,
-            "shard_size": SHARD,
-            "id_column": "id",
-        }
-    }
+    parameters = adhoc_parameters(dataset, database_url, SHARD)
     try:
         cli_env = server.env(PWD=str(REPO_ROOT))
         deploy_adhoc(cli_env)
-        worker = Worker(
-            server.env(
-                PWD=str(REPO_ROOT),
-                PREFECT_WORKER_QUERY_SECONDS="1",
-                MODEL_STUDIO_TOKEN=SECRET_TOKEN,
-                MODEL_STUDIO_ORGANIZATION_ID=TEST_ORGANIZATION,
-                MODEL_STUDIO_BASE_URL=emulator.base_url,
-                MODEL_STUDIO_POLL_INTERVAL_S="0.1",
-                MODEL_STUDIO_POLL_MAX_INTERVAL_S="0.5",
-            ),
-            tmp_path / "worker.log",
-        )
+        worker = Worker(emulator_worker_env(server, emulator), tmp_path / "worker.log")
         run = api.run_deployment(parameters)
 
         def three_in_flight() -> bool:
@@ -82,7 +71,7 @@ def test_a_cancelled_deployment_run_gives_its_slots_back_and_the_next_run_re_att
         cancelled_at = time.monotonic()
         prefect_cli(["flow-run", "cancel", run], cli_env)
         slots_back = wait_for(lambda: api.active_slots() == 0, 20, "the slots back", 0.2)
-        stopped = wait_for(lambda: api.state(run) in TERMINAL, 60, "the run to end", 0.5)
+        stopped = wait_for(lambda: api.ended(run), 60, "the run to end", 0.5)
         stopped_s = time.monotonic() - cancelled_at
         state = api.flow_run(run)["state"]
         in_flight = [r for r in ledger(database_url) if r["status"] == "submitted"]
@@ -95,8 +84,10 @@ def test_a_cancelled_deployment_run_gives_its_slots_back_and_the_next_run_re_att
         assert {a["key"] for a in artifacts} >= {"generation-summary", "generation-report"}
         assert in_flight, "no job was in flight at the cancel: nothing to re-attach"
 
+        slow_emulator_jobs = emulator.stats()["jobs_created"]
+        emulator.configure(job_latency_s=RERUN_JOB_S)  # re-attached jobs keep their end
         rerun = api.run_deployment(parameters)
-        wait_for(lambda: api.state(rerun) in TERMINAL, 180, "the rerun", 1)
+        wait_for(lambda: api.ended(rerun), 180, "the rerun", 1)
         assert api.state(rerun) == "COMPLETED", worker.log()[-4000:]
         stats = emulator.stats()
         assert stats["jobs_created"] == SHARDS, f"a recorded job was paid twice: {stats}"
@@ -116,7 +107,8 @@ def test_a_cancelled_deployment_run_gives_its_slots_back_and_the_next_run_re_att
         f"returned; run ended {state['type']} {stopped_s:.1f} s after the command started "
         f"({stopped:.1f} s after the slots); {len(in_flight)} jobs left recorded in flight, "
         f"{jobs_at_cancel} created by then\n"
-        f"- rerun: completed; emulator {stats['jobs_created']} jobs for {SHARDS} shards "
+        f"- rerun (new jobs of {RERUN_JOB_S:g} s; {slow_emulator_jobs} jobs of {JOB_S:.0f} s "
+        "before it): completed; emulator {stats['jobs_created']} jobs for {SHARDS} shards "
         f"(nothing paid twice), at most {stats['max_active_jobs']} active; CLI SIGINT/SIGTERM: "
         "see tests/cli/test_interrupts.py",
     )

@@ -29,23 +29,27 @@ from sqlalchemy.engine import make_url
 from studio_flows.emulator import EmulatorServer
 from tests.fixtures.cli_runs import (
     DATABASES,
-    MODEL,
     SECRET_TOKEN,
     assert_every_row_completed_once,
     ledger,
     wait_for,
     write_chaos_section,
 )
-from tests.fixtures.emulator import TEST_ORGANIZATION
 from tests.fixtures.harness import write_prompts
 from tests.fixtures.prefect_server import PrefectServer, stop_process_group
-from tests.fixtures.workers import REPO_ROOT, Api, Worker, deploy_adhoc
+from tests.fixtures.workers import (
+    REPO_ROOT,
+    Api,
+    Worker,
+    adhoc_parameters,
+    deploy_adhoc,
+    emulator_worker_env,
+)
 
 ROWS = 12
 SHARD = 2
 SHARDS = ROWS // SHARD
 JOB_S = 1.0
-TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
 def redis_server_env(redis_url: str, database_url: str) -> dict[str, str]:
@@ -76,15 +80,7 @@ class Dataset:
         self.row_keys = {f"{name}-{i}" for i in range(ROWS)}
 
     def parameters(self) -> dict[str, Any]:
-        return {
-            "options": {
-                "dataset_path": str(self.path),
-                "model_id": MODEL,
-                "database_url": self.database_url,
-                "shard_size": SHARD,
-                "id_column": "id",
-            }
-        }
+        return adhoc_parameters(self.path, self.database_url, SHARD)
 
     def in_flight(self) -> int:
         return sum(1 for r in ledger(self.database_url) if r["status"] == "submitted")
@@ -116,15 +112,10 @@ def test_three_runs_on_two_workers_of_a_redis_server_share_three_slots_and_survi
     api = Api(server.api_url)
     try:
         deploy_adhoc(server.env(PWD=str(REPO_ROOT)))
-        worker_env = server.env(
-            PWD=str(REPO_ROOT),
+        worker_env = emulator_worker_env(
+            server,
+            emulator,
             PREFECT_HOME=str(tmp_path / "worker-home"),
-            PREFECT_WORKER_QUERY_SECONDS="1",
-            MODEL_STUDIO_TOKEN=SECRET_TOKEN,
-            MODEL_STUDIO_ORGANIZATION_ID=TEST_ORGANIZATION,
-            MODEL_STUDIO_BASE_URL=emulator.base_url,
-            MODEL_STUDIO_POLL_INTERVAL_S="0.1",
-            MODEL_STUDIO_POLL_MAX_INTERVAL_S="0.5",
             MODEL_STUDIO_SLOT_TURN_S="5",
         )
         workers = [
@@ -149,13 +140,11 @@ def test_three_runs_on_two_workers_of_a_redis_server_share_three_slots_and_survi
         killed_at = time.monotonic() - started
         unknown = sum(runs[run].unknown_outcomes() for run in killed)
         survivors = [run for run in runs if run not in killed]
-        wait_for(
-            lambda: all(api.state(run) in TERMINAL for run in survivors), 240, "the other runs", 1
-        )
+        wait_for(lambda: api.ended(*survivors), 240, "the other runs", 1)
         assert all(api.state(run) == "COMPLETED" for run in survivors), workers[1].log()[-4000:]
 
         reruns = [api.run_deployment(runs[run].parameters()) for run in killed]
-        wait_for(lambda: all(api.state(run) in TERMINAL for run in reruns), 240, "the reruns", 1)
+        wait_for(lambda: api.ended(*reruns), 240, "the reruns", 1)
         assert all(api.state(run) == "COMPLETED" for run in reruns), workers[1].log()[-4000:]
 
         stats = emulator.stats()

@@ -15,9 +15,7 @@ own discipline). The figures go to bench/CHAOS.md (with STUDIO_FLOWS_WRITE_CHAOS
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -39,7 +37,7 @@ from tests.fixtures.cli_runs import (
     write_chaos_section,
 )
 from tests.fixtures.harness import write_prompts
-from tests.fixtures.prefect_server import PrefectServer
+from tests.fixtures.prefect_server import PrefectServer, active_slots
 from tests.fixtures.private_postgres import PrivateCluster
 
 ROWS = 16
@@ -48,19 +46,6 @@ SHARDS = ROWS // SHARD
 JOB_S = 2.0
 
 pytestmark = pytest.mark.slow
-
-
-def active_slots(api_url: str) -> int:
-    """Active slots of ``tag:model-studio`` on the server at ``api_url`` (0 if no limit)."""
-    try:
-        with urllib.request.urlopen(
-            f"{api_url}/v2/concurrency_limits/tag:model-studio", timeout=10
-        ) as response:
-            return int(json.load(response)["active_slots"])
-    except urllib.error.HTTPError as err:
-        if err.code == 404:
-            return 0
-        raise
 
 
 def submitted(database_url: str) -> int:

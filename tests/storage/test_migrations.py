@@ -7,7 +7,6 @@ upgrades off; newer databases refused; concurrent starters on an old database.
 
 from __future__ import annotations
 
-import multiprocessing
 from typing import Any
 
 import pytest
@@ -27,6 +26,7 @@ from studio_flows.storage import (
     upsert_results,
 )
 from studio_flows.storage.migrations import VERSION_TABLE
+from tests.fixtures.databases import make_engines_at_once
 from tests.fixtures.old_schemas import IDENTITY, create_old_database, old_result_row
 
 OLD_COLUMNS = [c for c in old_result_row(0) if c != "created_at"]
@@ -183,21 +183,9 @@ def test_with_auto_upgrade_off_a_new_database_is_not_created(
     assert str(upgrade_database(database_url)).startswith("created schema 3 in ")
 
 
-def _start_engine(url: str, barrier: Any) -> None:
-    barrier.wait(timeout=60)
-    make_engine(url).dispose()
-
-
 def test_concurrent_processes_upgrade_an_old_database_once(database_url: str) -> None:
     create_old_database(database_url, 1, _old_rows(300))
-    ctx = multiprocessing.get_context("spawn")
-    barrier = ctx.Barrier(4)
-    workers = [ctx.Process(target=_start_engine, args=(database_url, barrier)) for _ in range(4)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(timeout=120)
-    assert [worker.exitcode for worker in workers] == [0, 0, 0, 0]
+    assert make_engines_at_once(database_url) == [0, 0, 0, 0]
     assert _versions(database_url) == ([1, 2, 3], ["0003"])
     engine = make_engine(database_url)
     try:

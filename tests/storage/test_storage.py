@@ -38,6 +38,7 @@ from studio_flows.storage import (
     upsert_results,
     upsert_statement,
 )
+from tests.fixtures.databases import make_engines_at_once
 from tests.fixtures.storage_rows import counting_selects, make_records, make_shard
 
 
@@ -131,20 +132,8 @@ def test_newer_schema_version_is_refused(engine: Engine, database_url: str) -> N
         make_engine(database_url)
 
 
-def _start_engine(url: str, barrier: Any) -> None:
-    barrier.wait(timeout=60)
-    make_engine(url).dispose()
-
-
 def test_concurrent_processes_create_the_schema_once(database_url: str) -> None:
-    ctx = multiprocessing.get_context("spawn")
-    barrier = ctx.Barrier(4)
-    workers = [ctx.Process(target=_start_engine, args=(database_url, barrier)) for _ in range(4)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(timeout=120)
-    assert [worker.exitcode for worker in workers] == [0, 0, 0, 0]
+    assert make_engines_at_once(database_url) == [0, 0, 0, 0]
     engine = make_engine(database_url)
     try:
         with engine.connect() as conn:
