@@ -21,6 +21,8 @@ Example:
 from __future__ import annotations
 
 import argparse
+import signal
+import threading
 from typing import Any
 
 from prefect import serve as prefect_serve
@@ -130,10 +132,33 @@ def serve(limit: int | None = None, nightly_dataset: str | None = None) -> None:
     Every flow run of every process still shares the ``model-studio`` fair-use limit on
     the Prefect server, so ``limit`` bounds local load, not jobs in flight.
 
+    Ctrl-C (SIGINT) stops it even when it was started with SIGINT ignored, as a script's
+    ``studio-flows serve &`` starts it: Prefect would keep serving through every SIGINT.
+
     Example:
         >>> serve(nightly_dataset="/data/prompts.jsonl")  # doctest: +SKIP
     """
+    answer_sigint()
     prefect_serve(*build_deployments(nightly_dataset), limit=limit)
+
+
+def answer_sigint() -> None:
+    """Make SIGINT interrupt this process again if it was started with SIGINT ignored.
+
+    A shell without job control starts ``command &`` with SIGINT ignored; Python keeps
+    that, and ``asyncio.run`` (inside ``prefect.serve``) then installs no Ctrl-C handler.
+
+    Example:
+        >>> import signal
+        >>> previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        >>> answer_sigint()
+        >>> signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        True
+        >>> _ = signal.signal(signal.SIGINT, previous)
+    """
+    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    if ignored and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,4 +8,5 @@ pytest_plugins = [
     "tests.fixtures.prefect_server",
     "tests.fixtures.private_postgres",
     "tests.fixtures.redis_server",
+    "tests.fixtures.signals",
 ]
