@@ -21,6 +21,7 @@ KEYS = {
     "p5_requests_per_job",
     "p6_jitter_ratio",
     "p6_requests_per_job",
+    "p6_replay_ratio",
     "machine",
     "date",
 }

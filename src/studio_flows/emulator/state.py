@@ -404,6 +404,18 @@ class EmulatorState:
             task_ends=task_ends,
         )
 
+    def next_timing(self, tasks: int) -> tuple[float, list[float] | None]:
+        """The duration and task ends the next job of ``tasks`` conversations will get.
+
+        What a fake-clock replay of the emulator's jobs reads (``bench/poll_replay.py``).
+
+        Example:
+            >>> state = EmulatorState(EmulatorConfig(job_latency_s=2.0, seed=1))
+            >>> state.next_timing(3)
+            (2.0, None)
+        """
+        return self._timing(tasks)
+
     def _timing(self, n: int) -> tuple[float, list[float] | None]:
         """A new job's duration and its tasks' end times, from the timing generator.
 
