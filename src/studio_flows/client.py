@@ -321,18 +321,22 @@ class _Waiter:
     total_tasks: int
     poll_now: bool
     last: tuple[str, int] | None = None
-    delay: float = field(init=False)
+    # When the next GET is due on this client's clock: planning a look takes CPU time of its
+    # own (milliseconds, more under a busy GIL), which must not make every look later.
+    look_at: float = field(init=False)
     last_running_s: float = field(default=0.0, init=False)  # last poll that saw it running
 
     def __post_init__(self) -> None:
-        self.delay = 0.0 if self.poll_now else self.plan.first_delay(tasks=self.total_tasks)
+        first = 0.0 if self.poll_now else self.plan.first_delay(tasks=self.total_tasks)
+        self.look_at = self.started + first
 
     def next_sleep(self, now: float) -> tuple[float, bool]:
         """Seconds to sleep before the next GET, and whether that GET is the last one."""
         elapsed = now - self.started
-        if elapsed + self.delay > self.deadline_s:
+        delay = max(self.look_at - now, 0.0)
+        if elapsed + delay > self.deadline_s:
             return max(self.deadline_s - elapsed, 0.0), True
-        return self.delay, False
+        return delay, False
 
     def keep_polling_after_404(self, now: float, final: bool) -> bool:
         """A 404 just after creation is the service catching up; later it is an error."""
@@ -340,7 +344,7 @@ class _Waiter:
             return False
         if final:
             raise self._deadline_error()
-        self.delay = self.plan.next_delay(elapsed=now - self.started, completed=0, total=0)
+        self.look_at = now + self.plan.next_delay(elapsed=now - self.started, completed=0, total=0)
         return True
 
     def seen(
@@ -369,7 +373,7 @@ class _Waiter:
         if final:
             raise self._deadline_error()
         self.last_running_s = now - self.started
-        self.delay = self.plan.next_delay(
+        self.look_at = now + self.plan.next_delay(
             elapsed=now - self.started,
             completed=status.completed_tasks,
             total=status.total_tasks,

@@ -80,7 +80,7 @@ _SILENT_MISS = 0.001
 # Each finished job's evidence counts this much less per later job.
 _MODEL_DECAY = 0.85
 # The automatic budget: 2 + mean/2 requests (the fair-use target) less this margin.
-_AUTO_MARGIN = 0.7
+_AUTO_MARGIN = 0.6
 # One step ahead: candidate look times (an even grid up to the plan's next look, plus
 # its equal-mass ends there) and the coarser posterior each possible count is planned on.
 _AHEAD_GRID = 6
