@@ -26,9 +26,11 @@ from studio_flows.tasks.jobs import engine_for, job_client
 from studio_flows.tasks.limits import ensure_limit_once
 from studio_flows.tasks.slots import Lease, SlotPool, slot_pool
 
+from studio_flows import interrupts
 from studio_flows.blocks import ModelStudioCredentials
 from studio_flows.client import ModelStudioClient
 from studio_flows.errors import (
+    AmbiguousSubmissionError,
     ConfigurationError,
     GenerationJobCancelled,
     GenerationJobFailed,
@@ -45,6 +47,7 @@ from studio_flows.generation import (
     generation_request,
     generations_of,
 )
+from studio_flows.jobs import orphan_wait_s
 from studio_flows.models import GenerateRequest
 from studio_flows.result_table import results_table, wide_table
 from studio_flows.settings import Settings, load_settings
@@ -148,8 +151,8 @@ def generate(
     pool = _pool(settings, ensure=True)
     with job_client(settings) as client:
         lease = pool.acquire()
+        job = _post(client, pool, lease, request)  # gives the slot back if the POST fails
         try:
-            job = _post(client, pool, lease, request)
             result = await_generation(client, job, deadline_s or settings.job_deadline_s)
         finally:
             pool.release(lease)
@@ -229,10 +232,20 @@ def await_generation(
 def _post(
     client: ModelStudioClient, pool: SlotPool, lease: Lease, request: GenerateRequest
 ) -> GenerationJob:
-    """POST ``request`` under ``lease``; give the slot back if no job came of it."""
+    """POST ``request`` under ``lease``; give the slot back if no job came of it.
+
+    A POST whose outcome is unknown may have created a job that runs now: its slot is
+    kept for as long as such a job could run (:func:`orphan_wait_s`), then given back.
+    """
     submitted_at = datetime.now(UTC)
     try:
         created = client.create_job(request)
+    except AmbiguousSubmissionError:
+        try:
+            interrupts.sleep(orphan_wait_s(client, len(request.messages)))
+        finally:
+            pool.release(lease)
+        raise
     except BaseException:
         pool.release(lease)
         raise

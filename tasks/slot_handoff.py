@@ -213,13 +213,17 @@ class SlotPool:
         """
         books = self._books
         with books.cond:
-            if lease.lease_id not in books.held:
-                return  # already given back (release_all)
+            if books.held.get(lease.lease_id) is not lease:
+                return  # already given back (release_all) or handed on by an earlier release
             books.parked.discard(lease.lease_id)
             books.last_freed = books.clock()
             fresh = books.clock() - lease.since < self.turn_s
             if books.wanted() and fresh and not interrupts.stop_requested():
-                books.idle.append(lease)
+                # The next holder gets its own handle: a second release of this one must
+                # not free the slot under the job that now runs on it.
+                handed = Lease(lease.lease_id, lease.since)
+                books.held[lease.lease_id] = handed
+                books.idle.append(handed)
                 books.cond.notify_all()
                 return
             del books.held[lease.lease_id]

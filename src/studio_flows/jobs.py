@@ -199,8 +199,8 @@ def submit_shard(
     """POST the shard's job, recording intent and job_id; return ``(job_id, resubmits)``.
 
     An ambiguous POST may have created a job that now runs on the account. Before
-    resubmitting, wait about as long as such a job takes (the caller still holds the
-    fair-use slot), so the orphan's slot is not counted twice.
+    resubmitting, and before giving up, wait about as long as such a job takes (the caller
+    still holds the fair-use slot), so the orphan's slot is not counted twice.
     """
     resubmits = 0
     while True:
@@ -216,7 +216,18 @@ def submit_shard(
             ) from err
         except AmbiguousSubmissionError as err:
             record_ambiguous(engine, shard.shard_key, err.cause)
+            orphan_wait = orphan_wait_s(client, len(shard.rows))
             if policy != "resubmit" or resubmits >= MAX_AMBIGUOUS_RESUBMITS:
+                # Giving up frees the slot for the lane's next job: the orphan must have
+                # ended by then too, or the account runs a 4th job.
+                logger.warning(
+                    "shard %s: %s; giving up after %d resubmits, in %.1f s",
+                    shard.shard_key,
+                    err.cause,
+                    resubmits,
+                    orphan_wait,
+                )
+                sleep(orphan_wait)
                 raise AmbiguousShardError(
                     f"Shard {shard.shard_key}: job submission outcome unknown ({err.cause}); "
                     "left as 'ambiguous' in generation_jobs",
@@ -224,7 +235,6 @@ def submit_shard(
                     shard_key=shard.shard_key,
                 ) from err
             resubmits += 1
-            orphan_wait = _orphan_wait(client, len(shard.rows))
             logger.warning(
                 "shard %s: %s; resubmitting in %.1f s (%d)",
                 shard.shard_key,
@@ -243,13 +253,18 @@ def submit_shard(
         return created.job_id, resubmits
 
 
-def _orphan_wait(client: ModelStudioClient, tasks: int) -> float:
-    """How long a job the lost POST may have created could still run.
+def orphan_wait_s(client: ModelStudioClient, tasks: int) -> float:
+    """How long a job of ``tasks`` conversations that a lost POST may have created could run.
 
     The longer of twice the predicted duration and the longest such job seen (predictions
     run short after jobs seen late), plus one poll interval; with no job seen yet, the
-    longest poll interval. Waiting too little lets the lane's next job overlap the orphan:
-    a 4th active job.
+    longest poll interval. Whoever holds the POST's fair-use slot keeps it that long:
+    waiting too little lets the slot's next job overlap the orphan, a 4th active job.
+
+    Example:
+        >>> with ModelStudioClient(token="t", organization_id="org") as client:
+        ...     orphan_wait_s(client, 50)  # no job seen yet: the longest poll interval
+        10.0
     """
     predicted = client.history.predict(tasks)
     if predicted is None:

@@ -91,6 +91,23 @@ def test_the_window_of_three_is_used_and_never_exceeded(
     assert stats["max_active_jobs"] == 3
 
 
+def test_a_shard_given_up_after_lost_posts_keeps_its_slot_while_its_orphan_may_run(
+    flow_env: EmulatorServer, tmp_path: Path, sqlite_url: str
+) -> None:
+    # Every POST's response is lost, yet each makes a job the service runs (0.3 s). A lane
+    # gives a shard up after its resubmits and takes the next shard: never while the last
+    # orphan may still run, or the account runs a 4th job (CI saw 4 in the chaos test).
+    flow_env.configure(job_latency_s=0.3, lost_post_response_rate=1.0, fair_use_limit=50)
+    dataset = write_prompts(tmp_path / "q.jsonl", 30)
+
+    summary = generate_dataset(options(dataset, sqlite_url))
+
+    stats = flow_env.stats()
+    assert (summary.completed, summary.unfinished) == (0, 30)
+    assert stats["jobs_created"] == 6 * 4  # each shard's POST and its three resubmits
+    assert stats["max_active_jobs"] <= 3, stats
+
+
 def test_a_rerun_submits_no_job(
     flow_env: EmulatorServer, tmp_path: Path, database_url: str
 ) -> None:

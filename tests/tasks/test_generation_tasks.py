@@ -76,6 +76,13 @@ def mapped_submit_then_wait(batches: list[list[str]]) -> list[GenerationResult]:
 
 
 @flow
+def mapped_generate_errors(batches: list[list[str]]) -> list[str]:
+    futures = generate.map(batches, model_id=unmapped(MODEL))
+    futures.wait()
+    return [type(f.state.result(raise_on_failure=False)).__name__ for f in futures]
+
+
+@flow
 def submit_all_then_wait(batches: list[list[str]]) -> list[GenerationResult]:
     jobs = [submit_generation_job(batch, MODEL) for batch in batches]
     return [wait_for_generation_job(job) for job in jobs]
@@ -150,6 +157,21 @@ def test_a_failed_job_is_a_typed_error_and_its_slot_comes_back(env: EmulatorServ
 
     with pytest.raises(GenerationJobFailed):
         generate_one(["doomed too"])
+    assert held_slots() == 0
+
+
+def test_a_lost_post_response_keeps_its_slot_while_the_job_it_made_may_run(
+    env: EmulatorServer,
+) -> None:
+    # Each POST makes a 0.3 s job whose response is lost: a slot given back at once would
+    # let a fourth task's POST run beside three orphans.
+    env.configure(job_latency_s=0.3, lost_post_response_rate=1.0)
+
+    errors = mapped_generate_errors(batches_of(6, 2))
+
+    assert errors == ["AmbiguousSubmissionError"] * 6
+    assert env.stats()["jobs_created"] == 6
+    assert env.stats()["max_active_jobs"] <= 3, env.stats()
     assert held_slots() == 0
 
 

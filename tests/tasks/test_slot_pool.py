@@ -20,7 +20,7 @@ from studio_flows.tasks.slot_holders import (
     live_holders,
     reclaim_dead_holders,
 )
-from studio_flows.tasks.slots import SlotPool, SlotRefused, SlotServerUnavailable
+from studio_flows.tasks.slots import Lease, SlotPool, SlotRefused, SlotServerUnavailable
 
 from studio_flows import interrupts
 from studio_flows.errors import (
@@ -91,6 +91,24 @@ def test_a_freed_slot_goes_straight_to_a_local_waiter_without_the_server() -> No
 
     assert got == [first], "the waiter got another lease than the one handed over"
     assert limit.acquired == 1 and limit.released == []
+
+
+def test_a_second_release_of_a_handed_on_lease_leaves_the_new_holders_slot_alone() -> None:
+    limit = FakeLimit(1)
+    pool = SlotPool(api=limit, poll_s=0.01)
+    first = pool.acquire()
+    got: list[Lease] = []
+    waiter = threading.Thread(target=lambda: got.append(pool.acquire()))
+    waiter.start()
+    wait_for(lambda: pool.waiting == 1, 10, "the pool to get there")
+    pool.release(first)
+    waiter.join(timeout=10)
+
+    pool.release(first)  # the first holder's clean-up gives it back once more
+
+    assert (pool.held, limit.released) == (1, []), "the waiter's slot was freed under it"
+    pool.release(got[0])
+    assert (pool.held, limit.released) == (0, [first.lease_id])
 
 
 def test_a_lease_held_for_a_turn_goes_back_to_the_server_not_to_a_local_waiter() -> None:
