@@ -15,7 +15,8 @@ pool is made of
   gives them back;
 - the holder files (:mod:`studio_flows.tasks.slot_holders`): the leases this process
   holds, which the operating system unlocks when it dies, so a later process gives them
-  back at once, and which tell a refused pool when a peer on this machine gave one back;
+  back at once, and which tell a refused pool when a peer on this machine gave one back
+  (leases also expire on a server that runs its lease repossessor);
 - the four Prefect calls (:mod:`studio_flows.tasks.slot_api`).
 
 This module keeps one pool per Prefect API and limit for the whole process
