@@ -111,6 +111,8 @@ def postgres_database() -> Iterator[str | None]:
     import sqlalchemy as sa
     from sqlalchemy.pool import NullPool
 
+    from bench.postgres import drop_database
+
     server = sa.make_url(raw)
     if server.drivername in ("postgresql", "postgres"):
         server = server.set(drivername="postgresql+psycopg")
@@ -121,8 +123,7 @@ def postgres_database() -> Iterator[str | None]:
     try:
         yield server.set(database=name).render_as_string(hide_password=False)
     finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(admin, name)
         admin.dispose()
 
 
