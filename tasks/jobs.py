@@ -200,7 +200,7 @@ class _JobRunner:
             except (*FATAL_ERRORS, RunInterrupted):
                 raise
             except AmbiguousShardError as err:
-                return JobReport.gave_up(work.shard, str(err))
+                return JobReport.gave_up(work.shard, str(err), ambiguous_resubmits=err.resubmits)
             except Exception as err:
                 # A driver's error spans lines; the summary shows one sentence per shard.
                 said = describe_unavailable(err, self.database_url) if is_unavailable(err) else err

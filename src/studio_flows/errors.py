@@ -111,9 +111,10 @@ class AmbiguousSubmissionError(ModelStudioError):
 class AmbiguousShardError(AmbiguousSubmissionError):
     """The POST stayed ambiguous and the policy forbids (more) resubmission."""
 
-    def __init__(self, message: str, *, cause: str, shard_key: str) -> None:
+    def __init__(self, message: str, *, cause: str, shard_key: str, resubmits: int = 0) -> None:
         super().__init__(message, cause=cause)
         self.shard_key = shard_key
+        self.resubmits = resubmits
 
 
 class APIStatusError(ModelStudioError):

@@ -121,9 +121,10 @@ class JobReport:
     model_id: str = ""
 
     @classmethod
-    def gave_up(cls, shard: Shard, error: str) -> JobReport:
+    def gave_up(cls, shard: Shard, error: str, *, ambiguous_resubmits: int = 0) -> JobReport:
         """A shard given up on in this run: its rows stay unfinished for the next run."""
         return cls(
+            ambiguous_resubmits=ambiguous_resubmits,
             shard_key=shard.shard_key,
             job_id="",
             job_status="NOT_RUN",
@@ -228,11 +229,13 @@ def submit_shard(
                     orphan_wait,
                 )
                 sleep(orphan_wait)
+                tried = f"after {resubmits} resubmits" if resubmits else "not resubmitted"
                 raise AmbiguousShardError(
-                    f"Shard {shard.shard_key}: job submission outcome unknown ({err.cause}); "
+                    f"job submission outcome unknown ({err.cause}), {tried}; "
                     "left as 'ambiguous' in generation_jobs",
                     cause=err.cause,
                     shard_key=shard.shard_key,
+                    resubmits=resubmits,
                 ) from err
             resubmits += 1
             logger.warning(

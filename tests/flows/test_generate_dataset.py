@@ -105,6 +105,8 @@ def test_a_shard_given_up_after_lost_posts_keeps_its_slot_while_its_orphan_may_r
     stats = flow_env.stats()
     assert (summary.completed, summary.unfinished) == (0, 30)
     assert stats["jobs_created"] == 6 * 4  # each shard's POST and its three resubmits
+    assert summary.ambiguous_resubmitted == 6 * 3  # paid for, so counted though given up
+    assert all("after 3 resubmits" in error for error in summary.errors), summary.errors
     assert stats["max_active_jobs"] <= 3, stats
 
 
