@@ -77,17 +77,22 @@ def no_stop_request() -> Iterator[None]:
     interrupts.reset()
 
 
-def test_a_freed_slot_goes_straight_to_a_local_waiter_without_the_server() -> None:
-    limit = FakeLimit(1)
-    pool = SlotPool(api=limit, poll_s=0.01)
+def hand_over(pool: SlotPool) -> tuple[Lease, list[Lease]]:
+    """Take a lease, let another thread wait for one, release the first; what it got."""
     first = pool.acquire()
-    got: list[object] = []
+    got: list[Lease] = []
     waiter = threading.Thread(target=lambda: got.append(pool.acquire()))
     waiter.start()
     wait_for(lambda: pool.waiting == 1, 10, "the pool to get there")
-
     pool.release(first)
     waiter.join(timeout=10)
+    return first, got
+
+
+def test_a_freed_slot_goes_straight_to_a_local_waiter_without_the_server() -> None:
+    limit = FakeLimit(1)
+    pool = SlotPool(api=limit, poll_s=0.01)
+    first, got = hand_over(pool)
 
     assert got == [first], "the waiter got another lease than the one handed over"
     assert limit.acquired == 1 and limit.released == []
@@ -96,13 +101,7 @@ def test_a_freed_slot_goes_straight_to_a_local_waiter_without_the_server() -> No
 def test_a_second_release_of_a_handed_on_lease_leaves_the_new_holders_slot_alone() -> None:
     limit = FakeLimit(1)
     pool = SlotPool(api=limit, poll_s=0.01)
-    first = pool.acquire()
-    got: list[Lease] = []
-    waiter = threading.Thread(target=lambda: got.append(pool.acquire()))
-    waiter.start()
-    wait_for(lambda: pool.waiting == 1, 10, "the pool to get there")
-    pool.release(first)
-    waiter.join(timeout=10)
+    first, got = hand_over(pool)
 
     pool.release(first)  # the first holder's clean-up gives it back once more
 
@@ -114,14 +113,7 @@ def test_a_second_release_of_a_handed_on_lease_leaves_the_new_holders_slot_alone
 def test_a_lease_held_for_a_turn_goes_back_to_the_server_not_to_a_local_waiter() -> None:
     limit = FakeLimit(1)
     pool = SlotPool(api=limit, poll_s=0.01, turn_s=0.0)
-    first = pool.acquire()
-    got: list[object] = []
-    waiter = threading.Thread(target=lambda: got.append(pool.acquire()))
-    waiter.start()
-    wait_for(lambda: pool.waiting == 1, 10, "the pool to get there")
-
-    pool.release(first)
-    waiter.join(timeout=10)
+    first, got = hand_over(pool)
 
     assert limit.released == [first.lease_id]
     assert got and got[0] != first and limit.acquired == 2
