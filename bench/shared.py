@@ -587,8 +587,8 @@ def _p7_section(d: dict[str, Any]) -> list[str]:
         " after the first. Makespan = first POST to the last job's end (the emulator's job",
         "intervals); greedy = a perfect client's schedule of the same jobs on 3 slots, each",
         "process's jobs available from its start. The row is the median of "
-        f"{len(p7.get('runs', [p7['ratio']]))} runs made one after another (their ratios: "
-        f"{', '.join(str(r) for r in p7.get('runs', [p7['ratio']]))}).",
+        f"{len(p7['runs'])} runs made one after another (their ratios: "
+        f"{', '.join(str(r) for r in p7['runs'])}).",
         "",
         "| jobs | greedy (s) | makespan (s) | ratio | idle slot-s | end to next POST (s) |"
         " max in flight | fair-use 429s | requests/job |",

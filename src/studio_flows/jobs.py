@@ -221,15 +221,15 @@ def submit_shard(
             if policy != "resubmit" or resubmits >= MAX_AMBIGUOUS_RESUBMITS:
                 # Giving up frees the slot for the lane's next job: the orphan must have
                 # ended by then too, or the account runs a 4th job.
+                tried = f"after {resubmits} resubmits" if resubmits else "not resubmitted"
                 logger.warning(
-                    "shard %s: %s; giving up after %d resubmits, in %.1f s",
+                    "shard %s: %s, %s; giving up in %.1f s",
                     shard.shard_key,
                     err.cause,
-                    resubmits,
+                    tried,
                     orphan_wait,
                 )
                 sleep(orphan_wait)
-                tried = f"after {resubmits} resubmits" if resubmits else "not resubmitted"
                 raise AmbiguousShardError(
                     f"job submission outcome unknown ({err.cause}), {tried}; "
                     "left as 'ambiguous' in generation_jobs",
