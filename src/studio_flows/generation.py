@@ -8,6 +8,7 @@ Example:
     >>> request = generation_request(["Hi", [{"role": "user", "content": "Yo"}]], "m")
     >>> [turns[0].content for turns in request.messages]
     ['Hi', 'Yo']
+    >>> from studio_flows.models import TaskResult
     >>> status = JobStatus(job_id="j", job_status="FINISHED",
     ...                    results=[TaskResult(task_index=0, status="completed", result="Hey")])
     >>> [g.text for g in generations_of(status, size=2)]
@@ -24,7 +25,7 @@ from typing import Literal, TypeAlias
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from studio_flows.errors import DatasetError
-from studio_flows.models import GenerateRequest, JobStatus, Message, TaskResult
+from studio_flows.models import GenerateRequest, JobStatus, Message
 
 # The API's limit of units per generation operation (the reference).
 MAX_CONVERSATIONS_PER_JOB = 100
@@ -129,17 +130,12 @@ def generation_request(
 
 def generations_of(status: JobStatus, size: int) -> list[Generation]:
     """One :class:`Generation` per conversation of a terminal job, by task index."""
-    by_index = status.results_by_index()
-    return [_generation(index, by_index.get(index), status.job_id) for index in range(size)]
-
-
-def _generation(index: int, task: TaskResult | None, job_id: str) -> Generation:
-    if task is None:
-        error = f"job {job_id} returned no result for task_index {index}"
-        return Generation(task_index=index, status="failed", error=error)
-    if task.is_completed:
-        return Generation(task_index=index, status="completed", text=task.result or "")
-    return Generation(task_index=index, status="failed", error=f"task {index} ended {task.status}")
+    return [
+        Generation(task_index=index, status="completed", text=answer.text)
+        if answer.text is not None
+        else Generation(task_index=index, status="failed", error=answer.error)
+        for index, answer in enumerate(status.answers(size))
+    ]
 
 
 def _reason(err: Exception) -> str:

@@ -143,34 +143,21 @@ def map_results(shard: Shard, status: JobStatus) -> list[ResultRecord]:
         >>> [r.status for r in map_results(shard, status)]  # doctest: +SKIP
         ['completed', 'failed']
     """
-    by_index = status.results_by_index()
     records = []
-    for index, row in enumerate(shard.rows):
-        task = by_index.get(index)
-        if task is not None and task.is_completed:
-            status_text, result, error = RowStatus.COMPLETED, task.result or "", None
-        else:
-            status_text, result = RowStatus.FAILED, None
-            error = _task_error(task, index, status)
+    answers = status.answers(len(shard.rows))
+    for index, (row, answer) in enumerate(zip(shard.rows, answers, strict=True)):
         records.append(
             ResultRecord(
                 identity=row.identity(shard.params),
                 task_index=index,
                 messages=row.messages,
-                status=status_text,
-                result=result,
-                error=error,
+                status=RowStatus.COMPLETED if answer.text is not None else RowStatus.FAILED,
+                result=answer.text,
+                error=answer.error,
                 metadata=row.metadata,
             )
         )
     return records
-
-
-def _task_error(task: object, index: int, status: JobStatus) -> str:
-    if task is None:
-        return f"job {status.job_id} returned no result for task_index {index}"
-    detail = getattr(task, "error", None) or getattr(task, "status", "unknown")
-    return f"task {index} ended {detail}"
 
 
 def failed_records(shard: Shard, error: str) -> list[ResultRecord]:

@@ -93,6 +93,57 @@ class JobStatus(_Response):
         """Unknown statuses count as still running (the caller enforces a deadline)."""
         return self.is_finished or self.is_failed
 
-    def results_by_index(self) -> dict[int, TaskResult]:
-        """Results keyed by ``task_index``: the service may return them in any order."""
-        return {r.task_index: r for r in self.results}
+    def answers(self, size: int) -> list[TaskAnswer]:
+        """One :class:`TaskAnswer` per conversation of a job of ``size``, by task index.
+
+        The service may list results in any order. An answer counts only when the job says
+        it unambiguously: a task ``completed`` without a result, an index listed twice with
+        different content, or any index outside the job (its numbering cannot be trusted,
+        so no row of the job takes an answer) fails the row with a reason. Identical
+        duplicates are harmless.
+
+        Example:
+            >>> status = JobStatus(job_id="j", job_status="FINISHED", results=[
+            ...     TaskResult(task_index=1, status="completed", result="B"),
+            ...     TaskResult(task_index=0, status="completed", result=None)])
+            >>> [(a.text, a.error) for a in status.answers(2)]
+            [(None, 'job j marked task_index 0 completed without a result'), ('B', None)]
+        """
+        outside = sorted({r.task_index for r in self.results if r.task_index >= size})
+        if outside:
+            reason = (
+                f"job {self.job_id} listed task_index {outside[0]} for a job of {size} "
+                "conversations, so no answer of it can be matched to its row"
+            )
+            return [TaskAnswer(error=reason) for _ in range(size)]
+        listed: dict[int, list[TaskResult]] = {}
+        for result in self.results:
+            listed.setdefault(result.task_index, []).append(result)
+        return [self._answer(index, listed.get(index, [])) for index in range(size)]
+
+    def _answer(self, index: int, listed: list[TaskResult]) -> TaskAnswer:
+        if not listed:
+            return TaskAnswer(error=f"job {self.job_id} returned no result for task_index {index}")
+        if len({(r.status, r.result) for r in listed}) > 1:
+            return TaskAnswer(
+                error=f"job {self.job_id} listed task_index {index} {len(listed)} times "
+                "with different answers"
+            )
+        task = listed[0]
+        if not task.is_completed:
+            detail = (task.model_extra or {}).get("error") or task.status
+            return TaskAnswer(error=f"task {index} ended {detail}")
+        if not task.result:
+            return TaskAnswer(
+                error=f"job {self.job_id} marked task_index {index} completed without a result"
+            )
+        return TaskAnswer(text=task.result)
+
+
+class TaskAnswer(BaseModel):
+    """What one conversation of a terminal job came to: its answer, or why there is none."""
+
+    model_config = ConfigDict(frozen=True)
+
+    text: str | None = None
+    error: str | None = None

@@ -545,7 +545,7 @@ def test_wait_for_job_returns_the_finished_status_with_results(fake: FakeTime) -
         status = client.wait_for_job(JOB)
     assert isinstance(status, JobStatus)
     assert status.job_id == JOB
-    assert sorted(status.results_by_index()) == [0, 1]
+    assert sorted(r.task_index for r in status.results) == [0, 1]
 
 
 @pytest.mark.parametrize("terminal", ["FAILED", "Cancelled", "error", "CANCELED"])

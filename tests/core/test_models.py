@@ -104,25 +104,62 @@ def test_job_created_parses_the_reference_answer() -> None:
     assert (created.job_id, created.status) == ("abc", "CREATED")
 
 
-def test_results_by_index_maps_out_of_order_results() -> None:
-    status = JobStatus.model_validate(
-        {
-            "job_id": "j",
-            "job_status": "FINISHED",
-            "total_tasks": 3,
-            "completed_tasks": 3,
-            "results": [
-                {"task_index": 2, "status": "completed", "result": "two"},
-                {"task_index": 0, "status": "completed", "result": "zero"},
-                {"task_index": 1, "status": "failed", "result": None},
-            ],
-        }
+def _finished(*results: dict[str, object]) -> JobStatus:
+    return JobStatus.model_validate({"job_id": "j", "job_status": "FINISHED", "results": results})
+
+
+def test_answers_match_out_of_order_results_by_task_index() -> None:
+    status = _finished(
+        {"task_index": 2, "status": "completed", "result": "two"},
+        {"task_index": 0, "status": "completed", "result": "zero"},
+        {"task_index": 1, "status": "failed", "result": None, "error": "too long"},
     )
-    by_index = status.results_by_index()
-    assert sorted(by_index) == [0, 1, 2]
-    assert by_index[0].result == "zero"
-    assert by_index[2].result == "two"
-    assert not by_index[1].is_completed
+    answers = status.answers(3)
+    assert [a.text for a in answers] == ["zero", None, "two"]
+    assert answers[1].error == "task 1 ended too long"
+
+
+@pytest.mark.parametrize(
+    "listed",
+    [
+        {"task_index": 0, "status": "completed", "result": None},
+        {"task_index": 0, "status": "completed"},
+        {"task_index": 0, "status": "completed", "result": ""},
+    ],
+    ids=["null", "missing", "empty"],
+)
+def test_a_task_completed_without_a_result_is_a_failed_row(listed: dict[str, object]) -> None:
+    answer = _finished(listed).answers(1)[0]
+    assert answer.text is None
+    assert answer.error == "job j marked task_index 0 completed without a result"
+
+
+def test_one_task_index_listed_twice_with_different_answers_is_a_failed_row() -> None:
+    status = _finished(
+        {"task_index": 0, "status": "completed", "result": "answer to row 0"},
+        {"task_index": 0, "status": "completed", "result": "answer to row 1"},
+        {"task_index": 1, "status": "completed", "result": "answer to row 1"},
+    )
+    first, second = status.answers(2)
+    assert first.text is None
+    assert first.error == "job j listed task_index 0 2 times with different answers"
+    assert second.text == "answer to row 1"
+
+
+def test_an_identical_duplicate_is_harmless() -> None:
+    same = {"task_index": 0, "status": "completed", "result": "A"}
+    assert _finished(same, same).answers(1)[0].text == "A"
+
+
+def test_an_index_outside_the_job_fails_every_row_of_it() -> None:
+    # Numbered from 1: each answer would land on the next conversation's row.
+    status = _finished(
+        {"task_index": 1, "status": "completed", "result": "answer to row 0"},
+        {"task_index": 2, "status": "completed", "result": "answer to row 1"},
+    )
+    answers = status.answers(2)
+    assert [a.text for a in answers] == [None, None]
+    assert all("listed task_index 2 for a job of 2 conversations" in str(a.error) for a in answers)
 
 
 @pytest.mark.parametrize(

@@ -200,6 +200,23 @@ def test_conversations_may_be_strings_or_turns(env: EmulatorServer) -> None:
     ]
 
 
+def test_an_answer_the_job_does_not_give_unambiguously_is_a_failed_generation(
+    env: EmulatorServer,
+) -> None:
+    env.configure(duplicate_index_rate=1.0, empty_result_rate=0.5, seed=3)
+
+    answered = generate_one(["first", "second", "third"])
+
+    assert answered[0].status == "failed"
+    assert "listed task_index 0 2 times with different answers" in str(answered[0].error)
+    for generation, prompt in zip(answered[1:], ["second", "third"], strict=True):
+        if generation.status == "completed":
+            assert generation.text == f"{MODEL} answers: {prompt}"
+        else:
+            assert "completed without a result" in str(generation.error)
+    assert env.stats()["faults"]["empty_result"] >= 1
+
+
 def test_a_bad_conversation_is_refused_before_a_slot_is_taken(env: EmulatorServer) -> None:
     with pytest.raises(DatasetError, match="conversation 1"):
         generate_one(["fine", [{"role": "robot", "content": "x"}]])

@@ -25,6 +25,9 @@ FAULT_KINDS = (
     "failed_job",
     "failed_task",
     "not_found_window",
+    "empty_result",
+    "duplicate_index",
+    "shifted_index",
 )
 SERVER_ERROR_STATUSES = (500, 502, 503, 504)
 
@@ -71,6 +74,20 @@ class EmulatorConfig(BaseModel):
         0.0, ge=0.0, description="Seconds after creation during which a GET of the job is 404."
     )
     shuffle_results: bool = Field(False, description="List results in a seeded random order.")
+    # Hostile answers: what a service may send that must never become a stored answer.
+    empty_result_rate: Rate = Field(
+        0.0,
+        description="Share of tasks listed completed with no answer "
+        "(result null; at odd task indexes no result key at all).",
+    )
+    duplicate_index_rate: Rate = Field(
+        0.0,
+        description="Share of jobs that list their first task_index a second time, "
+        "with another conversation's answer.",
+    )
+    shifted_index_rate: Rate = Field(
+        0.0, description="Share of jobs whose task_index counts from 1, not 0."
+    )
     fair_use_limit: int = Field(3, ge=1, description="Active jobs allowed per token.")
     seed: int | None = Field(None, description="Seed of the fault generator (None: random).")
     retry_after_s: float = Field(1.0, ge=0.0, description="Retry-After sent with every 429.")

@@ -97,6 +97,11 @@ class _Job:
     # Seconds after creation at which each task ends (ascending, the last at ``duration``);
     # None: task i ends at duration * (i + 1) / n.
     task_ends: list[float] | None = None
+    # Hostile answers (see EmulatorConfig): tasks listed completed without a result, the
+    # first listed index repeated with another answer, indexes counted from ``index_base``.
+    empty_results: list[bool] = field(default_factory=list)
+    duplicate_first: bool = False
+    index_base: int = 0
 
     @property
     def end(self) -> float:
@@ -122,8 +127,17 @@ class _Job:
             "job_status": status,
             "total_tasks": n,
             "completed_tasks": done,
-            "results": [self._task(i) for i in self.order if i < done],
+            "results": self._listed([i for i in self.order if i < done]),
         }
+
+    def _listed(self, indexes: list[int]) -> list[dict[str, Any]]:
+        listed = [self._task(i) for i in indexes]
+        if self.duplicate_first and listed:
+            other = self.answers[(indexes[0] + 1) % len(self.answers)]
+            listed.append({**listed[0], "status": "completed", "result": f"{other} (again)"})
+        for task in listed:
+            task["task_index"] += self.index_base
+        return listed
 
     def _tasks_done(self, elapsed: float) -> int:
         if self.task_ends is None:
@@ -149,6 +163,9 @@ class _Job:
                 "result": None,
                 "error": "emulated task failure",
             }
+        if self.empty_results and self.empty_results[index]:
+            empty: dict[str, Any] = {"task_index": index, "status": "completed"}
+            return empty if index % 2 else {**empty, "result": None}
         return {"task_index": index, "status": "completed", "result": self.answers[index]}
 
 
@@ -391,6 +408,12 @@ class EmulatorState:
         task_failed = [self._rng.random() < config.task_failure_rate for _ in range(n)]
         self._faults["failed_task"] += sum(task_failed)
         duration, task_ends = self._timing(n)
+        empty_results = [self._happens(config.empty_result_rate) for _ in range(n)]
+        duplicate_first = self._happens(config.duplicate_index_rate)
+        index_base = int(self._happens(config.shifted_index_rate))
+        self._faults["empty_result"] += sum(empty_results)
+        self._faults["duplicate_index"] += duplicate_first
+        self._faults["shifted_index"] += index_base
         return _Job(
             job_id=str(uuid.UUID(int=self._rng.getrandbits(128), version=4)),
             organization_id=organization_id,
@@ -402,7 +425,14 @@ class EmulatorState:
             fails_after=fails_after,
             order=order,
             task_ends=task_ends,
+            empty_results=empty_results,
+            duplicate_first=duplicate_first,
+            index_base=index_base,
         )
+
+    def _happens(self, rate: float) -> bool:
+        # No draw at rate 0: a knob left off keeps every seeded run's faults as they were.
+        return rate > 0 and self._rng.random() < rate
 
     def next_timing(self, tasks: int) -> tuple[float, list[float] | None]:
         """The duration and task ends the next job of ``tasks`` conversations will get.
