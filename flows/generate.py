@@ -32,7 +32,7 @@ from prefect.artifacts import (
 from prefect.runtime import flow_run
 from prefect.utilities.annotations import opaque
 from sqlalchemy.engine import Engine
-from studio_flows.tasks.database import resolve_database_url
+from studio_flows.tasks.database import results_database
 from studio_flows.tasks.datasets import validate_dataset_task
 from studio_flows.tasks.jobs import FATAL_ERRORS, engine_for, run_generation_jobs
 from studio_flows.tasks.limits import ensure_concurrency_limit
@@ -40,7 +40,12 @@ from studio_flows.tasks.preflight import check_model_studio_access
 from studio_flows.tasks.slots import POLL_S, Lease, SlotPool, release_all_slots, slot_pool
 
 from studio_flows import interrupts
-from studio_flows.blocks import resolve_settings
+from studio_flows.blocks import (
+    ModelStudioCredentials,
+    ResultsDatabase,
+    credentials_object,
+    resolve_settings,
+)
 from studio_flows.client import ClientStats
 from studio_flows.datasets import DatasetReport, DatasetSource, iter_good_rows, iter_shards
 from studio_flows.errors import RunInterrupted
@@ -149,7 +154,8 @@ class _Lane:
     stats: ClientStats
     stop: threading.Event
     settings: Settings
-    database_url: str
+    database: ResultsDatabase
+    credentials: ModelStudioCredentials | None
     options: GenerateOptions
     flow_run_id: str | None
     start: _LaneStart = field(default_factory=lambda: _LaneStart(lanes=1))
@@ -193,11 +199,11 @@ class _Lane:
             # Each job: submit or re-attach, wait, persist in one transaction.
             run_generation_jobs(  # type: ignore[call-overload]
                 opaque(self._started(items)),
-                database_url=self.database_url,
+                database=self.database,
                 on_report=opaque(self._job_done),
                 policy=self.options.ambiguous_policy,
                 stats=self.stats,
-                credentials_block=self.options.credentials_block,
+                credentials=self.credentials,
                 flow_run_id=self.flow_run_id,
             )
         except FATAL_ERRORS:
@@ -307,20 +313,39 @@ def _run_lanes(lane: _Lane, count: int) -> None:
 
 
 @flow(name="generate-dataset", description="Batch generation with IONOS AI Model Studio")
-def generate_dataset(options: GenerateOptions) -> RunSummary:
+def generate_dataset(
+    options: GenerateOptions,
+    database: ResultsDatabase | None = None,
+    credentials: ModelStudioCredentials | None = None,
+) -> RunSummary:
     """Generate an answer for every row of a dataset and keep each one in SQL.
+
+    ``database`` and ``credentials`` are Blocks (a deployment's form offers the saved
+    ones); without them the results database is ``options.database_url``,
+    ``options.database_block`` or ``MODEL_STUDIO_DATABASE_URL``, and the token comes from
+    ``options.credentials_block`` or the environment. Prefect writes a Block parameter's
+    secrets as ``**********`` and ``options.database_url`` with its password masked, so no
+    password or token reaches the flow run's parameters (and a deployment run, which
+    only has its parameters, needs the block or the variable for a password).
 
     Example:
         >>> summary = generate_dataset(
-        ...     GenerateOptions(dataset_path="examples/prompts.jsonl", model_id="my-model")
+        ...     GenerateOptions(dataset_path="examples/prompts.jsonl", model_id="my-model"),
+        ...     database=ResultsDatabase.load("results"),
         ... )  # doctest: +SKIP
         >>> summary.completed  # doctest: +SKIP
         40
     """
-    return run_generation(options)
+    return run_generation(options, database=database, credentials=credentials)
 
 
-def run_generation(options: GenerateOptions, source: DatasetSource | None = None) -> RunSummary:
+def run_generation(
+    options: GenerateOptions,
+    source: DatasetSource | None = None,
+    *,
+    database: ResultsDatabase | None = None,
+    credentials: ModelStudioCredentials | None = None,
+) -> RunSummary:
     """The body of :func:`generate_dataset`, in the calling flow run: ``source`` is read
     instead of the file or query of ``options`` when given (rows in memory).
 
@@ -329,13 +354,15 @@ def run_generation(options: GenerateOptions, source: DatasetSource | None = None
         RunSummary(dataset='rows', ...)
     """
     started = time.monotonic()
-    settings = resolve_settings(options.credentials_block)
+    # Blocks from here on: the tasks' parameters never hold the token or the password.
+    credentials = credentials_object(credentials, options.credentials_block)
+    settings = resolve_settings(credentials)
     settings.require_credentials()
-    database_url = resolve_database_url(options.database_url, options.database_block, settings)
-    report = validate_dataset_task(options, source)
+    database = results_database(database, options.database_url, options.database_block, settings)
+    report = validate_dataset_task(options, source, database)
     assert report.source is not None  # every validation pass names what it read
     dataset = report.source.dataset
-    check_model_studio_access(options.credentials_block)
+    check_model_studio_access(credentials)
     limit = ensure_concurrency_limit(settings.concurrency_limit)
 
     models = options.models
@@ -348,7 +375,7 @@ def run_generation(options: GenerateOptions, source: DatasetSource | None = None
         params=params[0],
         shard_size=options.shard_size or settings.shard_size,
     )
-    planner = Planner(engine_for(database_url))
+    planner = Planner(engine_for(database.get_url()))
     tally = RunTally()
     lane = _Lane(
         work=SharedIterator(planner.plan(for_each_model(shards, params))),
@@ -361,7 +388,8 @@ def run_generation(options: GenerateOptions, source: DatasetSource | None = None
         stats=ClientStats(),
         stop=threading.Event(),
         settings=settings,
-        database_url=database_url,
+        database=database,
+        credentials=credentials,
         options=options,
         flow_run_id=str(flow_run.id) if flow_run.id else None,
     )

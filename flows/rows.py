@@ -3,10 +3,10 @@
 The rows (a list of dicts, a ``pyarrow.Table``, a pandas DataFrame) are read in place as a
 :class:`~studio_flows.datasets.MemorySource` by the engine a dataset file goes through
 (:func:`~studio_flows.flows.generate.run_generation`), so the validation, the templates, the
-shards, the fair-use lanes and the exactly-once ledger are the same. With a
-``database_url`` (or a ``database_block``) the answers are kept there under the dataset
-name ``rows``, and a rerun pays only for rows without one; without, they live in a private
-folder for the run only.
+shards, the fair-use lanes and the exactly-once ledger are the same. With a ``database``
+(a ``ResultsDatabase`` block), a ``database_url`` without a password or a
+``database_block`` the answers are kept there under the dataset name ``rows``, and a rerun
+pays only for rows without one; without, they live in a private folder for the run only.
 
 Example:
     >>> answers = generate_rows(
@@ -24,12 +24,15 @@ from typing import Any
 
 from prefect import flow
 from studio_flows.flows.generate import run_generation
-from studio_flows.tasks.database import resolve_database_url
+from studio_flows.tasks.database import results_database
 from studio_flows.tasks.jobs import engine_for
 
+from studio_flows.blocks import ModelStudioCredentials, ResultsDatabase
 from studio_flows.datasets import DatasetSource, MemorySource, read_rows
+from studio_flows.errors import ConfigurationError
 from studio_flows.generation import Generation
 from studio_flows.options import GenerateOptions
+from studio_flows.redaction import url_password
 from studio_flows.rows import GenerationParams, Row
 from studio_flows.settings import load_settings
 from studio_flows.statuses import RowStatus
@@ -51,8 +54,10 @@ def generate_rows(
     template: str | None = None,
     system_template: str | None = None,
     keep_columns: list[str] | None = None,
+    database: ResultsDatabase | None = None,
     database_url: str | None = None,
     database_block: str | None = None,
+    credentials: ModelStudioCredentials | None = None,
     credentials_block: str | None = None,
 ) -> list[Generation]:
     """Answer every row; return one :class:`Generation` per row, in the rows' order.
@@ -63,15 +68,25 @@ def generate_rows(
     ``keep_columns`` are stored beside each answer in the database (``read_results``
     returns them as columns); a row lacking one is bad.
 
+    A database with a password is a ``database`` block (``ResultsDatabase(url=...)``, saved
+    or not) and credentials a ``credentials`` block: Prefect writes their secrets into the
+    flow run's parameters as ``**********``. ``database_url`` is a plain parameter, written
+    as given: a URL with a password there is refused.
+
     Example:
         >>> import pyarrow as pa
         >>> table = pa.table({"prompt": ["Hello?", "Goodbye?"]})
         >>> [a.status for a in generate_rows(table, "my-model")]  # doctest: +SKIP
         ['completed', 'completed']
     """
+    if url_password(database_url) is not None:
+        raise ConfigurationError(
+            "generate_rows(database_url=...) holds a password, and a flow's parameters are "
+            "stored as given: pass database=ResultsDatabase(url=...) instead."
+        )
     source = MemorySource(rows)
     with tempfile.TemporaryDirectory(prefix="studio-flows-rows-") as folder:
-        if database_url is None and database_block is None:
+        if database is None and database_url is None and database_block is None:
             database_url = f"sqlite:///{Path(folder) / 'results.db'}"
         options = GenerateOptions.model_validate(
             dict(
@@ -92,9 +107,9 @@ def generate_rows(
             ),
             context={"rows_in_memory": True},
         )
-        run_generation(options, source)
-        url = resolve_database_url(database_url, database_block, load_settings())
-        return _answers(url, options, source)
+        resolved = results_database(database, database_url, database_block, load_settings())
+        run_generation(options, source, database=resolved, credentials=credentials)
+        return _answers(resolved.get_url(), options, source)
 
 
 def _answers(

@@ -1,9 +1,11 @@
-"""Where a run writes its results: a URL, a prefect-sqlalchemy connector block, or settings.
+"""Where a run writes its results: a ``ResultsDatabase`` block, a URL, a prefect-sqlalchemy
+connector block, or settings.
 
-A deployment keeps the database password out of its parameters by naming a
-``SqlAlchemyConnector`` block (prefect-sqlalchemy, the ecosystem's way to hold a database
-password); the URL is built from it in the process that opens the engine. The rendered URL
-carries the password because the engine needs it: log :func:`safe_url` instead, never it.
+A deployment keeps the database password out of its parameters with a ``ResultsDatabase``
+block (its ``SecretStr`` URL is written as ``**********`` into parameters) or by naming a
+``SqlAlchemyConnector`` block; the URL is built from it in the process that opens the
+engine. The rendered URL carries the password because the engine needs it: log
+:func:`safe_url` instead, never it.
 """
 
 from __future__ import annotations
@@ -17,25 +19,17 @@ from prefect_sqlalchemy import (  # type: ignore[import-untyped]
     SqlAlchemyConnector,
 )
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
 
+from studio_flows.blocks import ResultsDatabase
 from studio_flows.errors import ConfigurationError
+from studio_flows.redaction import MASK, is_redacted, redact_url
 from studio_flows.settings import Settings
 
 logger = get_logger("studio_flows.database")
 
 
-def safe_url(url: str | URL) -> str:
-    """The URL with its password masked, for logs and messages.
-
-    Example:
-        >>> safe_url("postgresql+psycopg://app:secret@db/results")
-        'postgresql+psycopg://app:***@db/results'
-    """
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return "<unparsable database URL>"  # never echo it: it may hold a password
+# The one URL masker (studio_flows.redaction), under the name this module always used.
+safe_url = redact_url
 
 
 def connector_url(connector: SqlAlchemyConnector) -> URL:
@@ -111,6 +105,7 @@ def resolve_database_url(
         'postgresql+psycopg://app:...@db:5432/results'
     """
     if database_url:
+        _refuse_redacted(database_url)
         if database_block:
             logger.warning(
                 "Both database_url and database_block %r are set: using database_url",
@@ -120,6 +115,34 @@ def resolve_database_url(
     if database_block:
         return load_connector_url(database_block)
     return settings.database_url
+
+
+def _refuse_redacted(url: str) -> None:
+    if is_redacted(url):
+        raise ConfigurationError(
+            f"The database URL {url} has its password masked ({MASK}): flow-run parameters "
+            "never carry a password. Pass a ResultsDatabase block (database=...) or set "
+            "MODEL_STUDIO_DATABASE_URL where the flow runs."
+        )
+
+
+def results_database(
+    database: ResultsDatabase | None,
+    database_url: str | None,
+    database_block: str | None,
+    settings: Settings,
+) -> ResultsDatabase:
+    """The results database as a block: the one given, else :func:`resolve_database_url`'s
+    URL wrapped in an unsaved block, which flows hand to their tasks (a Block parameter
+    never shows its password).
+
+    Example:
+        >>> results_database(None, "sqlite:///r.db", None, settings).get_url()  # doctest: +SKIP
+        'sqlite:///r.db'
+    """
+    if database is not None:
+        return database
+    return ResultsDatabase(url=resolve_database_url(database_url, database_block, settings))
 
 
 def resolve_source_url(
@@ -138,6 +161,7 @@ def resolve_source_url(
     if sql is None:
         return None
     if source_url:
+        _refuse_redacted(source_url)
         return source_url
     if source_block:
         return load_connector_url(source_block)

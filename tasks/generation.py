@@ -27,7 +27,7 @@ from studio_flows.tasks.limits import ensure_limit_once
 from studio_flows.tasks.slots import Lease, SlotPool, slot_pool
 
 from studio_flows import interrupts
-from studio_flows.blocks import ModelStudioCredentials
+from studio_flows.blocks import ModelStudioCredentials, ResultsDatabase
 from studio_flows.client import ModelStudioClient
 from studio_flows.errors import (
     AmbiguousSubmissionError,
@@ -163,6 +163,7 @@ def generate(
 @task(name="read-results", cache_policy=NO_CACHE)
 def read_results(
     *,
+    database: ResultsDatabase | None = None,
     database_url: str | None = None,
     dataset: str | None = None,
     model_id: str | None = None,
@@ -172,10 +173,11 @@ def read_results(
 ) -> pa.Table:
     """What runs wrote to the results database, as a ``pyarrow.Table`` in write order.
 
-    ``database_url`` defaults to ``MODEL_STUDIO_DATABASE_URL``; the filters are exact
-    matches. The columns are those of ``studio-flows results --format parquet``: the
-    result columns, then one per kept input column (``keep_columns``; a name clashing
-    with a result column becomes ``input_<name>``, see :mod:`studio_flows.kept_columns`).
+    The database is ``database`` (a ``ResultsDatabase`` block), else ``database_url``, else
+    ``MODEL_STUDIO_DATABASE_URL``; the filters are exact matches. The columns are those of
+    ``studio-flows results --format parquet``: the result columns, then one per kept input
+    column (``keep_columns``; a name clashing with a result column becomes
+    ``input_<name>``, see :mod:`studio_flows.kept_columns`).
     With ``wide=True`` (an evaluation run): one row per input row of ``dataset`` (or
     ``model_id``), its kept columns and prompt, and an ``answer:<model>`` and
     ``status:<model>`` column per model, as ``studio-flows results --wide`` exports.
@@ -186,7 +188,8 @@ def read_results(
         >>> table.column("result").to_pylist()[:1]  # doctest: +SKIP
         ['my-model answers: ...']
     """
-    engine = engine_for(database_url or load_settings().database_url)
+    url = database.get_url() if database is not None else database_url
+    engine = engine_for(url or load_settings().database_url)
     if wide:
         if status is not None or flow_run_id is not None:
             raise ConfigurationError("read_results(wide=True) takes dataset and model_id only")

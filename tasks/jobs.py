@@ -15,7 +15,7 @@ from prefect.cache_policies import NO_CACHE
 from sqlalchemy.engine import Engine
 
 from studio_flows import interrupts
-from studio_flows.blocks import resolve_settings
+from studio_flows.blocks import ModelStudioCredentials, ResultsDatabase, resolve_settings
 from studio_flows.client import ClientStats, ModelStudioClient
 from studio_flows.errors import (
     AmbiguousShardError,
@@ -104,10 +104,10 @@ def run_generation_job(
     work: WorkItem,
     *,
     deadline_s: float | None = None,
-    database_url: str,
+    database: ResultsDatabase,
     policy: AmbiguousPolicy = "resubmit",
     stats: ClientStats | None = None,
-    credentials_block: str | None = None,
+    credentials: ModelStudioCredentials | None = None,
     flow_run_id: str | None = None,
 ) -> JobReport:
     """Submit the shard's job (or re-attach to its recorded job_id), wait, and persist it.
@@ -120,13 +120,15 @@ def run_generation_job(
     of this task re-attaches to the recorded job instead of paying again.
 
     Example:
-        >>> report = run_generation_job(WorkItem(shard), database_url=url)  # doctest: +SKIP
+        >>> report = run_generation_job(WorkItem(shard), database=ResultsDatabase(url=url))
+        ... # doctest: +SKIP
         >>> report.job_status, report.completed  # doctest: +SKIP
         ('FINISHED', 50)
     """
-    settings = resolve_settings(credentials_block)  # read here: parameters never hold the token
+    # Blocks, read here: a Block parameter shows its secrets as "**********".
+    settings = resolve_settings(credentials)
     with job_client(settings, stats) as client:
-        runner = _JobRunner(client, settings, database_url, policy, flow_run_id)
+        runner = _JobRunner(client, settings, database.get_url(), policy, flow_run_id)
         return runner.run(work, deadline_s=deadline_s)
 
 
@@ -134,11 +136,11 @@ def run_generation_job(
 def run_generation_jobs(
     works: Iterable[WorkItem],
     *,
-    database_url: str,
+    database: ResultsDatabase,
     on_report: Callable[[JobReport], None],
     policy: AmbiguousPolicy = "resubmit",
     stats: ClientStats | None = None,
-    credentials_block: str | None = None,
+    credentials: ModelStudioCredentials | None = None,
     flow_run_id: str | None = None,
 ) -> int:
     """Run consecutive jobs, one after another, as :func:`run_generation_job` runs one.
@@ -153,13 +155,13 @@ def run_generation_jobs(
     the job is persisted. Returns the number of rows completed.
 
     Example:
-        >>> run_generation_jobs(items, database_url=url, on_report=print)  # doctest: +SKIP
+        >>> run_generation_jobs(items, database=database, on_report=print)  # doctest: +SKIP
         300
     """
-    settings = resolve_settings(credentials_block)
+    settings = resolve_settings(credentials)
     completed = 0
     with job_client(settings, stats) as client:  # one client for the task run's jobs
-        runner = _JobRunner(client, settings, database_url, policy, flow_run_id)
+        runner = _JobRunner(client, settings, database.get_url(), policy, flow_run_id)
         for work in works:
             interrupts.check()  # a stopping run starts no new job
             report = runner.run_with_retries(work)
@@ -244,7 +246,7 @@ def _persist(
 
 @task(name="persist-job-results", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=1)
 def persist_job_results(
-    outcome: JobOutcome, *, database_url: str, flow_run_id: str | None = None
+    outcome: JobOutcome, *, database: ResultsDatabase, flow_run_id: str | None = None
 ) -> int:
     """Upsert the job's rows and mark its shard done, in one transaction; return rows written.
 
@@ -252,8 +254,9 @@ def persist_job_results(
     them in a task of their own.
 
     Example:
-        >>> persist_job_results(outcome, database_url="sqlite:///r.db")  # doctest: +SKIP
+        >>> persist_job_results(outcome, database=ResultsDatabase(url="sqlite:///r.db"))
+        ... # doctest: +SKIP
         50
     """
-    _persist(outcome, database_url, flow_run_id)
+    _persist(outcome, database.get_url(), flow_run_id)
     return len(outcome.records)

@@ -1,4 +1,5 @@
-"""The Model Studio credentials as a Prefect Block, and how a run picks its settings.
+"""The Model Studio credentials and the results database as Prefect Blocks, and how a run
+picks its settings.
 
 This is the one module of :mod:`studio_flows` that imports Prefect:
 the rest of the core stays usable without a Prefect server.
@@ -25,6 +26,7 @@ from pydantic import Field, SecretStr
 
 from studio_flows.client import AsyncModelStudioClient, ModelStudioClient
 from studio_flows.errors import ConfigurationError
+from studio_flows.redaction import redact_url
 from studio_flows.settings import DEFAULT_BASE_URL, Settings, load_settings
 
 
@@ -92,6 +94,46 @@ class ModelStudioCredentials(Block):
         }
 
 
+class ResultsDatabase(Block):
+    """The SQLAlchemy URL of a results database, password included, as a ``SecretStr``.
+
+    Pass it to a flow or task as an object (a saved document, picked in a deployment's
+    form, or one built in code): Prefect writes a Block parameter with its secret fields
+    as ``**********``, so the password never reaches flow-run parameters.
+
+    Example:
+        >>> database = ResultsDatabase(url="postgresql+psycopg://app:pw@db/results")
+        >>> database.safe_url()
+        'postgresql+psycopg://app:***@db/results'
+        >>> database.model_dump(mode="json")["url"]
+        '**********'
+    """
+
+    _block_type_name: ClassVar[str | None] = "Results Database"
+    _block_type_slug: ClassVar[str | None] = "results-database"
+    _description: ClassVar[str | None] = (
+        "SQLAlchemy URL of the database studio-flows keeps its results in (studio-flows)."
+    )
+
+    url: SecretStr = Field(
+        description="SQLAlchemy URL, e.g. postgresql+psycopg://user:password@host:5432/db"
+    )
+
+    def get_url(self) -> str:
+        """The URL with its password, for the engine only (log :meth:`safe_url`).
+
+        Example:
+            >>> ResultsDatabase(url="sqlite:///r.db").get_url()
+            'sqlite:///r.db'
+        """
+        url: str = self.url.get_secret_value()
+        return url
+
+    def safe_url(self) -> str:
+        """The URL with its password masked."""
+        return redact_url(self.get_url())
+
+
 def _block_name(name: str) -> str:
     # Accept the "slug/name" form the Prefect CLI and UI print, as well as the bare name.
     prefix = ModelStudioCredentials.get_block_type_slug() + "/"
@@ -144,8 +186,9 @@ async def aload_credentials(name: str) -> ModelStudioCredentials:
         raise _load_error(block_name, err) from None
 
 
-def resolve_settings(credentials_block: str | None) -> Settings:
-    """Settings from the environment, with the named credentials block applied if given.
+def resolve_settings(credentials: ModelStudioCredentials | str | None) -> Settings:
+    """Settings from the environment, with the credentials block applied if given (the
+    block itself, or the name of a saved one).
 
     Raises :class:`ConfigurationError` naming the block when it does not exist.
 
@@ -156,27 +199,48 @@ def resolve_settings(credentials_block: str | None) -> Settings:
         'org'
     """
     settings = load_settings()
-    if not credentials_block:
+    if isinstance(credentials, ModelStudioCredentials):
+        return credentials.apply_to(settings)
+    if not credentials:
         return settings
-    return load_credentials(credentials_block).apply_to(settings)
+    return load_credentials(credentials).apply_to(settings)
 
 
-async def aresolve_settings(credentials_block: str | None) -> Settings:
+def credentials_object(
+    credentials: ModelStudioCredentials | None, block_name: str | None
+) -> ModelStudioCredentials | None:
+    """The credentials a flow hands its tasks: the block given, else the named one loaded,
+    else None (the environment, read in each task).
+
+    Example:
+        >>> credentials_object(None, None) is None
+        True
+    """
+    if credentials is not None:
+        return credentials
+    return load_credentials(block_name) if block_name else None
+
+
+async def aresolve_settings(credentials: ModelStudioCredentials | str | None) -> Settings:
     """:func:`resolve_settings` for async flows and tasks.
 
     Example:
         >>> settings = await aresolve_settings("prod")  # doctest: +SKIP
     """
     settings = load_settings()
-    if not credentials_block:
+    if isinstance(credentials, ModelStudioCredentials):
+        return credentials.apply_to(settings)
+    if not credentials:
         return settings
-    return (await aload_credentials(credentials_block)).apply_to(settings)
+    return (await aload_credentials(credentials)).apply_to(settings)
 
 
 __all__ = [
     "ModelStudioCredentials",
+    "ResultsDatabase",
     "aload_credentials",
     "aresolve_settings",
+    "credentials_object",
     "load_credentials",
     "resolve_settings",
 ]

@@ -50,6 +50,7 @@ from studio_flows.errors import (
 )
 from studio_flows.models import GenerateRequest, JobCreated, JobStatus
 from studio_flows.polling import DurationHistory, PollPlan
+from studio_flows.redaction import scrub, scrub_bytes
 from studio_flows.settings import Settings
 
 logger = logging.getLogger("studio_flows.client")
@@ -238,10 +239,34 @@ class _BaseClient:
             message, status_code=response.status_code, response=_detached(response), detail=detail
         )
 
-    def _decide_response(self, response: httpx.Response, *, is_post: bool, attempt: int) -> None:
-        """Return if ``response`` is a success; raise :class:`_Retry` or the typed error."""
+    def _scrubbed(self, response: httpx.Response) -> httpx.Response:
+        """``response`` as the rest of the client reads it: the token taken out of its body
+        and headers (a server may echo the request's ``Authorization`` header in an error
+        detail), tied to a copy of its request without that header.
+
+        The one place server text enters: every detail, error, log line and stored result
+        is made from what this returns, so none of them can quote the token.
+        """
+        secrets = [self._token.get_secret_value()]
+        headers = [
+            (name, scrub(value, secrets))
+            for name, value in response.headers.items()
+            # The content below is already decoded: these would describe the wire form.
+            if name.lower() not in _WIRE_HEADERS
+        ]
+        return httpx.Response(
+            response.status_code,
+            headers=headers,
+            content=scrub_bytes(response.content, secrets),
+            request=httpx.Request(response.request.method, response.request.url),
+        )
+
+    def _received(self, response: httpx.Response, *, is_post: bool, attempt: int) -> httpx.Response:
+        """``response`` scrubbed if it is a success; else raise :class:`_Retry` or the
+        typed error (made from the scrubbed response)."""
+        response = self._scrubbed(response)
         if response.is_success:
-            return
+            return response
         code = response.status_code
         error = self._status_error(response)
         retryable = RETRYABLE_POST_STATUSES if is_post else RETRYABLE_GET_STATUSES
@@ -412,6 +437,9 @@ class _Waiter:
         )
 
 
+_WIRE_HEADERS = frozenset({"content-encoding", "content-length", "transfer-encoding"})
+
+
 def _detached(response: httpx.Response) -> httpx.Response:
     """A copy of ``response`` without its request, whose headers carry the bearer token.
 
@@ -510,8 +538,7 @@ class ModelStudioClient(_BaseClient):
                 response = self._http.request(
                     method, path, content=body, headers=self._headers(body)
                 )
-                self._decide_response(response, is_post=is_post, attempt=attempt)
-                return response
+                return self._received(response, is_post=is_post, attempt=attempt)
             except httpx.HTTPError as exc:
                 try:
                     self._decide_exception(exc, is_post=is_post, attempt=attempt)
@@ -630,8 +657,7 @@ class AsyncModelStudioClient(_BaseClient):
                 response = await self._http.request(
                     method, path, content=body, headers=self._headers(body)
                 )
-                self._decide_response(response, is_post=is_post, attempt=attempt)
-                return response
+                return self._received(response, is_post=is_post, attempt=attempt)
             except httpx.HTTPError as exc:
                 try:
                     self._decide_exception(exc, is_post=is_post, attempt=attempt)

@@ -2,7 +2,9 @@
 
 The flow takes this model as its parameter, so a deployment's form in the Prefect UI
 validates each field and shows its help text. No secret belongs here: the token comes
-from the environment or a credentials Block, named by ``credentials_block``.
+from the environment or a credentials Block, and a database password from a
+``ResultsDatabase`` block or ``MODEL_STUDIO_DATABASE_URL``. A URL given here is written
+into Prefect's flow-run parameters with its password masked (:data:`RedactedUrl`).
 
 An evaluation run names several models (``model_ids``): every row runs once per model.
 
@@ -21,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from studio_flows.datasets import DatasetOptions, DatasetSource, FileSource, SqlSource
 from studio_flows.errors import ConfigurationError
+from studio_flows.redaction import RedactedUrl
 
 
 class GenerateOptions(BaseModel):
@@ -40,7 +43,7 @@ class GenerateOptions(BaseModel):
     sql: str | None = Field(
         default=None, description="A SQL query whose rows are the dataset (instead of a file)"
     )
-    source_url: str | None = Field(
+    source_url: RedactedUrl | None = Field(
         default=None, description="SQLAlchemy URL the query runs on (default: the results DB)"
     )
     source_block: str | None = Field(
@@ -69,8 +72,10 @@ class GenerateOptions(BaseModel):
     shard_size: int | None = Field(
         default=None, ge=1, le=100, description="Conversations per job (default: settings)"
     )
-    database_url: str | None = Field(
-        default=None, description="SQLAlchemy URL of the results database (default: settings)"
+    database_url: RedactedUrl | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the results database without a password (a password "
+        "belongs in the database block; default: MODEL_STUDIO_DATABASE_URL)",
     )
     database_block: str | None = Field(
         default=None, description="Name of a SqlAlchemyConnector block (keeps the password)"

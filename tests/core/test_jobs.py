@@ -189,11 +189,14 @@ def test_persist_job_results_writes_a_finished_shard_once(
 ) -> None:
     from studio_flows.tasks.jobs import persist_job_results
 
+    from studio_flows.blocks import ResultsDatabase
+
     shard = make_shard(4)
     outcome = run_shard(studio_client, sqlite_engine, WorkItem(shard))
 
-    assert persist_job_results.fn(outcome, database_url=sqlite_url) == 4
-    assert persist_job_results.fn(outcome, database_url=sqlite_url) == 4  # idempotent
+    database = ResultsDatabase(url=sqlite_url)
+    assert persist_job_results.fn(outcome, database=database) == 4
+    assert persist_job_results.fn(outcome, database=database) == 4  # idempotent
 
     record = get_shard(sqlite_engine, shard.shard_key)
     assert record is not None and record.status == "finished"

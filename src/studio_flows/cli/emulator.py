@@ -43,6 +43,9 @@ def emulator(
     ] = False,
     fair_use_limit: Annotated[int, typer.Option(help="Active jobs allowed per token")] = 3,
     retry_after_s: Annotated[float, typer.Option(help="Retry-After sent with every 429")] = 1.0,
+    echo_authorization_in_errors: Annotated[
+        bool, typer.Option(help="Error details quote the request's Authorization header")
+    ] = False,
     seed: Annotated[int | None, typer.Option(help="Seed of the fault generator")] = None,
     known_models: Annotated[
         list[str] | None,
@@ -73,6 +76,7 @@ def emulator(
                 shuffle_results=shuffle_results,
                 fair_use_limit=fair_use_limit,
                 retry_after_s=retry_after_s,
+                echo_authorization_in_errors=echo_authorization_in_errors,
                 seed=seed,
                 known_models=known_models or None,
             )

@@ -91,6 +91,9 @@ class EmulatorConfig(BaseModel):
     fair_use_limit: int = Field(3, ge=1, description="Active jobs allowed per token.")
     seed: int | None = Field(None, description="Seed of the fault generator (None: random).")
     retry_after_s: float = Field(1.0, ge=0.0, description="Retry-After sent with every 429.")
+    echo_authorization_in_errors: bool = Field(
+        False, description="Error details quote the request's Authorization header (hostile)."
+    )
     known_models: list[str] | None = Field(
         None, description="Model ids a POST may name (None: any); another id is a 404."
     )

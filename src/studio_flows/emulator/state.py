@@ -365,7 +365,8 @@ class EmulatorState:
         if draw < config.error_5xx_rate:
             self._faults["5xx"] += 1
             status = self._rng.choice(SERVER_ERROR_STATUSES)
-            return self._respond(route, status, {"detail": "Emulated server error"})
+            detail = {"detail": "Emulated server error"}
+            return self._respond(route, status, detail, authorization=authorization)
         draw -= config.error_5xx_rate
         if draw < config.rate_429:
             self._faults["429"] += 1
@@ -374,6 +375,7 @@ class EmulatorState:
                 429,
                 {"detail": "Emulated rate limit"},
                 {"Retry-After": _seconds_header(config.retry_after_s)},
+                authorization,
             )
         if self._token(authorization) is None:
             return self._respond(
@@ -381,6 +383,7 @@ class EmulatorState:
                 401,
                 {"detail": "Missing or invalid bearer token"},
                 {"WWW-Authenticate": "Bearer"},
+                authorization,
             )
         return None
 
@@ -463,9 +466,17 @@ class EmulatorState:
         return duration, [*points, duration]
 
     def _respond(
-        self, route: str, status: int, body: Any, headers: dict[str, str] | None = None
+        self,
+        route: str,
+        status: int,
+        body: Any,
+        headers: dict[str, str] | None = None,
+        authorization: str | None = None,
     ) -> Response:
         self._requests[route][str(status)] += 1
+        if status >= 400 and self.config.echo_authorization_in_errors:
+            # A hostile server: the detail quotes the request's header, token and all.
+            body = {**body, "detail": f"{body['detail']} (token revoked: {authorization})"}
         return _json(status, body, headers)
 
     def _drop(self, route: str) -> Response:

@@ -20,10 +20,11 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from sqlalchemy import exc
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL
 
 from studio_flows import interrupts
 from studio_flows.errors import ResultsDatabaseUnavailableError
+from studio_flows.redaction import redact_url, scrub, url_password
 
 T = TypeVar("T")
 DEFAULT_BOUND_S = 60.0
@@ -51,8 +52,7 @@ def describe_unavailable(err: BaseException, url: str | URL, waited_s: float = 0
     cause = str(getattr(err, "orig", None) or err).strip().splitlines()
     first = cause[0] if cause else type(err).__name__
     safe = _safe(url)
-    if isinstance(url, URL) and url.password:
-        first = first.replace(str(url.password), "***")
+    first = scrub(first, [url_password(url)])  # a driver may quote its connection string
     waited = f" for {waited_s:.0f} s" if waited_s >= 1 else ""
     return f"the results database {safe} did not answer{waited} ({first})"
 
@@ -90,7 +90,4 @@ def retry_while_unavailable(
 
 
 def _safe(url: str | URL) -> str:
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except exc.ArgumentError:
-        return "<unparsable database URL>"
+    return redact_url(url)
