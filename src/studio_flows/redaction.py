@@ -34,8 +34,7 @@ def scrub(text: str, secrets: Iterable[str | None]) -> str:
         >>> scrub("401: Bearer abcd1234 (user app, password pw-123)", ["abcd1234", "pw-123", None])
         '401: Bearer *** (user app, password ***)'
     """
-    # Longest first: a secret that contains another is masked whole.
-    for secret in sorted({s for s in secrets if s and len(s) >= MIN_SECRET_LEN}, key=len)[::-1]:
+    for secret in _longest_first(secrets):
         text = text.replace(secret, MASK)
     return text
 
@@ -47,9 +46,14 @@ def scrub_bytes(content: bytes, secrets: Iterable[str | None]) -> bytes:
         >>> scrub_bytes(b'{"detail": "bad token abcd1234"}', ["abcd1234"])
         b'{"detail": "bad token ***"}'
     """
-    for secret in sorted({s for s in secrets if s and len(s) >= MIN_SECRET_LEN}, key=len)[::-1]:
+    for secret in _longest_first(secrets):
         content = content.replace(secret.encode(), MASK.encode())
     return content
+
+
+def _longest_first(secrets: Iterable[str | None]) -> list[str]:
+    # Longest first: a secret that contains another is masked whole.
+    return sorted({s for s in secrets if s and len(s) >= MIN_SECRET_LEN}, key=len, reverse=True)
 
 
 def url_password(url: str | URL | None) -> str | None:
@@ -65,7 +69,7 @@ def url_password(url: str | URL | None) -> str | None:
         return None
     try:
         password = make_url(url).password
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         return None
     return None if password is None else str(password)
 
@@ -81,7 +85,7 @@ def redact_url(url: str | URL) -> str:
     """
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         return "<unparsable database URL>"  # never echo it: it may hold a password
 
 
