@@ -440,8 +440,8 @@ def _summary(
         unfinished=tally.unfinished,
         jobs=tally.jobs,
         reattached=tally.reattached,
-        # Counted here too: a past run's POSTs whose outcome stayed unknown, resubmitted now.
-        ambiguous_resubmitted=tally.ambiguous_resubmitted + planner.counts.unknown_outcome,
+        # A past run's POST whose outcome stayed unknown counts when its shard is resubmitted.
+        ambiguous_resubmitted=tally.ambiguous_resubmitted,
         rate_limited_429=lane.stats.rate_limited,
         requests=lane.stats.requests,
         wall_time_s=round(time.monotonic() - started, 2),

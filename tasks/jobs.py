@@ -21,6 +21,7 @@ from studio_flows.errors import (
     AmbiguousShardError,
     AuthenticationError,
     ConfigurationError,
+    JobNotRecordedError,
     PermissionDeniedError,
     RequestRejectedError,
     RunInterrupted,
@@ -32,6 +33,7 @@ from studio_flows.jobs import (
     JobReport,
     WorkItem,
     run_shard,
+    unrecorded_job_sentence,
 )
 from studio_flows.polling import DurationHistory
 from studio_flows.settings import Settings
@@ -75,8 +77,9 @@ FATAL_ERRORS = (
     ConfigurationError,
 )
 # Retrying cannot help these: bad credentials, a bad request, a configuration error, or an
-# ambiguous POST the policy forbids resubmitting.
-NOT_RETRYABLE = (*FATAL_ERRORS, AmbiguousShardError, RunInterrupted)
+# ambiguous POST the policy forbids resubmitting. Nor may a Prefect retry follow a job whose
+# job_id was not recorded: it would POST again (run_generation_jobs re-attaches instead).
+NOT_RETRYABLE = (*FATAL_ERRORS, AmbiguousShardError, RunInterrupted, JobNotRecordedError)
 JOB_RETRIES = 2
 JOB_RETRY_DELAY_S = 5.0
 
@@ -188,6 +191,7 @@ class _JobRunner:
             work,
             deadline_s=deadline_s or self.settings.job_deadline_s,
             policy=self.policy,
+            database_retry_s=self.settings.database_retry_s,
         )
         _persist(
             outcome, self.database_url, self.flow_run_id, bound_s=self.settings.database_retry_s
@@ -195,27 +199,62 @@ class _JobRunner:
         return outcome.report()
 
     def run_with_retries(self, work: WorkItem) -> JobReport:
-        """:meth:`run`, retried as the single-job task's Prefect retries would."""
+        """:meth:`run`, retried ``JOB_RETRIES`` times; a job a try created is re-attached.
+
+        The job_id of a POST whose recording failed is kept here, in the retried work, and
+        the retry records it and polls the job instead of paying again; if the run gives
+        the shard up unrecorded, its report says so in one sentence.
+        """
         for attempt in range(JOB_RETRIES + 1):
             try:
                 return self.run(work)
             except (*FATAL_ERRORS, RunInterrupted):
-                raise
+                raise  # a stop while a job_id is recorded says so itself (record_job_id)
             except AmbiguousShardError as err:
                 return JobReport.gave_up(work.shard, str(err), ambiguous_resubmits=err.resubmits)
             except Exception as err:
+                work = _to_retry(work, err)
                 # A driver's error spans lines; the summary shows one sentence per shard.
                 said = describe_unavailable(err, self.database_url) if is_unavailable(err) else err
                 if attempt == JOB_RETRIES:
-                    return JobReport.gave_up(work.shard, f"{said}; its rows stay for the next run")
+                    reason = err.reason if isinstance(err, JobNotRecordedError) else said
+                    return _given_up(work, reason)
                 get_run_logger().warning(
                     "shard %s: %s; retrying in %.0f s",
                     work.shard.shard_key,
                     said,
                     JOB_RETRY_DELAY_S,
                 )
-                interrupts.sleep(JOB_RETRY_DELAY_S)
+                try:
+                    interrupts.sleep(JOB_RETRY_DELAY_S)
+                except RunInterrupted:
+                    _say_if_unrecorded(work, "the run was stopped")
+                    raise
         raise AssertionError("unreachable")
+
+
+def _say_if_unrecorded(work: WorkItem, why: str) -> None:
+    """Log the one sentence for a job this run created and could not record, if any."""
+    if work.unrecorded and work.job_id is not None:
+        sentence = unrecorded_job_sentence(work.shard, work.job_id, why)
+        get_run_logger().warning("shard %s: %s", work.shard.shard_key, sentence)
+
+
+def _to_retry(work: WorkItem, err: Exception) -> WorkItem:
+    """What the retry after ``err`` runs: the job a try created, never a second POST."""
+    if isinstance(err, JobNotRecordedError):
+        return WorkItem(work.shard, job_id=err.job_id, unrecorded=True)
+    if work.unrecorded:  # run_shard records such a job first: this try got past that
+        return WorkItem(work.shard, job_id=work.job_id)
+    return work
+
+
+def _given_up(work: WorkItem, said: object) -> JobReport:
+    """The report of a shard this run gives up on after its retries."""
+    if work.unrecorded and work.job_id is not None:
+        sentence = unrecorded_job_sentence(work.shard, work.job_id, said)
+        return JobReport.gave_up(work.shard, sentence, job_id=work.job_id)
+    return JobReport.gave_up(work.shard, f"{said}; its rows stay for the next run")
 
 
 def _persist(

@@ -5,6 +5,8 @@ The whole tree::
     StudioFlowsError
     ├── ConfigurationError            a setting is missing or invalid (CLI exit code 2)
     ├── DatasetError                  the input file has bad rows (CLI exit code 2)
+    ├── ResultsDatabaseUnavailableError  the results database did not answer within its bound
+    │   └── JobNotRecordedError       ... when a created job's job_id was to be recorded
     ├── RunInterrupted                a signal asked this process to stop (CLI exit 130/143)
     ├── FairUseError                  the fair-use slots of the Prefect concurrency limit
     │   ├── SlotWaitTimeoutError          no slot came free within the wait limit (exit 2)
@@ -52,6 +54,20 @@ class DatasetError(StudioFlowsError):
 
 class ResultsDatabaseUnavailableError(StudioFlowsError):
     """The results database did not answer within the retry bound; the message names it."""
+
+
+class JobNotRecordedError(ResultsDatabaseUnavailableError):
+    """A POST created a job, but its job_id could not be written to the ledger.
+
+    Carries the job_id, so that whoever retries re-attaches to the job instead of paying
+    for the shard again; the shard's ledger row stays ``pending`` until it is recorded.
+    """
+
+    def __init__(self, message: str, *, shard_key: str, job_id: str, reason: str) -> None:
+        super().__init__(message)
+        self.shard_key = shard_key
+        self.job_id = job_id
+        self.reason = reason
 
 
 class RunInterrupted(StudioFlowsError):

@@ -8,7 +8,10 @@ The order of writes is the whole point (never pay twice for a row, never lose on
 
 A crash between 2 and 3 loses nothing: the next run finds ``submitted`` with a job_id and
 re-attaches (polls) instead of paying again. A POST whose outcome is unknown is recorded
-as ``ambiguous`` and resubmitted only by policy.
+as ``ambiguous`` and resubmitted only by policy, in this run or a later one (a shard an
+earlier run left ``pending`` or ``ambiguous`` may have a job running: its slot is held
+for that job first). When 2 fails past its retry bound, the job_id travels in
+:class:`JobNotRecordedError` so that the retry re-attaches instead of paying again.
 
 Example:
     >>> outcome = run_shard(client, engine, WorkItem(shard))  # doctest: +SKIP
@@ -22,6 +25,7 @@ import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal
 
 from sqlalchemy.engine import Engine
@@ -33,20 +37,26 @@ from studio_flows.errors import (
     AmbiguousSubmissionError,
     BadRequestError,
     JobFailedError,
+    JobNotRecordedError,
     NotFoundError,
     RequestRejectedError,
+    RunInterrupted,
 )
 from studio_flows.models import JobStatus
+from studio_flows.polling import DurationHistory
 from studio_flows.rows import ResultRecord, Shard
 from studio_flows.statuses import RowStatus, ShardStatus
 from studio_flows.storage import (
+    ShardRecord,
     get_shard,
+    recent_job_seconds,
     record_ambiguous,
     record_job_submitted,
     record_rejected,
     record_shard_intent,
+    utcnow,
 )
-from studio_flows.storage.outages import retry_while_unavailable
+from studio_flows.storage.outages import DEFAULT_BOUND_S, retry_while_unavailable
 
 logger = logging.getLogger("studio_flows.jobs")
 
@@ -56,10 +66,18 @@ MAX_AMBIGUOUS_RESUBMITS = 3
 
 @dataclass(frozen=True)
 class WorkItem:
-    """A shard to run; ``job_id`` is set when a recorded job must be re-attached."""
+    """A shard to run; ``job_id`` is set when a job must be re-attached.
+
+    ``unrecorded``: ``job_id`` is a job this process's POST created whose job_id the ledger
+    does not hold yet (the database did not answer); it is recorded before anything else.
+    ``unknown_outcome``: the ledger row of an earlier run's POST of this shard whose outcome
+    is unknown (``pending`` or ``ambiguous``): a job may run for it now.
+    """
 
     shard: Shard
     job_id: str | None = None
+    unrecorded: bool = False
+    unknown_outcome: ShardRecord | None = None
 
 
 @dataclass
@@ -121,12 +139,14 @@ class JobReport:
     model_id: str = ""
 
     @classmethod
-    def gave_up(cls, shard: Shard, error: str, *, ambiguous_resubmits: int = 0) -> JobReport:
+    def gave_up(
+        cls, shard: Shard, error: str, *, ambiguous_resubmits: int = 0, job_id: str = ""
+    ) -> JobReport:
         """A shard given up on in this run: its rows stay unfinished for the next run."""
         return cls(
             ambiguous_resubmits=ambiguous_resubmits,
             shard_key=shard.shard_key,
-            job_id="",
+            job_id=job_id,
             job_status="NOT_RUN",
             completed=0,
             failed=0,
@@ -183,12 +203,16 @@ def submit_shard(
     *,
     policy: AmbiguousPolicy = "resubmit",
     sleep: Callable[[float], None] = interrupts.sleep,
+    database_retry_s: float = DEFAULT_BOUND_S,
 ) -> tuple[str, int]:
     """POST the shard's job, recording intent and job_id; return ``(job_id, resubmits)``.
 
     An ambiguous POST may have created a job that now runs on the account. Before
     resubmitting, and before giving up, wait about as long as such a job takes (the caller
     still holds the fair-use slot), so the orphan's slot is not counted twice.
+
+    Raises :class:`JobNotRecordedError` (carrying the job_id) when the job was created but
+    the database did not take its job_id within ``database_retry_s``: re-attach, never POST.
     """
     resubmits = 0
     while True:
@@ -236,11 +260,124 @@ def submit_shard(
             continue
         # The job runs and is paid for now: its job_id must reach the ledger even if the
         # database is restarting, or the next run would pay for the shard again.
-        retry_while_unavailable(
-            functools.partial(record_job_submitted, engine, shard.shard_key, created.job_id),
-            url=engine.url,
-        )
+        record_job_id(engine, shard, created.job_id, bound_s=database_retry_s)
         return created.job_id, resubmits
+
+
+def record_job_id(engine: Engine, shard: Shard, job_id: str, *, bound_s: float) -> None:
+    """Write ``job_id`` as the shard's job, retrying a database that does not answer.
+
+    Raises :class:`JobNotRecordedError` carrying ``job_id`` when it could not be written
+    (and logs one sentence when a stop request cuts the wait short): the job is paid for,
+    so whoever catches it re-attaches to ``job_id`` instead of submitting again.
+
+    Example:
+        >>> record_job_id(engine, shard, created.job_id, bound_s=60)  # doctest: +SKIP
+    """
+    write = functools.partial(record_job_submitted, engine, shard.shard_key, job_id)
+    try:
+        retry_while_unavailable(write, bound_s=bound_s, url=engine.url)
+    except RunInterrupted:
+        logger.warning(
+            "shard %s: %s",
+            shard.shard_key,
+            unrecorded_job_sentence(shard, job_id, "the run was stopped"),
+        )
+        raise
+    except Exception as err:
+        raise JobNotRecordedError(
+            f"job {job_id} was created but its job_id could not be recorded ({err})",
+            shard_key=shard.shard_key,
+            job_id=job_id,
+            reason=str(err),
+        ) from err
+
+
+def unrecorded_job_sentence(shard: Shard, job_id: str, why: object) -> str:
+    """One sentence (after the shard's key) for a created job whose job_id this run
+    could not record: which job, why, and what the next run may pay for.
+
+    Example:
+        >>> from studio_flows.models import Message
+        >>> from studio_flows.rows import GenerationParams, Row
+        >>> row = Row.from_messages([Message(role="user", content="Hi")], line=1)
+        >>> shard = Shard("d", GenerationParams(model_id="m"), (row,))
+        >>> print(unrecorded_job_sentence(shard, "job-1", "the database did not answer"))
+        job job-1 runs for its 1 rows but its job_id is not recorded (the database did not \
+answer); the next run may pay again for those rows unless job job-1 is recorded for this shard
+    """
+    return (
+        f"job {job_id} runs for its {len(shard.rows)} rows but its job_id is not recorded "
+        f"({why}); the next run may pay again for those rows unless job {job_id} is "
+        "recorded for this shard"
+    )
+
+
+def earlier_orphan_wait_s(
+    client: ModelStudioClient,
+    engine: Engine,
+    shard: Shard,
+    earlier: ShardRecord,
+    *,
+    now: Callable[[], datetime] = utcnow,
+) -> float:
+    """How much longer a job that an earlier run's unanswered POST of ``shard`` may have
+    created could still run (0 once it must have ended).
+
+    :func:`orphan_wait_s`, with the model's jobs that earlier runs finished (the ledger)
+    counted too: a run resumed right after a crash has seen no job of its own. Measured
+    from when the earlier POST went (the ledger row's last change).
+
+    Example:
+        >>> earlier_orphan_wait_s(client, engine, shard, record)  # doctest: +SKIP
+        8.4
+    """
+    tasks = len(shard.rows)
+    longest = orphan_wait_s(client, tasks)
+    recorded = DurationHistory()
+    for seconds, rows in recent_job_seconds(engine, shard.params.model_id):
+        recorded.record(seconds=seconds, tasks=rows)
+    predicted = recorded.predict(tasks)
+    if predicted is not None:
+        longest = max(longest, 2 * predicted + client.poll_interval_s)
+    since = earlier.updated_at
+    age = (now() - since).total_seconds() if since is not None else 0.0
+    return max(longest - max(age, 0.0), 0.0)
+
+
+def _resume_unknown_outcome(
+    client: ModelStudioClient,
+    engine: Engine,
+    work: WorkItem,
+    policy: AmbiguousPolicy,
+    sleep: Callable[[float], None] = interrupts.sleep,
+) -> int:
+    """Before a shard an earlier run left with an unknown POST outcome is submitted: hold
+    the slot while that POST's job may run, then resubmit (return 1, a resubmission) or,
+    under ``stop``, raise :class:`AmbiguousShardError` (nothing is POSTed)."""
+    earlier = work.unknown_outcome
+    if earlier is None:
+        return 0
+    shard = work.shard
+    wait = earlier_orphan_wait_s(client, engine, shard, earlier)
+    if wait > 0:
+        # The caller's slot is the orphan's until it must have ended: a POST now could be
+        # a 4th active job on the account.
+        logger.info(
+            "shard %s: an earlier run's POST may have a job running; holding its slot %.1f s",
+            shard.shard_key,
+            wait,
+        )
+        sleep(wait)
+    if policy == "resubmit":
+        return 1
+    raise AmbiguousShardError(
+        f"an earlier run's POST of its {len(shard.rows)} rows has an unknown outcome "
+        f"(left '{earlier.status}' in generation_jobs); not resubmitted under the ambiguous "
+        "policy 'stop' (a job may exist and be paid for), its rows stay unfinished",
+        cause=earlier.error or earlier.status,
+        shard_key=shard.shard_key,
+    )
 
 
 def orphan_wait_s(client: ModelStudioClient, tasks: int) -> float:
@@ -269,23 +406,34 @@ def run_shard(
     *,
     deadline_s: float = 3600.0,
     policy: AmbiguousPolicy = "resubmit",
+    database_retry_s: float = DEFAULT_BOUND_S,
 ) -> JobOutcome:
     """Submit (or re-attach to) the shard's job and wait until it is terminal.
 
     The results are returned, not written: :func:`studio_flows.storage.complete_shard`
-    persists them in one transaction.
+    persists them in one transaction. ``database_retry_s`` bounds the wait for a database
+    that does not answer when a job_id is recorded (see :func:`record_job_id`).
     """
     shard = work.shard
     job_id, resubmits = work.job_id or _recorded_job(engine, shard), 0
-    work = WorkItem(shard, job_id)
+    if work.unrecorded and job_id is not None:
+        # A job an earlier try of this run created: its job_id goes to the ledger first.
+        record_job_id(engine, shard, job_id, bound_s=database_retry_s)
     reattached = job_id is not None
     try:
         if job_id is None:
-            job_id, resubmits = submit_shard(client, engine, shard, policy=policy)
+            resubmits = _resume_unknown_outcome(client, engine, work, policy)
+            job_id, more = submit_shard(
+                client, engine, shard, policy=policy, database_retry_s=database_retry_s
+            )
+            resubmits += more
             status = _wait(client, job_id, shard, deadline_s)
         else:
             logger.info("shard %s: re-attaching to job %s", shard.shard_key, job_id)
-            status, resubmitted = _wait_reattached(client, engine, work, deadline_s, policy)
+            work = WorkItem(shard, job_id)
+            status, resubmitted = _wait_reattached(
+                client, engine, work, deadline_s, policy, database_retry_s
+            )
             job_id = status.job_id
             if resubmitted is not None:  # the service had forgotten the job: paid again
                 reattached, resubmits = False, resubmitted
@@ -341,6 +489,7 @@ def _wait_reattached(
     work: WorkItem,
     deadline_s: float,
     policy: AmbiguousPolicy,
+    database_retry_s: float = DEFAULT_BOUND_S,
 ) -> tuple[JobStatus, int | None]:
     """Poll a recorded job; if the service no longer knows it, submit the shard again.
 
@@ -356,5 +505,7 @@ def _wait_reattached(
             work.shard.shard_key,
             work.job_id,
         )
-    job_id, resubmits = submit_shard(client, engine, work.shard, policy=policy)
+    job_id, resubmits = submit_shard(
+        client, engine, work.shard, policy=policy, database_retry_s=database_retry_s
+    )
     return _wait(client, job_id, work.shard, deadline_s), resubmits

@@ -6,8 +6,10 @@ For each shard of the dataset (produced lazily, so memory stays bounded):
 * the remaining rows form the shard to run; its key is a hash of their identities, so the
   same remaining rows give the same key in every run;
 * if the ledger holds that key as ``submitted`` with a job_id, the job is re-attached;
-  ``pending`` or ``ambiguous`` means a POST whose outcome is unknown: it is resubmitted
-  and counted; ``finished``/``failed`` with rows still missing means they failed: retried.
+  ``pending`` or ``ambiguous`` means a POST whose outcome is unknown: the work carries that
+  ledger row, and the job runner follows the ambiguous policy for it (see
+  :func:`studio_flows.jobs.run_shard`); ``finished``/``failed`` with rows still missing
+  means they failed: retried.
 
 Example:
     >>> planner = Planner(engine)  # doctest: +SKIP
@@ -41,7 +43,7 @@ class PlanCounts:
 
     already_done: int = 0
     rows_planned: int = 0
-    # Shards a past run left pending or ambiguous (POST outcome unknown): resubmitted now.
+    # Shards a past run left pending or ambiguous (POST outcome unknown), as found.
     unknown_outcome: int = 0
     # The same two counts by model id (an evaluation run plans several models).
     already_done_by_model: Counter[str] = field(default_factory=Counter)
@@ -87,6 +89,7 @@ class Planner:
             return WorkItem(shard, job_id=record.job_id)
         if record is not None and record.status in (ShardStatus.PENDING, ShardStatus.AMBIGUOUS):
             self.counts.unknown_outcome += 1
+            return WorkItem(shard, unknown_outcome=record)
         return WorkItem(shard)
 
 

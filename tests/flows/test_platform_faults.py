@@ -168,3 +168,86 @@ def test_a_results_database_restart_loses_nothing_and_pays_nothing_twice(
         f"- emulator: {stats['jobs_created']} jobs for {SHARDS} shards (nothing paid twice), "
         f"at most {stats['max_active_jobs']} active; every row completed once",
     )
+
+
+RECORD_BOUND_S = 2.0  # MODEL_STUDIO_DATABASE_RETRY_S: recording a job_id gives up after this
+POST_DELAY_S = 2.0  # the emulator answers each POST this late (its job runs meanwhile)
+# Down from just after the POST until after recording its job_id gave up (about
+# POST_DELAY_S + 1.5 s), back before the job task's retry 5 s later.
+RECORD_DOWN_S = 5.0
+
+
+def start_one_shard_run(
+    emulator: EmulatorServer, server: PrefectServer, cluster: PrivateCluster, tmp_path: Path
+) -> tuple[str, object, float]:
+    """A run of one shard of 2 rows on a private PostgreSQL, stopped once its POST created
+    the job (before its answer, so before the job_id can be recorded)."""
+    emulator.configure(job_latency_s=1.0, post_response_delay_s=POST_DELAY_S, tokens=[SECRET_TOKEN])
+    database_url = cluster.create_database("results")
+    DATABASES.append(database_url)
+    dataset = write_prompts(tmp_path / "one-shard.jsonl", 2)
+    args = generate_args(dataset, database_url, "--shard-size", "2", "--id-column", "id")
+    env = cli_env(
+        emulator,
+        tmp_path / "client",
+        api_url=server.api_url,
+        MODEL_STUDIO_DATABASE_RETRY_S=str(RECORD_BOUND_S),
+    )
+    started = time.monotonic()
+    process = start_cli(args, env, tmp_path)
+    wait_for(
+        lambda: emulator.stats()["jobs_created"] >= 1 or process.poll() is not None, 120, "a POST"
+    )
+    cluster.stop()
+    return database_url, process, started
+
+
+def test_a_job_id_the_database_did_not_take_is_re_attached_not_paid_again(
+    emulator: EmulatorServer,
+    prefect_server_process: PrefectServer,
+    private_postgres: PrivateCluster,
+    tmp_path: Path,
+) -> None:
+    database_url, process, started = start_one_shard_run(
+        emulator, prefect_server_process, private_postgres, tmp_path
+    )
+    time.sleep(RECORD_DOWN_S)  # the fault itself: the database stays down this long
+    private_postgres.start()
+
+    run = finish_cli(process, started, timeout_s=240)  # type: ignore[arg-type]
+
+    assert run.returncode == 0, str(run)
+    assert emulator.stats()["jobs_created"] == 1, "the shard was paid for twice"
+    assert_every_row_completed_once(database_url, {"question-0", "question-1"})
+    (shard,) = ledger(database_url)
+    assert shard["status"] == "finished"
+    assert shard["job_id"] == emulator.jobs()[0]["job_id"]
+
+
+def test_a_run_ending_with_a_job_id_it_could_not_record_says_so_in_one_sentence(
+    emulator: EmulatorServer,
+    prefect_server_process: PrefectServer,
+    private_postgres: PrivateCluster,
+    tmp_path: Path,
+) -> None:
+    database_url, process, started = start_one_shard_run(
+        emulator, prefect_server_process, private_postgres, tmp_path
+    )
+
+    run = finish_cli(process, started, timeout_s=240)  # type: ignore[arg-type]
+
+    private_postgres.start()
+    (job,) = emulator.jobs()
+    (shard,) = ledger(database_url)
+    assert emulator.stats()["jobs_created"] == 1, "a retry POSTed the shard again"
+    assert run.returncode == 1, str(run)
+    assert "Traceback" not in run.output
+    assert (shard["status"], shard["job_id"]) == ("pending", None)
+    sentence = (
+        f"shard {shard['shard_key']}: job {job['job_id']} runs for its 2 rows but its job_id "
+        "is not recorded ("
+    )
+    assert sentence in " ".join(run.stdout.split()), str(run)
+    assert f"the next run may pay again for those rows unless job {job['job_id']} is" in (
+        " ".join(run.stdout.split())
+    )

@@ -40,6 +40,8 @@ Behaviour worth knowing when you read a test:
   ``rate_429`` (their sum may not exceed 1), so each fires at its own rate. They act
   before the token check and before anything is created. ``lost_post_response_rate``,
   ``failed_job_rate`` and ``task_failure_rate`` are drawn when a job is created.
+* ``post_response_delay_s``: a POST that created a job answers this late (the job runs
+  meanwhile), so a test can stop a client between a job's creation and its answer.
 * A dropped connection is closed with no response at all, so a client sees a transport
   error, not a status code. This needs the uvicorn protocol installed by
   :class:`EmulatorServer` and :func:`serve`; another ASGI server gets an exception.

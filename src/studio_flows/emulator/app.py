@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -32,7 +33,12 @@ def create_app(config: EmulatorConfig, *, clock: Clock = time.monotonic) -> Fast
     @app.post(jobs)
     async def create_generation_job(organization_id: str, request: Request) -> Response:
         body = await request.body()
-        return state.create_job(organization_id, request.headers.get("authorization"), body)
+        answer = state.create_job(organization_id, request.headers.get("authorization"), body)
+        delay = state.config.post_response_delay_s
+        if answer.status_code == 200 and delay > 0:
+            # The job runs from now; only its answer is late (a slow network, a busy API).
+            await asyncio.sleep(delay)
+        return answer
 
     @app.get(jobs + "/{job_id}")
     async def read_generation_job(organization_id: str, job_id: str, request: Request) -> Response:

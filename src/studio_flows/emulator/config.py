@@ -68,6 +68,11 @@ class EmulatorConfig(BaseModel):
     lost_post_response_rate: Rate = Field(
         0.0, description="Share of created jobs whose POST response is dropped."
     )
+    post_response_delay_s: float = Field(
+        0.0,
+        ge=0.0,
+        description="Seconds a POST that created a job waits before it answers (the job runs).",
+    )
     failed_job_rate: Rate = Field(0.0, description="Share of jobs that end FAILED.")
     task_failure_rate: Rate = Field(0.0, description="Share of tasks that end failed.")
     not_found_window_s: float = Field(

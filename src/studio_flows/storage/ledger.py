@@ -57,6 +57,8 @@ class ShardRecord:
     attempts: int
     ambiguous_count: int
     error: str | None
+    # When the row last changed: for a pending or ambiguous shard, about when its POST went.
+    updated_at: datetime | None = None
 
     @property
     def is_open(self) -> bool:
@@ -436,3 +438,34 @@ def open_shards(engine: Engine, dataset: str | None = None) -> list[ShardRecord]
         query = query.where(generation_jobs.c.dataset == dataset)
     with _reading(engine) as conn:
         return [_shard_record(row) for row in conn.execute(query)]
+
+
+def recent_job_seconds(engine: Engine, model_id: str, count: int = 20) -> list[tuple[float, int]]:
+    """``(seconds, rows)`` of the last ``count`` finished jobs of ``model_id``, newest first.
+
+    The seconds run from the recorded job_id to the stored results, so they include the
+    last poll's lag: what a job of the model took at most, as earlier runs saw it.
+
+    Example:
+        >>> from studio_flows.storage import make_engine
+        >>> recent_job_seconds(make_engine("sqlite://"), "my-model")
+        []
+    """
+    query = (
+        sa.select(
+            generation_jobs.c.submitted_at,
+            generation_jobs.c.finished_at,
+            generation_jobs.c.row_count,
+        )
+        .where(
+            generation_jobs.c.model_id == model_id,
+            generation_jobs.c.status == FINISHED,
+            generation_jobs.c.submitted_at.is_not(None),
+            generation_jobs.c.finished_at.is_not(None),
+        )
+        .order_by(generation_jobs.c.id.desc())
+        .limit(count)
+    )
+    with _reading(engine) as conn:
+        rows = conn.execute(query).all()
+    return [((end - start).total_seconds(), size) for start, end, size in rows]
