@@ -84,9 +84,15 @@ def test_the_console_script_answers_401_and_429_and_stops_cleanly_on_sigint() ->
     assert rest_out.strip() == "emulator stopped"
 
 
-def test_jitter_and_uneven_tasks_flags_reach_the_emulator() -> None:
+def test_jitter_uneven_tasks_and_style_flags_reach_the_emulator() -> None:
     process = _start_emulator(
-        "--port", str(free_port()), "--job-latency-jitter", "0.5", "--uneven-tasks"
+        "--port",
+        str(free_port()),
+        "--job-latency-jitter",
+        "0.5",
+        "--uneven-tasks",
+        "--style",
+        "queued",
     )
     try:
         root = _read_banner(process)["MODEL_STUDIO_BASE_URL"].removesuffix("/api/v1")
@@ -95,7 +101,23 @@ def test_jitter_and_uneven_tasks_flags_reach_the_emulator() -> None:
     finally:
         _stop(process)
     assert (knobs["job_latency_jitter"], knobs["uneven_tasks"]) == (0.5, True)
+    assert knobs["style"] == "queued"
     assert timeline == {"jobs": []}
+
+
+def test_the_banner_settings_can_be_exported_in_bash_as_printed() -> None:
+    process = _start_emulator("--port", str(free_port()))
+    try:
+        assert process.stdout is not None
+        lines = [process.stdout.readline() for _ in range(BANNER_LINES)]
+    finally:
+        _stop(process)
+    exports = [f"export {line.strip()}" for line in lines if line.startswith("MODEL_STUDIO_")]
+    script = "\n".join([*exports, 'echo "$MODEL_STUDIO_ORGANIZATION_ID"'])
+    shell = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30)
+    assert (shell.returncode, shell.stderr) == (0, ""), shell
+    assert len(exports) == 3
+    assert shell.stdout.strip()
 
 
 def test_a_port_in_use_is_one_line_and_exit_2() -> None:
@@ -117,6 +139,11 @@ def test_a_port_in_use_is_one_line_and_exit_2() -> None:
     [
         (["--rate-429", "2"], "--rate-429: Input should be less than or equal to 1"),
         (["--token", " "], "--token: Value error, tokens may not be blank"),
+        (
+            ["--style", "noisy"],
+            "--style: Value error, unknown style 'noisy': one of reference, quiet, queued, "
+            "lowercase",
+        ),
     ],
 )
 def test_a_bad_knob_value_names_its_flag_and_exits_2(args: list[str], message: str) -> None:

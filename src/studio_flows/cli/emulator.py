@@ -41,6 +41,22 @@ def emulator(
     shuffle_results: Annotated[
         bool, typer.Option(help="List results in a seeded random order")
     ] = False,
+    empty_result_rate: Annotated[
+        float, typer.Option(help="Share of tasks listed completed with no result")
+    ] = 0.0,
+    duplicate_index_rate: Annotated[
+        float, typer.Option(help="Share of jobs listing a task_index twice, differently")
+    ] = 0.0,
+    shifted_index_rate: Annotated[
+        float, typer.Option(help="Share of jobs whose task_index counts from 1")
+    ] = 0.0,
+    post_response_delay_s: Annotated[
+        float, typer.Option(help="Seconds a POST that created a job waits before it answers")
+    ] = 0.0,
+    style: Annotated[
+        str,
+        typer.Option(help="How a running job looks: reference, quiet, queued or lowercase"),
+    ] = "reference",
     fair_use_limit: Annotated[int, typer.Option(help="Active jobs allowed per token")] = 3,
     retry_after_s: Annotated[float, typer.Option(help="Retry-After sent with every 429")] = 1.0,
     echo_authorization_in_errors: Annotated[
@@ -53,6 +69,9 @@ def emulator(
     ] = None,
 ) -> None:
     """Run the Model Studio emulator as a server (for scripts and manual tries)."""
+    # Every option but where to listen is a knob of the same name.
+    knobs = {k: v for k, v in locals().items() if k not in ("host", "port", "token")}
+    knobs["known_models"] = known_models or None
     from pydantic import ValidationError
 
     from studio_flows.emulator import EmulatorConfig, serve
@@ -60,26 +79,7 @@ def emulator(
 
     with _clear_errors():
         try:
-            config = EmulatorConfig(
-                tokens=[token],
-                job_latency_s=job_latency_s,
-                task_latency_s=task_latency_s,
-                job_latency_jitter=job_latency_jitter,
-                uneven_tasks=uneven_tasks,
-                error_5xx_rate=error_5xx_rate,
-                rate_429=rate_429,
-                drop_connection_rate=drop_connection_rate,
-                lost_post_response_rate=lost_post_response_rate,
-                failed_job_rate=failed_job_rate,
-                task_failure_rate=task_failure_rate,
-                not_found_window_s=not_found_window_s,
-                shuffle_results=shuffle_results,
-                fair_use_limit=fair_use_limit,
-                retry_after_s=retry_after_s,
-                echo_authorization_in_errors=echo_authorization_in_errors,
-                seed=seed,
-                known_models=known_models or None,
-            )
+            config = EmulatorConfig(tokens=[token], **knobs)
         except ValidationError as err:
             flags = {**_option_flags("emulator"), "tokens": "--token"}
             raise ConfigurationError(describe_validation_error(err, flags=flags)) from None
@@ -88,7 +88,7 @@ def emulator(
         def announce() -> None:
             console.print(f"MODEL_STUDIO_BASE_URL={root}{config.prefix}")
             console.print(f"MODEL_STUDIO_TOKEN={token}")
-            console.print("MODEL_STUDIO_ORGANIZATION_ID=<any>")
+            console.print("MODEL_STUDIO_ORGANIZATION_ID=my-org  # any id works")
             console.print(
                 f"stats: {root}/_emulator/stats, job times: {root}/_emulator/jobs  (Ctrl-C stops)"
             )

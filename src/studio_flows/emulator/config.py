@@ -32,6 +32,36 @@ FAULT_KINDS = (
 SERVER_ERROR_STATUSES = (500, 502, 503, 504)
 
 Rate = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class EmulatorStyle(BaseModel):
+    """How a running job looks where the API reference is silent.
+
+    The reference documents only ``CREATED``, ``FINISHED`` and final results; a client
+    that works on one reading of the rest may fail on the real service.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    running_statuses: tuple[str, ...] = Field(
+        ("RUNNING",), description="Statuses between CREATED and the end, in order (may be none)."
+    )
+    lowercase: bool = Field(False, description="Every job status in lower case.")
+    partial_results: bool = Field(True, description="Finished tasks listed while the job runs.")
+    progress: bool = Field(True, description="completed_tasks counts while the job runs.")
+    shuffled: bool = Field(False, description="Results listed in a seeded random order.")
+
+
+# Named readings of what the reference leaves open; "reference" is the emulator's default.
+STYLES: dict[str, EmulatorStyle] = {
+    "reference": EmulatorStyle(),
+    # Nothing shows until the end: no status change, no results, no count.
+    "quiet": EmulatorStyle(running_statuses=(), partial_results=False, progress=False),
+    # Status names of a queueing service; progress only as a count.
+    "queued": EmulatorStyle(running_statuses=("QUEUED", "IN_PROGRESS"), partial_results=False),
+    # Lower-case statuses, results as they end in any order, no count until the end.
+    "lowercase": EmulatorStyle(lowercase=True, progress=False, shuffled=True),
+}
 Clock = Callable[[], float]
 
 
@@ -79,6 +109,12 @@ class EmulatorConfig(BaseModel):
         0.0, ge=0.0, description="Seconds after creation during which a GET of the job is 404."
     )
     shuffle_results: bool = Field(False, description="List results in a seeded random order.")
+    style: str = Field(
+        "reference",
+        description="How a running job looks where the reference is silent: "
+        + ", ".join(STYLES)
+        + ".",
+    )
     # Hostile answers: what a service may send that must never become a stored answer.
     empty_result_rate: Rate = Field(
         0.0,
@@ -117,6 +153,13 @@ class EmulatorConfig(BaseModel):
             value = "/" + value
         if value.startswith(CONTROL_PREFIX):
             raise ValueError(f"prefix may not start with {CONTROL_PREFIX}")
+        return value
+
+    @field_validator("style")
+    @classmethod
+    def _known_style(cls, value: str) -> str:
+        if value not in STYLES:
+            raise ValueError(f"unknown style {value!r}: one of {', '.join(STYLES)}")
         return value
 
     @field_validator("tokens")

@@ -22,8 +22,10 @@ from studio_flows.emulator.config import (
     FAULT_KINDS,
     READ_ROUTE,
     SERVER_ERROR_STATUSES,
+    STYLES,
     Clock,
     EmulatorConfig,
+    EmulatorStyle,
     token_key,
 )
 from studio_flows.emulator.responses import _Drop, _json, _seconds_header
@@ -102,6 +104,7 @@ class _Job:
     empty_results: list[bool] = field(default_factory=list)
     duplicate_first: bool = False
     index_base: int = 0
+    style: EmulatorStyle = field(default_factory=EmulatorStyle)
 
     @property
     def end(self) -> float:
@@ -113,22 +116,35 @@ class _Job:
     def view(self, now: float) -> dict[str, Any]:
         n = len(self.answers)
         elapsed = now - self.created
+        style = self.style
         if elapsed >= self.duration:
             done = n
             status = "FINISHED" if self.fails_after is None else "FAILED"
         else:
             # The last task is done only at the end.
             done = min(n - 1, self._tasks_done(elapsed))
-            status = "CREATED" if elapsed < self.duration / (2 * n) else "RUNNING"
+            status = self._running_status(elapsed)
         if self.fails_after is not None:
             done = min(done, self.fails_after)
+        ended = elapsed >= self.duration
         return {
             "job_id": self.job_id,
-            "job_status": status,
+            "job_status": status.lower() if style.lowercase else status,
             "total_tasks": n,
-            "completed_tasks": done,
-            "results": self._listed([i for i in self.order if i < done]),
+            "completed_tasks": done if ended or style.progress else 0,
+            "results": self._listed(
+                [i for i in self.order if i < done] if ended or style.partial_results else []
+            ),
         }
+
+    def _running_status(self, elapsed: float) -> str:
+        # CREATED for the first half task, then the style's names share the rest evenly.
+        names = self.style.running_statuses
+        start = self.duration / (2 * len(self.answers))
+        if not names or elapsed < start:
+            return "CREATED"
+        share = (self.duration - start) / len(names)
+        return names[min(int((elapsed - start) / share), len(names) - 1)]
 
     def _listed(self, indexes: list[int]) -> list[dict[str, Any]]:
         listed = [self._task(i) for i in indexes]
@@ -402,7 +418,8 @@ class EmulatorState:
         config = self.config
         n = len(request.messages)
         order = list(range(n))
-        if config.shuffle_results:
+        style = STYLES[config.style]
+        if config.shuffle_results or style.shuffled:
             self._rng.shuffle(order)
         fails_after: int | None = None
         if self._rng.random() < config.failed_job_rate:
@@ -431,6 +448,7 @@ class EmulatorState:
             empty_results=empty_results,
             duplicate_first=duplicate_first,
             index_base=index_base,
+            style=style,
         )
 
     def _happens(self, rate: float) -> bool:
