@@ -9,4 +9,5 @@ pytest_plugins = [
     "tests.fixtures.private_postgres",
     "tests.fixtures.redis_server",
     "tests.fixtures.signals",
+    "tests.fixtures.cli_runs",  # last: it imports the emulator fixtures' module
 ]

@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     prefect_unavailable_limit_s: float = Field(
         default=300.0, gt=0, description="Fail a run whose fair-use pool got no answer this long"
     )
+    local_server_idle_s: float = Field(
+        default=3600.0, gt=0, description="Stop the local Prefect server after this long unused"
+    )
 
     @model_validator(mode="after")
     def _poll_bounds(self) -> Settings:

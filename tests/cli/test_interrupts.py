@@ -1,8 +1,9 @@
 """Interrupted and killed runs leave nothing stuck, on ONE ``PREFECT_HOME`` as a user's is.
 
 Every run here is the installed ``studio-flows generate`` as a subprocess in its own
-process group, with no ``PREFECT_API_URL`` (so it starts its local Prefect server under
-the shared ``PREFECT_HOME``), against the emulator over loopback. Between runs the state
+process group, with no ``PREFECT_API_URL`` (so it uses the one local Prefect server of
+the shared ``PREFECT_HOME``, which no signal to a run stops), against the emulator over
+loopback. Between runs the state
 a user's machine keeps (``prefect.db``, lease files, slot-holder files) is kept too.
 
 Figures (signal to exit, rerun start to first POST) go to bench/CHAOS.md.
@@ -48,6 +49,7 @@ JOB_S = 1.0
 # (the interrupted run's jobs keep the end they were created with).
 RERUN_JOB_S = 0.1
 FIGURES: dict[str, list[float]] = {}
+LOCAL_SERVER_PROCESS = "studio_flows.cli.local_server_process"
 
 pytestmark = pytest.mark.slow
 
@@ -147,8 +149,18 @@ def processes_using(home: Path) -> list[str]:
 
 
 def assert_nothing_left_running(home: Path) -> None:
-    # The local server's watchdog notices a dead parent within a second; give it that.
     wait_for(lambda: not processes_using(home), 15, "no process left on the PREFECT_HOME")
+
+
+def assert_only_the_server_left(home: Path) -> None:
+    """Every run on ``home`` ended; only its one local server (which outlives runs) is left."""
+
+    def runs_ended() -> bool:
+        return not [p for p in processes_using(home) if LOCAL_SERVER_PROCESS not in p]
+
+    wait_for(runs_ended, 15, "no run left on the PREFECT_HOME")
+    servers = [p for p in processes_using(home) if LOCAL_SERVER_PROCESS in p]
+    assert len(servers) == 1, servers
 
 
 def interrupt(
@@ -190,7 +202,7 @@ def test_a_signal_stops_the_run_at_once_and_the_next_run_re_attaches(
     assert "left; run the same command again" in result.stderr
     assert "Traceback" not in result.output and "Error logging to API" not in result.output
     assert active_slots(prefect_home) == 0, "the interrupted run kept fair-use slots"
-    assert_nothing_left_running(prefect_home)
+    assert_only_the_server_left(prefect_home)
     in_flight = [r for r in ledger(scenario.database_url) if r["status"] == "submitted"]
 
     rerun = scenario.rerun_to_the_end(f"after {number.name}: rerun start to first POST (s)")
@@ -199,7 +211,7 @@ def test_a_signal_stops_the_run_at_once_and_the_next_run_re_attaches(
     assert scenario.jobs_created() == SHARDS, "a job was paid twice"
     assert_every_row_completed_once(scenario.database_url, scenario.row_keys)
     assert active_slots(prefect_home) == 0
-    assert_nothing_left_running(prefect_home)
+    assert_only_the_server_left(prefect_home)
 
 
 def test_a_second_ctrl_c_exits_at_once(
@@ -221,7 +233,7 @@ def test_a_second_ctrl_c_exits_at_once(
     assert code == 130, output
     assert "exiting now" in output
     assert "Traceback" not in output
-    assert_nothing_left_running(prefect_home)
+    assert_only_the_server_left(prefect_home)
     scenario.rerun_to_the_end("after a double Ctrl-C: rerun start to first POST (s)")
     assert_every_row_completed_once(scenario.database_url, scenario.row_keys)
     assert active_slots(prefect_home) == 0
@@ -245,7 +257,7 @@ def test_five_kills_in_a_row_then_a_clean_run_leave_every_slot_free(
         assert process.poll() is None, "the run ended before it was killed"
         kill_group(process)
         in_flight_at_kills += 3
-        assert_nothing_left_running(prefect_home)
+        assert_only_the_server_left(prefect_home)
 
     scenario.rerun_to_the_end("after 5 SIGKILLs: rerun start to first POST (s)")
 
@@ -254,7 +266,7 @@ def test_five_kills_in_a_row_then_a_clean_run_leave_every_slot_free(
     # in flight at each kill are paid again.
     assert SHARDS <= scenario.jobs_created() <= SHARDS + in_flight_at_kills
     assert active_slots(prefect_home) == 0
-    assert_nothing_left_running(prefect_home)
+    assert_only_the_server_left(prefect_home)
 
 
 def _write_figures() -> None:
@@ -337,13 +349,14 @@ def test_a_local_server_that_cannot_start_is_one_sentence_and_leaves_no_process(
     assert_nothing_left_running(home)
 
 
-def test_a_ctrl_c_while_the_local_server_starts_stops_it_and_says_so(
-    slow_emulator: EmulatorServer, prefect_home: Path, tmp_path: Path
+def test_a_ctrl_c_while_the_local_server_starts_leaves_it_starting_for_the_next_run(
+    slow_emulator: EmulatorServer, tmp_path: Path
 ) -> None:
-    scenario = Scenario(slow_emulator, prefect_home, tmp_path)
+    home = tmp_path / "home"
+    scenario = Scenario(slow_emulator, home, tmp_path)
     stderr = tmp_path / "stderr.txt"
     process = scenario.start_writing_stderr_to(stderr)
-    wait_for(lambda: "starting a local Prefect server" in stderr.read_text(), 60, "the start")
+    wait_for(lambda: "starting the local Prefect server" in stderr.read_text(), 60, "the start")
 
     os.killpg(process.pid, signal.SIGINT)
     code = process.wait(timeout=30)
@@ -352,4 +365,8 @@ def test_a_ctrl_c_while_the_local_server_starts_stops_it_and_says_so(
     assert code == 130, output
     assert "interrupted by SIGINT" in output and "Traceback" not in output
     assert scenario.jobs_created() == 0 or "left; run the same command again" in output
-    assert_nothing_left_running(prefect_home)
+    # The server was in its own session: it goes on starting, and the next run uses it.
+    url = output.split("starting the local Prefect server of PREFECT_HOME at ")[1].split()[0]
+    rerun = scenario.rerun_to_the_end("after a Ctrl-C during the server's start: to first POST")
+    assert f"using the local Prefect server at {url}" in rerun.stderr
+    assert_only_the_server_left(home)

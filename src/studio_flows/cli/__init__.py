@@ -1,9 +1,9 @@
-"""The ``studio-flows`` command line: demo, generate, results, emulator, serve, db.
+"""The ``studio-flows`` command line: demo, generate, results, emulator, serve, db, server.
 
 One module per command group (:mod:`~studio_flows.cli.run`, :mod:`~studio_flows.cli.results`,
 :mod:`~studio_flows.cli.emulator`, :mod:`~studio_flows.cli.serving`,
-:mod:`~studio_flows.cli.db`) on one Typer app (:mod:`~studio_flows.cli.app`). Prefect is
-imported only by the commands that run flows.
+:mod:`~studio_flows.cli.db`, :mod:`~studio_flows.cli.server`) on one Typer app
+(:mod:`~studio_flows.cli.app`). Prefect is imported only by the commands that run flows.
 
 Exit codes: 0 every row completed, 1 some rows failed (listed), 2 bad input or
 configuration (one paragraph, no traceback), 130 / 143 stopped by SIGINT / SIGTERM.
@@ -18,10 +18,10 @@ from studio_flows.cli.quiet import quiet_environment
 # Prefect reads its settings from the environment when imported: quiet it first.
 quiet_environment()
 
-from studio_flows.cli import db, emulator, results, run, serving  # noqa: E402  (registers commands)
+from studio_flows.cli import db, emulator, results, run, server, serving  # noqa: E402  (registers commands)
 from studio_flows.cli.app import app, err_console  # noqa: E402
 
-__all__ = ["app", "db", "emulator", "main", "results", "run", "serving"]
+__all__ = ["app", "db", "emulator", "main", "results", "run", "server", "serving"]
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ from studio_flows.errors import StudioFlowsError
 from studio_flows.resources import examples_dir
 
 # The order `studio-flows --help` lists the commands in, whatever order their modules load.
-COMMAND_ORDER = ("generate", "demo", "results", "emulator", "serve", "db")
+COMMAND_ORDER = ("generate", "demo", "results", "emulator", "serve", "db", "server")
 
 
 class _Commands(TyperGroup):

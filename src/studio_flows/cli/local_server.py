@@ -1,37 +1,40 @@
-"""The Prefect API of a bare command-line run: a local server this process owns.
+"""The Prefect API of a bare command-line run: the one local server of this ``PREFECT_HOME``.
 
-With no ``PREFECT_API_URL``, Prefect would start a temporary server as a child in the
-terminal's process group. That child dies with the first Ctrl-C, before the run could
-give its fair-use slots back; it keeps leases in memory, so nobody ever frees them; it
-gives up after 20 s on a busy machine; and it is orphaned when its parent is killed. This
-server differs in four ways:
+With no ``PREFECT_API_URL``, Prefect would start a temporary server per process, as a
+child in the terminal's process group: it dies with the first Ctrl-C, runs no lease
+repossessor, and costs seconds on every command. Instead every bare command shares one
+server per ``PREFECT_HOME`` (:mod:`studio_flows.cli.local_server_process` runs it):
 
-- its own session: a Ctrl-C in the terminal reaches the command, not the server, and the
-  command stops the server last;
-- leases in files under ``$PREFECT_HOME`` (Prefect's filesystem lease storage), so a later
-  run can give back the slots of a run that died (:mod:`studio_flows.tasks.slot_holders`);
-- the time a busy machine needs to start (a first start migrates the database), saying so
-  when it is slow;
-- a watchdog in the server process: it stops when the command that started it is gone.
+- started on first use, in its own session (a Ctrl-C in the terminal never reaches it),
+  non-ephemeral (its repossessor gives back the leases nobody renews), leases in files
+  under ``$PREFECT_HOME`` (Prefect's filesystem lease storage), UI on, analytics off;
+- reused by every later and every concurrent command: its port and pid are in
+  ``$PREFECT_HOME/studio-flows/local-server.json``, written under an ``flock`` that makes
+  two first runs start one server;
+- replaced when it is dead or does not answer its health check;
+- stopped after ``MODEL_STUDIO_LOCAL_SERVER_IDLE_S`` without a command using it, or by
+  ``studio-flows server stop``.
 
 Example:
-    >>> with local_prefect_api(notify=print) as api_url:  # doctest: +SKIP
+    >>> with prefect_api(notify=print) as api_url:  # doctest: +SKIP
     ...     generate_dataset(options)
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import IO
 
 import httpx
 
@@ -41,18 +44,86 @@ from studio_flows.tasks.slots import LOCAL_SERVER_ENV
 
 START_TIMEOUT_S = 300.0
 SLOW_START_NOTICE_S = 15.0
-STOP_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 15.0
+LOCK_POLL_S = 0.1
 
-SERVER_MODULE = "studio_flows.cli.local_server"
+SERVER_MODULE = "studio_flows.cli.local_server_process"
 FILESYSTEM_LEASES = "prefect.server.concurrency.lease_storage.filesystem"
 SERVER_ENVIRONMENT = {
-    "PREFECT_UI_ENABLED": "0",
-    "PREFECT__SERVER_EPHEMERAL": "1",
-    "PREFECT__SERVER_FINAL": "1",
     "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": FILESYSTEM_LEASES,
-    "PREFECT_SERVER_LOGGING_LEVEL": "CRITICAL",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_UI_ENABLED": "true",
+    "DO_NOT_TRACK": "1",
 }
+# What the server must not inherit from the command that starts it: the command's own
+# API setting, the ephemeral switch, and every MODEL_STUDIO_* value (the token above all).
+NOT_INHERITED = ("PREFECT_API_URL", "PREFECT__SERVER_EPHEMERAL", "PREFECT__SERVER_FINAL")
+
+
+@dataclass(frozen=True)
+class ServerFiles:
+    """The files of the local server of one ``PREFECT_HOME``.
+
+    Example:
+        >>> ServerFiles.of(Path("/home/me/.prefect")).state.name
+        'local-server.json'
+    """
+
+    folder: Path
+
+    @classmethod
+    def of(cls, home: Path) -> ServerFiles:
+        folder = home / "studio-flows"
+        folder.mkdir(parents=True, exist_ok=True)
+        return cls(folder)
+
+    @property
+    def state(self) -> Path:
+        """Where the running server's pid, port and start time are recorded."""
+        return self.folder / "local-server.json"
+
+    @property
+    def lock(self) -> Path:
+        """Held to start, replace or stop the server (and by its idle watchdog to stop)."""
+        return self.folder / "local-server.lock"
+
+    @property
+    def users(self) -> Path:
+        """Shared-locked by each command while it uses the server; its mtime is the last use."""
+        return self.folder / "local-server.users"
+
+    @property
+    def log(self) -> Path:
+        """The server's own output (the reason a start failed)."""
+        return self.folder / "local-server.log"
+
+
+@dataclass(frozen=True)
+class LocalServer:
+    """A local server as its state file records it."""
+
+    pid: int
+    port: int
+    started_at: float
+    ready: bool = False  # it answered once: not answering now means it hangs
+
+    @property
+    def url(self) -> str:
+        """Its Prefect UI."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.url}/api"
+
+    def uptime(self) -> str:
+        """How long it has run, e.g. ``"3 min 20 s"``."""
+        seconds = int(time.time() - self.started_at)
+        hours, rest = divmod(seconds, 3600)
+        minutes, seconds = divmod(rest, 60)
+        if hours:
+            return f"{hours} h {minutes} min"
+        return f"{minutes} min {seconds} s" if minutes else f"{seconds} s"
 
 
 def check_prefect_api(api_url: str, timeout_s: float = 10.0) -> None:
@@ -96,28 +167,251 @@ def prefect_api(notify: Callable[[str], None]) -> Iterator[str]:
 
 @contextlib.contextmanager
 def local_prefect_api(notify: Callable[[str], None]) -> Iterator[str]:
-    """Start a local Prefect server for this command, yield its API URL, stop it last."""
+    """Use (starting it if needed) the local server of this ``PREFECT_HOME``; yield its API.
+
+    The server stays on after the command: only its idle watchdog or
+    ``studio-flows server stop`` stops it.
+    """
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    from studio_flows.settings import load_settings
+
     interrupts.check()  # asked to stop while Prefect loaded: start nothing
-    notify("starting a local Prefect server for this run (set PREFECT_API_URL to use yours)")
-    server = _start(notify)
-    api_url = f"http://127.0.0.1:{server.port}/api"
-    os.environ[LOCAL_SERVER_ENV] = api_url
+    settings = load_settings()
+    files = ServerFiles.of(prefect_home())
+    with _using(files) as users:
+        server = _attach(
+            files, notify, settings.local_server_idle_s, settings.prefect_check_timeout_s
+        )
+        _touch(users)
+        os.environ[LOCAL_SERVER_ENV] = server.api_url
+        try:
+            with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+                yield server.api_url
+        finally:
+            _drain_prefect_workers()
+            os.environ.pop(LOCAL_SERVER_ENV, None)
+            _touch(users)
+
+
+def prefect_home() -> Path:
+    """This process's ``PREFECT_HOME`` (created when missing)."""
+    from prefect.settings import get_current_settings
+
+    home = Path(get_current_settings().home).expanduser()
+    home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
+def _attach(
+    files: ServerFiles, notify: Callable[[str], None], idle_s: float, check_timeout_s: float
+) -> LocalServer:
+    """The running server of ``files``, started or replaced when needed (under the lock)."""
+    with _locked(files.lock):
+        server = read_server(files)
+        if server is not None:
+            problem = _problem(files, server, check_timeout_s, notify)
+            if problem is None:
+                notify(
+                    f"using the local Prefect server at {server.url} (up {server.uptime()}; "
+                    "set PREFECT_API_URL to use another)"
+                )
+                return server
+            notify(f"the local Prefect server at {server.url} {problem}; starting a new one")
+            if _is_ours(server.pid):  # not a process that got the dead server's pid since
+                _terminate(server, at_once=True)
+            files.state.unlink(missing_ok=True)
+        return _start(files, notify, idle_s)
+
+
+def _problem(
+    files: ServerFiles, server: LocalServer, check_timeout_s: float, notify: Callable[[str], None]
+) -> str | None:
+    """Why ``server`` cannot be used (None: it answers), waiting for one still starting."""
+    if not _is_ours(server.pid):
+        return "is gone"
+    if _healthy(server.port, check_timeout_s):
+        return None
+    if not server.ready and time.time() - server.started_at < START_TIMEOUT_S:
+        # Another command started it and was stopped before it answered: wait for it.
+        try:
+            _wait_until_healthy(server, notify, log=None)
+        except PrefectUnavailableError:
+            return "did not start"
+        _write_state(files, replace(server, ready=True))
+        return None
+    return f"did not answer its health check in {check_timeout_s:g} s"
+
+
+def read_server(files: ServerFiles) -> LocalServer | None:
+    """The server the state file records, or None."""
     try:
-        with temporary_settings(updates={PREFECT_API_URL: api_url}):
-            yield api_url
-    finally:
-        _drain_prefect_workers()
-        os.environ.pop(LOCAL_SERVER_ENV, None)
-        server.stop()
+        return LocalServer(**json.loads(files.state.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _start(files: ServerFiles, notify: Callable[[str], None], idle_s: float) -> LocalServer:
+    port = _free_port()
+    notify(
+        f"starting the local Prefect server of PREFECT_HOME at http://127.0.0.1:{port} "
+        "(it stays on for later runs; `studio-flows server stop` stops it)"
+    )
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in NOT_INHERITED and not key.startswith("MODEL_STUDIO_")
+    }
+    env.update(SERVER_ENVIRONMENT)
+    with files.log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", SERVER_MODULE, str(files.folder), str(port), str(idle_s)],
+            env=env,
+            cwd=files.folder,  # not the user's folder: it may be deleted while the server runs
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # a Ctrl-C in the terminal does not reach it
+        )
+    server = LocalServer(pid=process.pid, port=port, started_at=time.time())
+    _write_state(files, server)  # recorded at once: a command stopped now leaves it findable
+    try:
+        _wait_until_healthy(server, notify, log=files.log, process=process)
+    except PrefectUnavailableError:
+        _terminate(server, at_once=True)
+        files.state.unlink(missing_ok=True)
+        raise
+    server = replace(server, ready=True)
+    _write_state(files, server)
+    return server
+
+
+def _wait_until_healthy(
+    server: LocalServer,
+    notify: Callable[[str], None],
+    log: Path | None,
+    process: subprocess.Popen[bytes] | None = None,
+) -> None:
+    noticed = False
+    while not _healthy(server.port, 2.0):
+        waited = time.time() - server.started_at
+        exited = process.poll() is not None if process is not None else not _is_ours(server.pid)
+        if exited:
+            raise PrefectUnavailableError(_failed_start(log, "it exited"))
+        if waited > START_TIMEOUT_S:
+            raise PrefectUnavailableError(
+                _failed_start(log, f"it did not answer in {START_TIMEOUT_S:.0f} s")
+            )
+        if waited > SLOW_START_NOTICE_S and not noticed:
+            noticed = True
+            notify("the local Prefect server is slow to start (a busy machine, or a first start)")
+        interrupts.sleep(0.1)  # a Ctrl-C stops the wait; the server goes on starting
+
+
+def stop_server(files: ServerFiles) -> LocalServer | None:
+    """Stop the local server of ``files`` (None: none was running).
+
+    Example:
+        >>> stop_server(ServerFiles.of(prefect_home()))  # doctest: +SKIP
+        LocalServer(pid=4242, port=40123, started_at=1765000000.0)
+    """
+    with _locked(files.lock):
+        server = read_server(files)
+        if server is not None:
+            files.state.unlink(missing_ok=True)
+            if _is_ours(server.pid):
+                _terminate(server)
+                return server
+    return None
+
+
+def in_use(files: ServerFiles) -> bool:
+    """True while a command holds the server (its shared lock on the users file)."""
+    with files.users.open("a") as users:
+        try:
+            fcntl.flock(users.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(users.fileno(), fcntl.LOCK_UN)
+        return False
+
+
+def _terminate(server: LocalServer, *, at_once: bool = False) -> None:
+    """SIGTERM the server's session (SIGKILL when ``at_once`` or when it does not end)."""
+    first = signal.SIGKILL if at_once else signal.SIGTERM
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(server.pid, first)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    while _alive(server.pid):
+        if time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(server.pid, signal.SIGKILL)
+            deadline = time.monotonic() + STOP_TIMEOUT_S
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie child of this process counts as ended)."""
+    with contextlib.suppress(ChildProcessError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _is_ours(pid: int) -> bool:
+    """True if ``pid`` runs and is a local server (not another process that got the pid)."""
+    if not _alive(pid):
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True  # no /proc (macOS): trust the pid
+    return SERVER_MODULE.encode() in cmdline
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path``; a Ctrl-C stops the wait for it."""
+    with path.open("a") as file:
+        while True:
+            try:
+                fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                interrupts.sleep(LOCK_POLL_S)
+        yield  # closing the file drops the lock
+
+
+@contextlib.contextmanager
+def _using(files: ServerFiles) -> Iterator[IO[str]]:
+    """Hold the shared lock that tells the idle watchdog a command uses the server."""
+    with files.users.open("a") as users:
+        fcntl.flock(users.fileno(), fcntl.LOCK_SH)
+        yield users
+
+
+def _touch(users: IO[str]) -> None:
+    with contextlib.suppress(OSError):
+        os.utime(users.fileno())
+
+
+def _write_state(files: ServerFiles, server: LocalServer) -> None:
+    partial = files.state.with_suffix(".partial")
+    partial.write_text(json.dumps(asdict(server)), encoding="utf-8")
+    partial.replace(files.state)
 
 
 def _drain_prefect_workers(timeout_s: float = 10.0) -> None:
-    """Send the run's last logs and events while the server still listens.
+    """Send the run's last logs and events before the command exits.
 
-    Prefect drains them at interpreter exit otherwise, against a stopped server, retrying
-    for a minute and printing "Error logging to API".
+    Prefect drains them at interpreter exit otherwise, retrying for a minute when the
+    server went away meanwhile and printing "Error logging to API".
     """
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
@@ -126,84 +420,20 @@ def _drain_prefect_workers(timeout_s: float = 10.0) -> None:
     EventsWorker.drain_all(timeout=timeout_s)
 
 
-class _ServerProcess:
-    """The server's process (leader of its own session) and the port it listens on."""
-
-    def __init__(self, port: int, log: Path) -> None:
-        self.port = port
-        self.log = log
-        env = {**os.environ, **SERVER_ENVIRONMENT}
-        env.pop("PREFECT_API_URL", None)
-        with log.open("wb") as out:
-            self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "studio_flows.cli.local_server",
-                    str(os.getpid()),
-                    str(port),
-                ],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def stop(self, *, at_once: bool = False) -> None:
-        """Stop the server (``at_once``: SIGKILL, for one that never answered: no client
-        holds anything there yet, and its database writes are transactions)."""
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL if at_once else signal.SIGTERM)
-            try:
-                self.process.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        with contextlib.suppress(OSError):
-            self.log.unlink()
-
-
-def _start(notify: Callable[[str], None]) -> _ServerProcess:
-    log = Path(tempfile.mkstemp(prefix="studio-flows-prefect-", suffix=".log")[1])
-    server = _ServerProcess(_free_port(), log)
-    started = time.monotonic()
-    noticed = False
-    try:
-        while not _healthy(server.port):
-            waited = time.monotonic() - started
-            if server.process.poll() is not None:
-                raise PrefectUnavailableError(_failed_start(server, "it exited"))
-            if waited > START_TIMEOUT_S:
-                raise PrefectUnavailableError(
-                    _failed_start(server, f"it did not answer in {START_TIMEOUT_S:.0f} s")
-                )
-            if waited > SLOW_START_NOTICE_S and not noticed:
-                noticed = True
-                notify(
-                    "the local Prefect server is slow to start (a busy machine, or a first start)"
-                )
-            interrupts.sleep(0.1)  # a Ctrl-C here stops the start (and the server) at once
-    except BaseException:
-        server.stop(at_once=True)
-        raise
-    return server
-
-
-def _failed_start(server: _ServerProcess, what: str) -> str:
-    tail = server.log.read_text(errors="replace").strip().splitlines()[-1:] or [""]
-    detail = f": {tail[0][:200]}" if tail[0] else ""
+def _failed_start(log: Path | None, what: str) -> str:
+    lines = log.read_text(errors="replace").strip().splitlines() if log and log.exists() else []
+    tail = lines[-1][:200] if lines else ""
+    detail = f": {tail}" if tail else ""
     return (
         f"The local Prefect server could not start ({what}{detail}); set PREFECT_API_URL "
         "to a running Prefect server to use that instead."
     )
 
 
-def _healthy(port: int) -> bool:
+def _healthy(port: int, timeout_s: float) -> bool:
     try:
-        return httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2.0).status_code == 200
+        url = f"http://127.0.0.1:{port}/api/health"
+        return httpx.get(url, timeout=timeout_s).status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -221,33 +451,3 @@ def _describe(err: httpx.HTTPError, timeout_s: float) -> str:
     if isinstance(err, httpx.TimeoutException):
         return f"no answer within {timeout_s:g} s, MODEL_STUDIO_PREFECT_CHECK_TIMEOUT_S"
     return str(err) or type(err).__name__
-
-
-# ------------------------------------------------------------------- the server process
-
-
-def _watch_parent(parent_pid: int) -> None:
-    """Stop this server once the command that started it is gone (SIGKILL, OOM)."""
-    while os.getppid() == parent_pid:
-        time.sleep(0.5)
-    os.kill(os.getpid(), signal.SIGTERM)
-    time.sleep(STOP_TIMEOUT_S)
-    os._exit(0)
-
-
-def _serve(parent_pid: int, port: int) -> None:
-    import uvicorn
-
-    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
-    uvicorn.run(
-        "prefect.server.api.server:create_app",
-        factory=True,
-        host="127.0.0.1",
-        port=port,
-        log_level="error",
-        lifespan="on",
-    )
-
-
-if __name__ == "__main__":
-    _serve(int(sys.argv[1]), int(sys.argv[2]))
