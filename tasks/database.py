@@ -34,7 +34,7 @@ def safe_url(url: str | URL) -> str:
     """
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         return "<unparsable database URL>"  # never echo it: it may hold a password
 
 
@@ -81,7 +81,12 @@ def load_connector_url(block_name: str) -> str:
             f"The SqlAlchemyConnector block {name!r} cannot be used ({type(err).__name__})."
         ) from None
     # Only the URL is used: the connector opens no engine until asked, so nothing to close.
-    url = connector_url(connector)
+    try:
+        url = connector_url(connector)
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
+        raise ConfigurationError(
+            f"The SqlAlchemyConnector block {name!r} holds a URL SQLAlchemy cannot read."
+        ) from None
     if url.drivername.split("+")[-1] in _ASYNC_DRIVERS:
         raise ConfigurationError(
             f"The SqlAlchemyConnector block {name!r} uses the async driver "

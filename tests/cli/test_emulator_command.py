@@ -116,7 +116,7 @@ def test_a_port_in_use_is_one_line_and_exit_2() -> None:
     ("args", "message"),
     [
         (["--rate-429", "2"], "--rate-429: Input should be less than or equal to 1"),
-        (["--token", " "], "--token: Value error, tokens may not be blank"),
+        (["--token", " "], "--token: tokens may not be blank"),
     ],
 )
 def test_a_bad_knob_value_names_its_flag_and_exits_2(args: list[str], message: str) -> None:

@@ -92,5 +92,5 @@ def retry_while_unavailable(
 def _safe(url: str | URL) -> str:
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except exc.ArgumentError:
+    except (exc.ArgumentError, ValueError):  # ValueError: a port that is not a number
         return "<unparsable database URL>"
