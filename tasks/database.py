@@ -19,6 +19,7 @@ from prefect_sqlalchemy import (  # type: ignore[import-untyped]
     SqlAlchemyConnector,
 )
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
 
 from studio_flows.blocks import ResultsDatabase
 from studio_flows.errors import ConfigurationError
@@ -75,7 +76,12 @@ def load_connector_url(block_name: str) -> str:
             f"The SqlAlchemyConnector block {name!r} cannot be used ({type(err).__name__})."
         ) from None
     # Only the URL is used: the connector opens no engine until asked, so nothing to close.
-    url = connector_url(connector)
+    try:
+        url = connector_url(connector)
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
+        raise ConfigurationError(
+            f"The SqlAlchemyConnector block {name!r} holds a URL SQLAlchemy cannot read."
+        ) from None
     if url.drivername.split("+")[-1] in _ASYNC_DRIVERS:
         raise ConfigurationError(
             f"The SqlAlchemyConnector block {name!r} uses the async driver "

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from studio_flows.datasets import DatasetOptions, DatasetSource, FileSource, SqlSource
 from studio_flows.errors import ConfigurationError
 from studio_flows.redaction import RedactedUrl
+from studio_flows.settings import check_database_url
 
 
 class GenerateOptions(BaseModel):
@@ -99,6 +100,11 @@ class GenerateOptions(BaseModel):
         default_factory=list,
         description="Input columns stored beside each answer (as JSON) and exported with it",
     )
+
+    @field_validator("database_url", "source_url")
+    @classmethod
+    def _readable_url(cls, url: str | None) -> str | None:
+        return url if url is None else check_database_url(url)
 
     @field_validator("keep_columns")
     @classmethod

@@ -9,8 +9,9 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from studio_flows.errors import ConfigurationError
@@ -76,6 +77,16 @@ class Settings(BaseSettings):
         default=3600.0, gt=0, description="Stop the local Prefect server after this long unused"
     )
 
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, url: str) -> str:
+        return check_database_url(url)
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, url: str) -> str:
+        return check_base_url(url)
+
     @model_validator(mode="after")
     def _poll_bounds(self) -> Settings:
         if self.poll_max_interval_s < self.poll_interval_s:
@@ -101,6 +112,51 @@ class Settings(BaseSettings):
             )
         assert self.token is not None and self.organization_id is not None
         return self.token, self.organization_id
+
+
+def check_database_url(url: str) -> str:
+    """``url`` if SQLAlchemy can read it, else a ValueError saying why in a few words.
+
+    The reason never quotes the URL: it may hold a password that failed to parse out.
+
+    Example:
+        >>> check_database_url("postgresql://app:secret@db:notaport/results")
+        Traceback (most recent call last):
+        ValueError: the URL's port is not a number
+    """
+    # Imported here: SQLAlchemy loads slowly and settings are read by every command.
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        make_url(url)
+    except ArgumentError:
+        raise ValueError(
+            "not a SQLAlchemy URL (expected e.g. sqlite:///studio_flows.db or "
+            "postgresql://user:***@host/db)"
+        ) from None
+    except ValueError:  # make_url's int() of the port, the one ValueError it raises
+        raise ValueError("the URL's port is not a number") from None
+    return url
+
+
+def check_base_url(url: str) -> str:
+    """``url`` if it is an http(s) URL with a host and a numeric port, else a ValueError.
+
+    Example:
+        >>> check_base_url("studio.ionos.de/api/v1")
+        Traceback (most recent call last):
+        ValueError: expected an http(s) URL such as https://studio.ionos.de/api/v1
+    """
+    expected = f"expected an http(s) URL such as {DEFAULT_BASE_URL}"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (reading it checks it: a ValueError when not a number)
+    except ValueError:
+        raise ValueError(f"its host or port is malformed ({expected})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(expected)
+    return url
 
 
 def load_settings(**overrides: object) -> Settings:
@@ -133,14 +189,16 @@ def describe_validation_error(
     """
     parts = []
     for item in err.errors(include_input=False, include_url=False):
+        # pydantic's "Value error, " heads the sentences our validators raise.
+        message = item["msg"].removeprefix("Value error, ")
         if not item["loc"]:  # a model validator: its message names the variables itself
-            parts.append(item["msg"].removeprefix("Value error, "))
+            parts.append(message)
             continue
         field = ".".join(str(p) for p in item["loc"])
         if flags and field in flags:
             name = flags[field]
         else:
             name = f"{prefix}{field.upper()}" if prefix else field
-        parts.append(f"{name}: {item['msg']}")
+        parts.append(f"{name}: {message}")
     heading = "Invalid options" if flags else "Invalid settings"
     return f"{heading}: " + "; ".join(parts)

@@ -30,6 +30,7 @@ from tests.fixtures.cli_runs import (
     DATABASES,
     MODEL,
     SECRET_TOKEN,
+    STUDIO_FLOWS,
     assert_every_row_completed_once,
     cli_env,
     finish_cli,
@@ -389,3 +390,62 @@ def test_a_model_the_service_does_not_know_stops_the_run_at_once_with_exit_2(
     assert 1 <= stats["rejections"]["POST /generate"]["404"] <= 3
     # Nothing paid, nothing left to guess: each refused shard is closed failed.
     assert {row["status"] for row in ledger(database_url)} <= {"failed"}
+
+
+@pytest.mark.slow
+def test_a_malformed_url_is_one_line_naming_the_option_and_exit_2_without_the_password(
+    emulator: EmulatorServer, prefect_server: str, tmp_path: Path
+) -> None:
+    """A port that is not a number, given as each option and setting that takes a URL, to
+    each command that reads one: seven real processes at once."""
+    emulator.configure(tokens=[SECRET_TOKEN])
+    dataset = tmp_path / "ok.jsonl"
+    dataset.write_text("".join(json.dumps(_good(i)) + "\n" for i in range(3)), encoding="utf-8")
+    password = "url-pass-must-not-show-9c2b"
+    bad = f"postgresql://studio:{password}@127.0.0.1:notaport/results"
+    good = f"sqlite:///{tmp_path}/results.db"
+    assert STUDIO_FLOWS is not None
+    run = [STUDIO_FLOWS, "generate", str(dataset), "--model-id", MODEL, "--no-progress"]
+    query = [STUDIO_FLOWS, "generate", "--sql", "SELECT 'hi' AS prompt", "--model-id", MODEL]
+    cases: dict[str, tuple[list[str], dict[str, str], str]] = {
+        "--database-url": ([*run, "--database-url", bad], {}, "--database-url"),
+        "--source-url": ([*query, "--source-url", bad, "--database-url", good], {}, "--source-url"),
+        "MODEL_STUDIO_DATABASE_URL": (
+            run,
+            {"MODEL_STUDIO_DATABASE_URL": bad},
+            "MODEL_STUDIO_DATABASE_URL",
+        ),
+        "MODEL_STUDIO_BASE_URL": (
+            [*run, "--database-url", good],
+            {"MODEL_STUDIO_BASE_URL": f"http://studio:{password}@127.0.0.1:notaport/api/v1"},
+            "MODEL_STUDIO_BASE_URL",
+        ),
+        "results": ([STUDIO_FLOWS, "results", "--database-url", bad], {}, "--database-url"),
+        "db upgrade": ([STUDIO_FLOWS, "db", "upgrade", "--database-url", bad], {}, "database URL"),
+        "demo": ([STUDIO_FLOWS, "demo", "--database-url", bad], {}, "--database-url"),
+    }
+    started = time.monotonic()
+    running = {
+        name: start_cli(
+            args,
+            cli_env(emulator, tmp_path / f"prefect-{index}", api_url=prefect_server, **extra),
+            tmp_path,
+        )
+        for index, (name, (args, extra, _)) in enumerate(cases.items())
+    }
+    problems = []
+    for name, process in running.items():
+        result = finish_cli(process, started)
+        message = result.stderr.strip()
+        if not (
+            result.returncode == 2
+            and "Traceback" not in result.output
+            and len(message.splitlines()) == 1
+            and message.startswith("error:")
+            and cases[name][2] in message
+            and password not in result.output
+        ):
+            problems.append(f"{name}: {result}")
+        print(f"{name}: exit {result.returncode}: {message}")
+    assert not problems, "\n\n".join(problems)
+    assert emulator.stats()["jobs_created"] == 0

@@ -138,11 +138,10 @@ def test_a_port_in_use_is_one_line_and_exit_2() -> None:
     ("args", "message"),
     [
         (["--rate-429", "2"], "--rate-429: Input should be less than or equal to 1"),
-        (["--token", " "], "--token: Value error, tokens may not be blank"),
+        (["--token", " "], "--token: tokens may not be blank"),
         (
             ["--style", "noisy"],
-            "--style: Value error, unknown style 'noisy': one of reference, quiet, queued, "
-            "lowercase",
+            "--style: unknown style 'noisy': one of reference, quiet, queued, lowercase",
         ),
     ],
 )

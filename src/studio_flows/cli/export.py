@@ -35,7 +35,7 @@ from studio_flows.datasets import DatasetOptions, iter_good_rows
 from studio_flows.errors import ConfigurationError
 from studio_flows.kept_columns import KeptColumns, kept_column_name
 from studio_flows.rows import BadRow, Row, messages_payload
-from studio_flows.settings import load_settings
+from studio_flows.settings import check_database_url, load_settings
 from studio_flows.storage import iter_metadata, iter_results, make_engine, results_of_rows
 
 if TYPE_CHECKING:  # pyarrow is imported by the Parquet export only
@@ -121,7 +121,10 @@ class Selection:
 
 def _check_database_exists(url: str) -> None:
     """Reading back must not create an empty SQLite file where a path was mistyped."""
-    parsed = make_url(url)
+    try:
+        parsed = make_url(check_database_url(url))
+    except ValueError as err:  # MODEL_STUDIO_DATABASE_URL was checked with the settings
+        raise ConfigurationError(f"Invalid options: --database-url: {err}") from None
     path = parsed.database
     is_file = parsed.get_backend_name() == "sqlite" and path and path != ":memory:"
     if is_file and not Path(str(path)).exists():

@@ -261,42 +261,33 @@ def generate(
     progress: Annotated[bool, typer.Option(help="Show a progress bar")] = True,
 ) -> None:
     """Generate an answer for every row of DATASET (or of --sql) and write them to the database."""
-    from pydantic import ValidationError
-
-    from studio_flows.options import GenerateOptions
-    from studio_flows.settings import describe_validation_error
-
     with _clear_errors():
-        try:
-            if (dataset is None) == (sql is None):
-                raise ConfigurationError("give a dataset file or --sql QUERY (one of the two)")
-            options = GenerateOptions(
-                dataset_path=str(dataset) if dataset is not None else None,
-                sql=sql,
-                source_url=source_url,
-                source_block=source_block,
-                dataset_name=dataset_name,
-                template=template,
-                system_template=system_template,
-                model_ids=model_id,
-                expected_column=expected_column,
-                database_url=database_url,
-                shard_size=shard_size,
-                temperature=temperature,
-                max_tokens=max_tokens,
-                system_prompt=system_prompt,
-                on_bad_rows=on_bad_rows,
-                ambiguous_policy=ambiguous_policy,
-                prompt_column=prompt_column,
-                messages_column=messages_column,
-                id_column=id_column,
-                keep_columns=_column_list(keep_columns),
-                credentials_block=credentials_block,
-            )
-        except ValidationError as err:
-            raise ConfigurationError(
-                describe_validation_error(err, flags=_option_flags("generate"))
-            ) from None
+        if (dataset is None) == (sql is None):
+            raise ConfigurationError("give a dataset file or --sql QUERY (one of the two)")
+        options = _options(
+            "generate",
+            dataset_path=str(dataset) if dataset is not None else None,
+            sql=sql,
+            source_url=source_url,
+            source_block=source_block,
+            dataset_name=dataset_name,
+            template=template,
+            system_template=system_template,
+            model_ids=model_id,
+            expected_column=expected_column,
+            database_url=database_url,
+            shard_size=shard_size,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            system_prompt=system_prompt,
+            on_bad_rows=on_bad_rows,
+            ambiguous_policy=ambiguous_policy,
+            prompt_column=prompt_column,
+            messages_column=messages_column,
+            id_column=id_column,
+            keep_columns=_column_list(keep_columns),
+            credentials_block=credentials_block,
+        )
         if dry_run:
             _dry_run(options)
             return
@@ -304,6 +295,21 @@ def generate(
     _print_summary(summary)
     if not summary.all_completed:
         raise typer.Exit(1)
+
+
+def _options(command: str, **fields: object) -> GenerateOptions:
+    """The run's options; a bad one is one sentence naming the flag ``command`` took it by."""
+    from pydantic import ValidationError
+
+    from studio_flows.options import GenerateOptions
+    from studio_flows.settings import describe_validation_error
+
+    try:
+        return GenerateOptions(**fields)
+    except ValidationError as err:
+        raise ConfigurationError(
+            describe_validation_error(err, flags=_option_flags(command))
+        ) from None
 
 
 def _column_list(names: str | None) -> list[str]:
@@ -318,9 +324,16 @@ def demo(
 ) -> None:
     """Run the generation flow offline: a local emulator, the examples, a SQLite file."""
     from studio_flows.emulator import EmulatorConfig, EmulatorServer
-    from studio_flows.options import GenerateOptions
 
     dataset = EXAMPLES / "prompts.jsonl"
+    with _clear_errors():
+        options = _options(
+            "demo",
+            dataset_path=str(dataset),
+            model_id="demo-model",
+            database_url=database_url,
+            shard_size=shard_size,
+        )
     config = EmulatorConfig(job_latency_s=1.0, task_latency_s=0.02, tokens=[DEMO_TOKEN])
     with EmulatorServer(config) as server, _clear_errors():
         os.environ.update(
@@ -329,12 +342,6 @@ def demo(
             MODEL_STUDIO_BASE_URL=server.base_url,
         )
         console.print(f"Emulator at {server.base_url}; dataset {dataset.name}")
-        options = GenerateOptions(
-            dataset_path=str(dataset),
-            model_id="demo-model",
-            database_url=database_url,
-            shard_size=shard_size,
-        )
         summary = _run_flow(options, show_progress=True)
         stats = server.stats()
     _print_summary(summary)

@@ -6,7 +6,9 @@ de-duplication and planning are the same for all of them:
 
 - :class:`FileSource`: a JSONL, CSV or Parquet file; its stamp is the file's inode, size and
   modification time.
-- :class:`SqlSource`: a query on any SQLAlchemy URL, streamed with a server-side cursor.
+- :class:`SqlSource`: a query on any SQLAlchemy URL, streamed with a server-side cursor in a
+  read-only transaction; a text that is not one query is refused before it runs
+  (:mod:`studio_flows.datasets.queries`).
   Reading a query twice may give other rows (a nightly table grows), so the first pass
   writes what the query returned to a private JSONL snapshot and every pass reads that:
   the rows sent are the rows validated, and the snapshot's stamp makes the de-duplication
@@ -40,6 +42,7 @@ from studio_flows.datasets.options import (
     _Record,
     detect_format,
 )
+from studio_flows.datasets.queries import read_only, single_query
 from studio_flows.datasets.readers import READERS, jsonl_records, no_kept_column
 from studio_flows.errors import DatasetError
 from studio_flows.rows import BadRow
@@ -137,8 +140,7 @@ class SqlSource(DatasetSource):
     """The rows of a query on ``url``, read once into a private snapshot (see the module)."""
 
     def __init__(self, query: str, url: str, dataset: str | None = None) -> None:
-        if not normalise_query(query):
-            raise DatasetError("--sql: the query is empty")
+        self.statement = single_query(query)  # what runs: refused here unless one query
         self.query = query
         self.url = url
         self.dataset = self.label = dataset or sql_dataset_name(query)
@@ -175,10 +177,10 @@ class SqlSource(DatasetSource):
         url = _normalise_url(self.url)
         engine = sa.create_engine(url, poolclass=NullPool)
         # Colons escaped: a query is the user's SQL, not a template of bind parameters.
-        statement = sa.text(self.query.replace(":", "\\:"))
+        statement = sa.text(self.statement.replace(":", "\\:"))
         dumps = orjson.dumps
         try:
-            with engine.connect() as connection, path.open("wb") as out:
+            with engine.connect() as connection, read_only(connection), path.open("wb") as out:
                 result = connection.execute(
                     statement,
                     execution_options={"stream_results": True, "yield_per": SQL_FETCH_ROWS},

@@ -32,14 +32,13 @@ def _redact(text: str, url: URL) -> str:
 
 
 def _normalise_url(raw: str) -> URL:
+    from studio_flows.settings import check_database_url  # settings need no storage
+
     try:
-        url = make_url(raw)
-    except exc.ArgumentError:
-        # Never echo the raw string: it may hold a password we failed to parse out.
-        raise ConfigurationError(
-            "The database URL is not a valid SQLAlchemy URL "
-            "(expected e.g. sqlite:///studio_flows.db or postgresql://user:***@host/db)."
-        ) from None
+        url = make_url(check_database_url(raw))
+    except ValueError as err:
+        # The reason never echoes the raw string: it may hold a password not parsed out.
+        raise ConfigurationError(f"The database URL is not valid: {err}.") from None
     if url.drivername in ("postgresql", "postgres"):
         # psycopg 3 is the driver we ship; SQLAlchemy's bare default would be psycopg2.
         url = url.set(drivername="postgresql+psycopg")
