@@ -9,7 +9,7 @@ Example:
 
 from __future__ import annotations
 
-from studio_flows.client import ModelStudioClient
+from studio_flows.client import ModelStudioClient, RetryPolicy
 from studio_flows.datasets import DatasetReport, validate_dataset_once
 from studio_flows.errors import (
     APIConnectionError,
@@ -32,8 +32,13 @@ def check_access(client: ModelStudioClient) -> None:
     """Raise :class:`ConfigurationError` (one sentence) if the API is unusable as configured."""
     try:
         client.get_job(PROBE_JOB_ID)
-    except NotFoundError:
-        return
+    except NotFoundError as err:
+        if _is_api_answer(err):
+            return
+        raise ConfigurationError(
+            f"No Model Studio API answers at {client.base_url} (HTTP 404 for a job's path, "
+            "not an answer about the job): check MODEL_STUDIO_BASE_URL (it ends in /api/v1)."
+        ) from None
     except (AuthenticationError, PermissionDeniedError) as err:
         raise ConfigurationError(
             f"Model Studio refused the token (HTTP {err.status_code}) for organisation "
@@ -54,6 +59,14 @@ def check_access(client: ModelStudioClient) -> None:
     except APIStatusError:
         # 400/422 for an id the service finds malformed still proves access.
         return
+
+
+def _is_api_answer(err: NotFoundError) -> bool:
+    # The API says in JSON that the made-up job does not exist; a router or web server
+    # without that path answers HTML, nothing, or a framework's bare "Not Found".
+    headers = getattr(err.response, "headers", {})
+    is_json = "json" in headers.get("content-type", "")
+    return is_json and err.detail.strip().lower() not in ("", "not found")
 
 
 def _cause(err: Exception) -> str:
@@ -79,6 +92,9 @@ def check_run_inputs(
     settings = load_settings()
     if require_credentials and options.credentials_block is None:
         settings.require_credentials()
+        # Token, organisation and base URL answer in a second, not after a Prefect start.
+        with ModelStudioClient.from_settings(settings, retry=RetryPolicy(max_retries=2)) as client:
+            check_access(client)
     results_url = options.database_url or settings.database_url
     if options.database_block is None:
         make_engine(results_url).dispose()

@@ -36,6 +36,7 @@ from tests.fixtures.cli_runs import (
     finish_cli,
     generate_args,
     ledger,
+    run_cli,
     start_cli,
 )
 from tests.fixtures.prefect_server import free_port
@@ -448,4 +449,36 @@ def test_a_malformed_url_is_one_line_naming_the_option_and_exit_2_without_the_pa
             problems.append(f"{name}: {result}")
         print(f"{name}: exit {result.returncode}: {message}")
     assert not problems, "\n\n".join(problems)
+    assert emulator.stats()["jobs_created"] == 0
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ({"MODEL_STUDIO_TOKEN": "wrong-token-0000"}, "Model Studio refused the token (HTTP 401)"),
+        ("root", "No Model Studio API answers at http://127.0.0.1:"),
+    ],
+    ids=["wrong token", "base URL without /api/v1"],
+)
+def test_credentials_and_base_url_are_checked_before_any_prefect_server_starts(
+    emulator: EmulatorServer, tmp_path: Path, extra: dict[str, str] | str, expected: str
+) -> None:
+    emulator.configure(tokens=[SECRET_TOKEN])
+    dataset = tmp_path / "ok.jsonl"
+    dataset.write_text("".join(json.dumps(_good(i)) + "\n" for i in range(3)), encoding="utf-8")
+    if extra == "root":
+        extra = {"MODEL_STUDIO_BASE_URL": emulator.base_url.removesuffix("/api/v1")}
+    home = tmp_path / "prefect-home"
+    env = cli_env(emulator, home, **extra)  # no PREFECT_API_URL: a bare run
+    args = generate_args(dataset, f"sqlite:///{tmp_path}/r.db", "--id-column", "id")
+
+    result = run_cli(args, env, tmp_path)
+
+    assert result.returncode == 2, result
+    assert result.stdout == ""
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {expected}"), line
+    assert SECRET_TOKEN not in result.output
+    # Nothing of Prefect was started or written: the answer came before it.
+    assert list(home.iterdir()) == [], list(home.iterdir())
     assert emulator.stats()["jobs_created"] == 0
