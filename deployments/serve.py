@@ -3,7 +3,7 @@
 ``prefect.serve`` registers the deployments with the Prefect API this process points at
 (``PREFECT_API_URL``, or a Cloud login) and runs their flow runs as subprocesses of this
 process until it is stopped. Use it for one machine; use ``prefect deploy --all`` and a
-``process`` worker when several machines share the work (README, "Run on a schedule").
+``process`` worker when several machines share the work (docs/deployments.md).
 
 The two deployments mirror ``prefect.yaml`` (tests/test_deployments.py checks that they
 agree) under their own names, ``nightly-generation-served`` and ``adhoc-generation-served``:

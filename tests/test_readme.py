@@ -1,14 +1,17 @@
-"""Every command of README.md and examples/README.md, run as a user types it.
+"""Every command of README.md, docs/*.md and examples/README.md, run as a user types it.
 
-The commands are read from the READMEs' ``bash`` blocks (``\\`` continues a line, ``#``
+The commands are read from the pages' ``bash`` blocks (``\\`` continues a line, ``#``
 starts a comment), so a command that changes there fails here until its test changes too:
 the table below must list exactly the commands the blocks hold. Only placeholders are
 replaced: ``...`` and ``<model-id>`` by the emulator's values, a port by a free one, an
 optional ``[...]`` part left out or given a scratch folder. Each runs as a subprocess: the
 installed ``studio-flows`` and ``prefect`` console scripts, ``make``, the venv's Python.
+The table is grouped by page (a bold row names it); a page of docs/ with a ``bash`` block
+needs a group of its own.
 
-| README command | test |
+| command | test |
 | --- | --- |
+| **README.md** | |
 | `make demo` | test_readme.py::test_make_demo_prints_what_the_readme_shows |
 | `make test` | test_readme.py::test_make_test_runs_ruff_mypy_and_the_suite (dry run: it is this suite) |
 | `python -m pip wheel --no-deps -w dist .` | test_packaging.py::test_a_pip_installed_wheel_runs_the_demo_from_outside_the_clone |
@@ -19,22 +22,28 @@ installed ``studio-flows`` and ``prefect`` console scripts, ``make``, the venv's
 | `studio-flows generate prompts.jsonl --model-id <model-id> [--database-url postgresql://...]` | test_readme.py::test_the_use_it_block_generates_and_exports |
 | `studio-flows results --dataset prompts.jsonl --format jsonl --output answers.jsonl` | test_readme.py::test_the_use_it_block_generates_and_exports |
 | `studio-flows results prompts.parquet --format csv --output answers.csv` | test_readme.py::test_the_use_it_block_generates_and_exports |
+| `python examples/own_flow.py --model-id <model-id>` | test_readme.py::test_the_own_flow_example_runs_as_typed |
+| `prefect config set PREFECT_API_URL=http://prefect.example.internal:4200/api` | test_readme.py::test_prefect_config_set_points_the_profile_at_the_server |
+| `prefect work-pool create studio-flows --type process` | test_readme.py::test_the_three_commands_and_an_adhoc_run |
+| `prefect deploy --all` | test_readme.py::test_the_three_commands_and_an_adhoc_run |
+| `prefect worker start --pool studio-flows` | test_readme.py::test_the_three_commands_and_an_adhoc_run (a run to the end: deployments/test_deployments.py::test_deploy_all_then_a_process_worker_runs_the_adhoc_deployment) |
+| **docs/command-line.md** | |
+| `python -c …` | test_readme.py::test_the_sql_block_dry_runs_generates_and_exports (the table the others read) |
 | `studio-flows generate --sql 'SELECT id, question FROM faq WHERE id > 0' --dataset-name faq --id-column id --template 'Answer in one word: {{ question }}' --model-id <model-id> --dry-run` | test_readme.py::test_the_sql_block_dry_runs_generates_and_exports |
 | `studio-flows generate --sql 'SELECT id, question FROM faq WHERE id > 0' --dataset-name faq --id-column id --template 'Answer in one word: {{ question }}' --model-id <model-id>` | test_readme.py::test_the_sql_block_dry_runs_generates_and_exports |
 | `studio-flows results --dataset faq --format csv --output faq.csv` | test_readme.py::test_the_sql_block_dry_runs_generates_and_exports |
 | `studio-flows generate examples/eval.jsonl --model-id <model-id> --model-id <model-id>-tuned --id-column id --template '{{ question }}' --expected-column expected` | test_readme.py::test_the_compare_models_block_scores_and_exports_side_by_side |
 | `studio-flows results --dataset eval.jsonl --wide --format csv --output side_by_side.csv` | test_readme.py::test_the_compare_models_block_scores_and_exports_side_by_side |
-| `studio-flows db upgrade [--database-url postgresql://...]` | test_readme.py::test_db_upgrade_upgrades_an_old_database_as_typed |
-| `studio-flows emulator --port 8000` | test_readme.py::test_the_emulator_command_serves_and_stops_on_sigint |
-| `prefect config set PREFECT_API_URL=http://prefect.example.internal:4200/api` | test_readme.py::test_prefect_config_set_points_the_profile_at_the_server |
-| `prefect work-pool create studio-flows --type process` | test_readme.py::test_the_three_commands_and_an_adhoc_run |
-| `prefect deploy --all` | test_readme.py::test_the_three_commands_and_an_adhoc_run |
-| `prefect worker start --pool studio-flows` | test_readme.py::test_the_three_commands_and_an_adhoc_run (a run to the end: deployments/test_deployments.py::test_deploy_all_then_a_process_worker_runs_the_adhoc_deployment) |
-| `prefect deployment run generate-dataset/adhoc-generation --params …` | test_readme.py::test_the_three_commands_and_an_adhoc_run |
+| **docs/configuration.md** | |
 | `prefect block register -m studio_flows.blocks` | test_readme.py::test_the_three_commands_and_an_adhoc_run |
+| `studio-flows db upgrade [--database-url postgresql://...]` | test_readme.py::test_db_upgrade_upgrades_an_old_database_as_typed |
+| **docs/deployments.md** | |
+| `prefect deployment run generate-dataset/adhoc-generation --params …` | test_readme.py::test_the_three_commands_and_an_adhoc_run |
 | `prefect concurrency-limit inspect model-studio` | test_readme.py::test_the_fair_use_limit_commands |
 | `prefect gcl update tag:model-studio --limit 5` | test_readme.py::test_the_fair_use_limit_commands |
-| `python examples/own_flow.py --model-id <model-id>` | test_readme.py::test_the_own_flow_example_runs_as_typed |
+| **docs/emulator.md** | |
+| `studio-flows emulator --port 8000` | test_readme.py::test_the_emulator_command_serves_and_stops_on_sigint |
+| **examples/README.md** | |
 | `.venv/bin/python examples/make_examples.py [OUTPUT_DIR]` | test_readme.py::test_make_examples_regenerates_the_shipped_datasets |
 
 Commands named in the prose, outside the blocks: `prefect --no-prompt deploy --all`,
@@ -53,7 +62,6 @@ import selectors
 import shlex
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -72,7 +80,11 @@ from tests.fixtures.old_schemas import create_old_database, old_result_row
 from tests.fixtures.prefect_server import PrefectServer, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-READMES = (REPO_ROOT / "README.md", REPO_ROOT / "examples" / "README.md")
+READMES = (
+    REPO_ROOT / "README.md",
+    *sorted((REPO_ROOT / "docs").glob("*.md")),
+    REPO_ROOT / "examples" / "README.md",
+)
 BIN = Path(sys.executable).parent  # the venv's console scripts: what `studio-flows` runs
 BLOCK = re.compile(r"^( *)```bash\n(.*?)^\1```", re.M | re.S)
 TEXT_BLOCK = re.compile(r"^```text\n(.*?)^```", re.M | re.S)
@@ -82,11 +94,11 @@ MODEL = "readme-model"
 # --------------------------------------------------------------------------- the commands
 
 
-def readme_commands() -> list[str]:
-    """Each command of the READMEs' bash blocks, comments dropped, continuations joined."""
+def readme_commands(pages: tuple[Path, ...] = READMES) -> list[str]:
+    """Each command of the pages' bash blocks, comments dropped, continuations joined."""
     commands: list[str] = []
-    for readme in READMES:
-        for _indent, body in BLOCK.findall(readme.read_text(encoding="utf-8")):
+    for page in pages:
+        for _indent, body in BLOCK.findall(page.read_text(encoding="utf-8")):
             joined = body.replace("\\\n", " ")
             commands += [" ".join(words) for words in map(_words, joined.splitlines()) if words]
     return commands
@@ -121,22 +133,40 @@ def substitute(argv: list[str], values: dict[str, str]) -> list[str]:
     return out
 
 
-def _tabled() -> dict[str, str]:
-    rows = re.findall(r"^\| `(.+?)` \| (.+) \|$", __doc__ or "", re.M)
+def _tabled(doc: str = __doc__ or "") -> dict[str, str]:
+    rows = re.findall(r"^\| `(.+?)` \| (.+) \|$", doc, re.M)
     return dict(rows)
+
+
+def _covered(commands: list[str], tabled: dict[str, str]) -> list[str]:
+    """The commands no row of ``tabled`` names (a row ending in `` …`` names a prefix)."""
+    return [
+        c
+        for c in commands
+        if not any(c == t or (t.endswith(" …") and c.startswith(t[:-2])) for t in tabled)
+    ]
 
 
 def test_the_docstring_table_lists_every_readme_command_and_no_other() -> None:
     tabled = _tabled()
     commands = readme_commands()
-    covered = [
-        any(c == t or (t.endswith(" …") and c.startswith(t[:-2])) for t in tabled) for c in commands
-    ]
-    assert all(covered), [c for c, ok in zip(commands, covered, strict=True) if not ok]
+    assert _covered(commands, tabled) == []
     assert len(tabled) == len(commands), sorted(tabled)
     named = re.findall(r"((?:\w+/)?test_\w+\.py)::(test_\w+)", __doc__ or "")
     for module, name in named:
         assert f"def {name}(" in (REPO_ROOT / "tests" / module).read_text(), (module, name)
+
+
+def test_the_docstring_table_groups_each_command_under_its_page() -> None:
+    groups = re.split(r"^\| \*\*(.+?)\*\* \| \|$", __doc__ or "", flags=re.M)[1:]
+    pairs = zip(groups[::2], groups[1::2], strict=True)
+    tabled = {REPO_ROOT / name: _tabled(rows) for name, rows in pairs}
+    with_commands = [page for page in READMES if readme_commands((page,))]
+    assert sorted(tabled) == sorted(with_commands)
+    for page, rows in tabled.items():
+        commands = readme_commands((page,))
+        assert _covered(commands, rows) == [], page
+        assert len(rows) == len(commands), page
 
 
 def test_the_readme_opens_with_make_demo_and_make_test() -> None:
@@ -305,9 +335,6 @@ def test_db_upgrade_upgrades_an_old_database_as_typed(tmp_path: Path, database_u
 def test_the_sql_block_dry_runs_generates_and_exports(
     emulator: EmulatorServer, prefect_server: str, tmp_path: Path
 ) -> None:
-    with sqlite3.connect(tmp_path / "studio_flows.db") as db:  # the default results database
-        db.execute("CREATE TABLE faq (id INTEGER PRIMARY KEY, question TEXT)")
-        db.executemany("INSERT INTO faq VALUES (?, ?)", [(i, f"question {i}?") for i in range(5)])
     env = _env(tmp_path / "prefect", PREFECT_API_URL=prefect_server,
                MODEL_STUDIO_BASE_URL=emulator.base_url, MODEL_STUDIO_TOKEN=emulator.token,
                MODEL_STUDIO_ORGANIZATION_ID=TEST_ORGANIZATION)  # fmt: skip
@@ -318,15 +345,18 @@ def test_the_sql_block_dry_runs_generates_and_exports(
     )
     emulator.reset()
 
+    table = _run(command("python -c"), env, tmp_path)  # faq, in the default results database
+    assert table.returncode == 0, table
     planned = _run(dry, env, tmp_path)
     assert planned.returncode == 0, planned
     assert re.search(r"│ jobs that would be submitted +│ +1 │", planned.stdout), planned
     assert emulator.stats()["jobs_created"] == 0
     generated = _run(run, env, tmp_path)
-    assert re.search(r"│ completed +│ +4 │", generated.stdout), generated  # WHERE id > 0
+    assert re.search(r"│ completed +│ +2 │", generated.stdout), generated  # WHERE id > 0
     exported = _run(command("studio-flows results --dataset faq"), env, tmp_path)
-    assert exported.stderr.strip() == "wrote 4 rows to faq.csv", exported
-    assert "Answer in one word: question 4?" in (tmp_path / "faq.csv").read_text()
+    assert exported.stderr.strip() == "wrote 2 rows to faq.csv", exported
+    assert "Answer in one word: Largest planet?" in (tmp_path / "faq.csv").read_text()
+    assert "France" not in (tmp_path / "faq.csv").read_text()
 
 
 @pytest.mark.slow
@@ -424,7 +454,7 @@ def test_the_three_commands_and_an_adhoc_run(
     run = _run(command("prefect deployment run generate-dataset/adhoc-generation"), env, REPO_ROOT)
 
     assert pool.returncode == 0 and "Created work pool 'studio-flows'" in pool.stdout, pool
-    assert blocks.returncode == 0 and "Successfully registered 1 block" in blocks.output, blocks
+    assert blocks.returncode == 0 and "Successfully registered 2 blocks" in blocks.output, blocks
     assert deployed.returncode == 0, deployed
     for name in ("nightly-generation", "adhoc-generation"):
         assert f"generate-dataset/{name}" in deployed.stdout, deployed

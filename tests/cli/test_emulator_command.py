@@ -1,9 +1,9 @@
-"""`studio-flows emulator`, run as the README gives it: the installed console script.
+"""`studio-flows emulator`, run as docs/emulator.md gives it: the installed console script.
 
 The process serves on a free port; the test reads the token it prints, checks the token
 check (401) and the fair-use rule (429 on a 4th active job), then stops it with SIGINT as
 Ctrl-C would. The knob defaults of the command, of :class:`EmulatorConfig` and of the
-README's knob table must agree.
+knob table of docs/emulator.md must agree.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from studio_flows.emulator import EmulatorConfig
 from tests.fixtures.cli_runs import STUDIO_FLOWS
 from tests.fixtures.prefect_server import free_port
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+KNOB_TABLE = Path(__file__).resolve().parents[2] / "docs" / "emulator.md"
 BANNER_LINES = 4
 BODY = {"model_id": "m", "messages": [[{"role": "user", "content": "The capital of France is"}]]}
 
@@ -153,7 +153,7 @@ def test_a_bad_knob_value_names_its_flag_and_exits_2(args: list[str], message: s
     assert err.strip() == f"error: Invalid options: {message}"
 
 
-# --- the defaults agree: command, config, README -------------------------------------------
+# --- the defaults agree: command, config, docs/emulator.md ---------------------------------
 
 
 def _command_defaults() -> dict[str, Any]:
@@ -161,8 +161,8 @@ def _command_defaults() -> dict[str, Any]:
     return {param.name: param.default for param in command.params}
 
 
-def _readme_knobs() -> dict[str, str]:
-    rows = re.findall(r"^\| `(\w+)` \| ([^|]+) \|", README.read_text(encoding="utf-8"), re.M)
+def _documented_knobs() -> dict[str, str]:
+    rows = re.findall(r"^\| `(\w+)` \| ([^|]+) \|", KNOB_TABLE.read_text(encoding="utf-8"), re.M)
     return {name: value.strip().strip("`") for name, value in rows}
 
 
@@ -177,10 +177,10 @@ def test_every_command_knob_has_help_and_the_config_default() -> None:
 
 
 @pytest.mark.parametrize("name", ["job_latency_s", "task_latency_s", "fair_use_limit"])
-def test_readme_knob_table_gives_the_command_defaults(name: str) -> None:
-    assert _readme_knobs()[name] == str(_command_defaults()[name])
+def test_the_documented_knob_table_gives_the_command_defaults(name: str) -> None:
+    assert _documented_knobs()[name] == str(_command_defaults()[name])
 
 
-def test_readme_knob_table_lists_every_command_knob() -> None:
+def test_the_documented_knob_table_lists_every_command_knob() -> None:
     knobs = {name for name in _command_defaults() if name in EmulatorConfig.model_fields}
-    assert knobs <= set(_readme_knobs())
+    assert knobs <= set(_documented_knobs())
