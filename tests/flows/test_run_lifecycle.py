@@ -99,6 +99,7 @@ def test_a_flow_run_timing_out_beside_another_leaves_it_its_slots_and_every_row(
     wait_for(lambda: pool.held == 3, 60, "the other run to hold every slot")
 
     timed_out([{"prompt": "never answered"}])  # it waits for a slot the whole time
+    assert "error" not in outcome, outcome["error"]  # the timeout stopped the other run
     assert other.is_alive(), "the other run ended before this one timed out"
     assert pool.held == 3, "the other run's slots were given back under its running jobs"
 
