@@ -37,7 +37,7 @@ from studio_flows.tasks.datasets import validate_dataset_task
 from studio_flows.tasks.jobs import FATAL_ERRORS, engine_for, run_generation_jobs
 from studio_flows.tasks.limits import ensure_concurrency_limit
 from studio_flows.tasks.preflight import check_model_studio_access
-from studio_flows.tasks.slots import POLL_S, Lease, SlotPool, release_all_slots, slot_pool
+from studio_flows.tasks.slots import POLL_S, Lease, SlotPool, slot_pool
 
 from studio_flows import interrupts
 from studio_flows.blocks import (
@@ -50,6 +50,7 @@ from studio_flows.client import ClientStats
 from studio_flows.datasets import DatasetReport, DatasetSource, iter_good_rows, iter_shards
 from studio_flows.errors import RunInterrupted
 from studio_flows.evaluation import Comparison, compare_models, side_by_side_markdown
+from studio_flows.interrupts import RunControl
 from studio_flows.jobs import JobReport, WorkItem
 from studio_flows.options import GenerateOptions
 from studio_flows.planning import Planner, SharedIterator, for_each_model
@@ -153,6 +154,7 @@ class _Lane:
     progress: _Progress
     stats: ClientStats
     stop: threading.Event
+    control: RunControl
     settings: Settings
     database: ResultsDatabase
     credentials: ModelStudioCredentials | None
@@ -170,14 +172,14 @@ class _Lane:
         # Take the slot before the first job and wait (briefly) for the other lanes to
         # take theirs, so the first jobs start together.
         try:
-            lease = pool.acquire()
+            lease = pool.acquire(self.control)
         except BaseException:
             self.start.give_up()  # the other lanes need not wait for this one
             raise
         try:
-            self.start.wait_for_others(pool, self.stop)
+            self.start.wait_for_others(pool, self.stop, self.control)
             for first in self.work:
-                if self.stop.is_set() or interrupts.stop_requested():
+                if self.stop.is_set() or self.control.stop_requested():
                     return
                 lease = self._take_turn(pool, lease)
                 self._run_task(jobs_of_one_task_run(first, self.work, self.stop))
@@ -189,8 +191,8 @@ class _Lane:
         if time.monotonic() - lease.since < pool.turn_s:
             return lease
         pool.release(lease)
-        interrupts.sleep(TURN_PAUSE_S)  # a waiting run asks first (see TURN_PAUSE_S)
-        return pool.acquire()
+        self.control.sleep(TURN_PAUSE_S)  # a waiting run asks first (see TURN_PAUSE_S)
+        return pool.acquire(self.control)
 
     def _run_task(self, items: Iterator[WorkItem]) -> None:
         try:
@@ -241,7 +243,7 @@ class _LaneStart:
             self.lanes -= 1
             self._cond.notify_all()
 
-    def wait_for_others(self, pool: SlotPool, stop: threading.Event) -> None:
+    def wait_for_others(self, pool: SlotPool, stop: threading.Event, control: RunControl) -> None:
         """This lane holds its slot: wait until every lane does, the limit is full, or
         ``LANE_START_WAIT_S`` passed."""
         deadline = time.monotonic() + LANE_START_WAIT_S
@@ -250,7 +252,7 @@ class _LaneStart:
             self._cond.notify_all()
             while self.holding < self.lanes and pool.refusals == self.refusals_before:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or stop.is_set() or interrupts.stop_requested():
+                if remaining <= 0 or stop.is_set() or control.stop_requested():
                     return
                 # Refusals are counted by the pool's fetcher thread, which does not notify.
                 self._cond.wait(timeout=min(remaining, 0.05))
@@ -285,22 +287,24 @@ def jobs_of_one_task_run(
 def _run_lanes(lane: _Lane, count: int) -> None:
     """Run ``count`` lanes in threads of this flow run; re-raise the first lane error.
 
-    Anything that ends the wait early (Prefect's cancellation signal in a deployment) stops
-    the lanes and gives their slots back before it goes on.
+    Anything that ends the wait early (Prefect's cancellation signal in a deployment, the
+    timeout of an enclosing flow run) stops this run's lanes and gives this run's slots back
+    before it goes on; other runs of the process keep theirs.
     """
     refusals = slot_pool(
         turn_s=lane.settings.slot_turn_s, wait_limit_s=lane.settings.slot_wait_limit_s
     ).refusals
     lane.start = _LaneStart(lanes=count, refusals_before=refusals)
     pool = ThreadPoolExecutor(max_workers=count, thread_name_prefix="lane")
-    # Each thread runs in a copy of this context, so task calls belong to the flow run.
+    # Each thread runs in a copy of this context, so task calls belong to the flow run (and
+    # see its RunControl, which the lane also carries).
     futures = [pool.submit(contextvars.copy_context().run, lane.run) for _ in range(count)]
     try:
         wait(futures)
     except BaseException as err:
-        interrupts.request_stop(type(err).__name__)
+        lane.control.request_stop(type(err).__name__)
         lane.stop.set()
-        release_all_slots()
+        lane.control.release_all()
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
@@ -349,10 +353,25 @@ def run_generation(
     """The body of :func:`generate_dataset`, in the calling flow run: ``source`` is read
     instead of the file or query of ``options`` when given (rows in memory).
 
+    The run has a :class:`RunControl` of its own (inside the command line's, when that
+    started it): its timeout or cancellation stops its own waits and gives back its own
+    slots, and nothing of another run of the process.
+
     Example:
         >>> run_generation(options, MemorySource([{"prompt": "Hi"}]))  # doctest: +SKIP
         RunSummary(dataset='rows', ...)
     """
+    with interrupts.running() as control:
+        return _run_generation(options, source, database, credentials, control)
+
+
+def _run_generation(
+    options: GenerateOptions,
+    source: DatasetSource | None,
+    database: ResultsDatabase | None,
+    credentials: ModelStudioCredentials | None,
+    control: RunControl,
+) -> RunSummary:
     started = time.monotonic()
     # Blocks from here on: the tasks' parameters never hold the token or the password.
     credentials = credentials_object(credentials, options.credentials_block)
@@ -387,6 +406,7 @@ def run_generation(
         ),
         stats=ClientStats(),
         stop=threading.Event(),
+        control=control,
         settings=settings,
         database=database,
         credentials=credentials,
@@ -447,7 +467,7 @@ def _summary(
         wall_time_s=round(time.monotonic() - started, 2),
         bad_rows=[str(bad) for bad in report.bad_rows],
         errors=tally.errors,
-        interrupted_by=interrupts.stop_reason() if stopped else None,
+        interrupted_by=lane.control.stop_reason if stopped else None,
         models=tally.model_summaries(
             options.models, planner.counts.already_done_by_model, planner.counts.planned_by_model
         ),

@@ -13,14 +13,13 @@ Example:
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from datetime import UTC, datetime
 
 from prefect.server.concurrency.lease_storage.filesystem import ConcurrencyLeaseStorage
 from prefect.utilities.asyncutils import run_coro_as_sync
 from studio_flows.tasks.slot_api import PrefectSlotApi
-
-from studio_flows import interrupts
 
 # Seen twice this far apart: a slot counted a moment before its lease is written is not
 # mistaken for a leaked one.
@@ -48,7 +47,7 @@ def reclaim_local(api: PrefectSlotApi, limit_name: str, server: str) -> int:
         return len(expired)
     leaked = _leaked(api, limit_name, limit_id)
     if leaked:
-        interrupts.sleep(LEAK_RECHECK_S)
+        time.sleep(LEAK_RECHECK_S)  # the pool's own machinery: no run's stop applies
         leaked = min(leaked, _leaked(api, limit_name, limit_id))
     if leaked:
         api.decrement(limit_name, leaked)

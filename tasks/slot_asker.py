@@ -33,8 +33,7 @@ from studio_flows.tasks.slot_api import SlotApi, SlotRefused, SlotServerUnavaila
 from studio_flows.tasks.slot_books import SlotBooks
 from studio_flows.tasks.slot_holders import HolderFile, PeerWatch, live_holders
 
-from studio_flows import interrupts
-from studio_flows.errors import PrefectUnavailableError, RunInterrupted
+from studio_flows.errors import PrefectUnavailableError
 
 MIN_LEASE_S = 60.0  # the server refuses shorter leases
 # A refused pool asks the server again at most this long after its last answer (jitter
@@ -183,8 +182,6 @@ class SlotAsker:
                         books.cond.wait(timeout=self.poll_s)
                     continue
                 self._fetch_one(asking)
-            except RunInterrupted:
-                pass  # each waiting caller sees the stop request itself
             except Exception as err:  # the limit is missing, the API gone: tell the callers
                 with books.cond:
                     books.fetch_error = err
@@ -226,7 +223,7 @@ class SlotAsker:
             if done:
                 continue  # an answer (a refusal) came: no ask has waited long this time
             timeout = self.poll_s
-            if self._may_double() and not interrupts.stop_requested():
+            if self._may_double():
                 pending.add(self._start_ask())
 
     def _may_double(self) -> bool:
@@ -287,7 +284,13 @@ class SlotAsker:
             cause,
         )
         asking.backoff = min(max(asking.backoff * 2, self.poll_s), 10.0)
-        interrupts.sleep(asking.backoff * random.uniform(0.5, 1.0))
+        # The fetcher serves every run of the process and reads no run's stop: it pauses
+        # while callers still wait (a stopped run's callers leave, and so ends the demand).
+        with self._books.cond:
+            self._books.cond.wait_for(
+                lambda: not self._books.wanted(),
+                timeout=asking.backoff * random.uniform(0.5, 1.0),
+            )
 
     def _on_refused(self, asking: _Asking) -> None:
         """The limit is full: look for dead holders' slots now and then, then ask again."""

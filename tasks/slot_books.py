@@ -20,15 +20,19 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from studio_flows.interrupts import RunControl
 
 
 @dataclass
 class Lease:
-    """One slot this process holds; ``since`` is when the server granted it."""
+    """One slot this process holds; ``since`` is when the server granted it, ``run`` the
+    run that holds it now (see :class:`~studio_flows.interrupts.RunControl`)."""
 
     lease_id: uuid.UUID
     since: float
+    run: RunControl | None = field(default=None, compare=False, repr=False)
 
 
 class SlotBooks:

@@ -9,8 +9,10 @@ other processes get their turn. New leases come from the pool's asker
   after ``wait_limit_s`` without a slot coming free (a job queued behind this process's
   own jobs is not waiting on anyone else: it is neither announced nor timed out while
   they turn);
-- stops at once when the process is asked to stop; every lease goes back then
-  (:meth:`SlotPool.release_all`);
+- stops at once when its run is asked to stop (the run's
+  :class:`~studio_flows.interrupts.RunControl`, which books every lease the run takes and
+  gives them back when it stops); the pool serves every run of the process and reads no
+  run's stop of its own;
 - is refused with :class:`SlotDeadlockError` when only this process's *parked* leases
   could end its wait (a job ``submit_generation_job`` submitted and nobody waits on yet,
   kept for the task that will: :meth:`SlotPool.park`, :meth:`SlotPool.claim`).
@@ -43,6 +45,7 @@ from studio_flows.tasks.slot_holders import HolderFile, PeerWatch
 
 from studio_flows import interrupts
 from studio_flows.errors import SlotDeadlockError, SlotWaitTimeoutError
+from studio_flows.interrupts import RunControl
 
 FAIR_USE_TAG = "model-studio"
 FAIR_USE_LIMIT_NAME = f"tag:{FAIR_USE_TAG}"
@@ -154,27 +157,31 @@ class SlotPool:
 
     # ----------------------------------------------------------------- taking and giving
 
-    def acquire(self) -> Lease:
-        """A slot for one job: a lease handed over locally, or a new one from the server.
+    def acquire(self, run: RunControl | None = None) -> Lease:
+        """A slot for one job of ``run``: a lease handed over locally, or a new one from
+        the server. ``run`` is the caller's run (default: the current one); the lease is
+        booked on it until released.
 
         Callers queue here; the asker's one fetcher thread asks the server while more
         callers wait than leases are ready, so a lease freed meanwhile is handed over at
-        once. Raises :class:`RunInterrupted` when the process is asked to stop,
+        once. Raises :class:`RunInterrupted` when ``run`` is asked to stop,
         :class:`SlotWaitTimeoutError` after ``wait_limit_s`` without a slot and
         :class:`SlotDeadlockError` (see :meth:`_check_not_deadlocked`).
 
         Example:
             >>> lease = pool.acquire()  # before the POST  # doctest: +SKIP
         """
+        run = run if run is not None else interrupts.current()
+        run.check()
         books = self._books
         with books.cond:
             if books.idle:
-                return books.idle.pop()
+                return self._booked(books.idle.pop(), run)
             books.waiters += 1
             self._asker.start()
             books.cond.notify_all()
         try:
-            return self._wait_for_slot(_Waiting(since=books.clock()))
+            return self._booked(self._wait_for_slot(_Waiting(since=books.clock()), run), run)
         finally:
             with books.cond:
                 books.waiters -= 1
@@ -191,11 +198,17 @@ class SlotPool:
             if lease.lease_id in self._books.held:
                 self._books.parked.add(lease.lease_id)
 
-    def claim(self, lease_id: uuid.UUID) -> Lease | None:
-        """The lease of a parked job, now held by its waiter; None if this process lacks it."""
+    def claim(self, lease_id: uuid.UUID, run: RunControl | None = None) -> Lease | None:
+        """The lease of a parked job, now held by its waiter's ``run`` (default: the current
+        one); None if this process lacks it."""
         with self._books.cond:
             self._books.parked.discard(lease_id)
-            return self._books.held.get(lease_id)
+            lease = self._books.held.get(lease_id)
+        if lease is None:
+            return None
+        if lease.run is not None:
+            lease.run.let_go(lease)
+        return self._booked(lease, run if run is not None else interrupts.current())
 
     def release_id(self, lease_id: uuid.UUID) -> None:
         """:meth:`release` by id; a lease another process took is given back to the server."""
@@ -211,6 +224,8 @@ class SlotPool:
         Example:
             >>> pool.release(lease)  # once the job is terminal  # doctest: +SKIP
         """
+        if lease.run is not None:
+            lease.run.let_go(lease)
         books = self._books
         with books.cond:
             if books.held.get(lease.lease_id) is not lease:
@@ -218,7 +233,7 @@ class SlotPool:
             books.parked.discard(lease.lease_id)
             books.last_freed = books.clock()
             fresh = books.clock() - lease.since < self.turn_s
-            if books.wanted() and fresh and not interrupts.stop_requested():
+            if books.wanted() and fresh:
                 # The next holder gets its own handle: a second release of this one must
                 # not free the slot under the job that now runs on it.
                 handed = Lease(lease.lease_id, lease.since)
@@ -230,7 +245,8 @@ class SlotPool:
         self._asker.give_back(lease.lease_id)
 
     def release_all(self) -> int:
-        """Give every lease back at once (the process is stopping); return how many."""
+        """Give every lease of every run back at once; return how many (tests, and a process
+        that ends: a stopping run gives back its own, :meth:`RunControl.release_all`)."""
         books = self._books
         with books.cond:
             leases = list(books.held)
@@ -258,15 +274,21 @@ class SlotPool:
 
     # ----------------------------------------------------------------- waiting
 
-    def _wait_for_slot(self, waiting: _Waiting) -> Lease:
+    def _booked(self, lease: Lease, run: RunControl) -> Lease:
+        """``lease`` is ``run``'s now: a stop of ``run`` gives it back, another run's does not."""
+        lease.run = run
+        run.hold(lease, lambda: self.release(lease))
+        return lease
+
+    def _wait_for_slot(self, waiting: _Waiting, run: RunControl) -> Lease:
         books = self._books
         waiting.next_notice = waiting.since + FIRST_WAIT_NOTICE_S
         while True:
-            interrupts.check()
+            run.check()
             with books.cond:
                 if not books.idle and books.fetch_error is None:
                     books.cond.wait(timeout=self.poll_s)
-                if books.idle:
+                if books.idle and not run.stop_requested():  # a stopping run starts nothing
                     lease = books.idle.pop()
                     break
                 if books.fetch_error is not None:

@@ -21,8 +21,9 @@ pool is made of
 
 This module keeps one pool per Prefect API and limit for the whole process
 (:func:`slot_pool`), so the flow's own work and users' mapped ``generate`` /
-``submit_generation_job`` calls share the same leases, and gives them all back when the
-process is asked to stop (:func:`release_all_slots`).
+``submit_generation_job`` calls share the same leases. Each lease is booked on the run
+that took it (:class:`~studio_flows.interrupts.RunControl`): a run that stops gives back
+its own, never another run's.
 
 Example:
     >>> pool = slot_pool()  # doctest: +SKIP
@@ -62,7 +63,6 @@ __all__ = [
     "SlotPool",
     "SlotRefused",
     "SlotServerUnavailable",
-    "release_all_slots",
     "slot_pool",
 ]
 
@@ -112,13 +112,6 @@ def _pool_of_client(limit_name: str, *, turn_s: float, wait_limit_s: float) -> S
     else:
         api.close()  # the pool talks through its own
     return pool
-
-
-def release_all_slots() -> int:
-    """Give back every lease of every pool of this process (a stop was requested)."""
-    with _pools_lock:
-        pools = list(_pools.values())
-    return sum(pool.release_all() for pool in pools)
 
 
 def _new_pool(

@@ -21,7 +21,7 @@ from studio_flows.tasks.generation import (
     submit_generation_job,
     wait_for_generation_job,
 )
-from studio_flows.tasks.slots import release_all_slots, slot_pool
+from studio_flows.tasks.slots import slot_pool
 
 from studio_flows.client import ModelStudioClient
 from studio_flows.emulator import EmulatorServer
@@ -45,7 +45,7 @@ def env(flow_env: EmulatorServer) -> Iterator[EmulatorServer]:
     """The emulator, allowing 50 active jobs; every slot of this process back afterwards."""
     flow_env.configure(fair_use_limit=50)
     yield flow_env
-    release_all_slots()
+    slot_pool().release_all()
 
 
 def batches_of(count: int, size: int, prefix: str = "q") -> list[list[str]]:

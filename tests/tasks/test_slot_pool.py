@@ -10,7 +10,6 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,13 +21,13 @@ from studio_flows.tasks.slot_holders import (
 )
 from studio_flows.tasks.slots import Lease, SlotPool, SlotRefused, SlotServerUnavailable
 
-from studio_flows import interrupts
 from studio_flows.errors import (
     PrefectUnavailableError,
     RunInterrupted,
     SlotDeadlockError,
     SlotWaitTimeoutError,
 )
+from studio_flows.interrupts import RunControl
 from tests.fixtures.cli_runs import wait_for
 from tests.fixtures.hung_server import HungServer
 
@@ -68,13 +67,6 @@ class FakeLimit:
 
     def occupancy(self, limit_name: str) -> tuple[int, int]:
         return len(self.leases), self.size
-
-
-@pytest.fixture(autouse=True)
-def no_stop_request() -> Iterator[None]:
-    interrupts.reset()
-    yield
-    interrupts.reset()
 
 
 def hand_over(pool: SlotPool) -> tuple[Lease, list[Lease]]:
@@ -173,17 +165,18 @@ def test_a_busy_prefect_api_is_asked_again_not_a_failed_run() -> None:
 def test_a_stop_request_ends_a_wait_at_once() -> None:
     pool = SlotPool(api=FakeLimit(0), poll_s=0.05, wait_limit_s=60)
     errors: list[BaseException] = []
+    run = RunControl()
 
     def wait() -> None:
         try:
-            pool.acquire()
+            pool.acquire(run)
         except RunInterrupted as err:
             errors.append(err)
 
     waiter = threading.Thread(target=wait)
     waiter.start()
     wait_for(lambda: pool.refusals >= 1, 10, "the pool to get there")
-    interrupts.request_stop("SIGINT")
+    run.request_stop("SIGINT")
     waiter.join(timeout=5)
 
     assert not waiter.is_alive() and len(errors) == 1

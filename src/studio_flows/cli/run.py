@@ -86,11 +86,12 @@ def _run_flow(options: GenerateOptions, show_progress: bool) -> RunSummary:
             with _prefect_stopped_answering(api_url):
                 return generate_dataset(options)
 
+    control = interrupts.RunControl()  # the command's run: what its signals stop
     try:
-        return run_until_signal(run, on_stop=_stopping, on_force_exit=_exiting_now)
+        return run_until_signal(run, control=control, on_stop=_stopping, on_force_exit=_exiting_now)
     except RunInterrupted as err:
         summary = err.summary
-        reason = summary.interrupted_by if summary is not None else interrupts.stop_reason()
+        reason = summary.interrupted_by if summary is not None else control.stop_reason
         line = (
             summary.stopped_line()
             if summary is not None
@@ -133,13 +134,10 @@ def _notice(message: str) -> None:
 
 
 def _stopping(signal_name: str) -> None:
-    from studio_flows.tasks.slots import release_all_slots
-
     _notice(
         f"{signal_name}: stopping (no new jobs; jobs in flight stay recorded). "
         "Press Ctrl-C again to exit at once."
     )
-    release_all_slots()
 
 
 def _exiting_now(signal_name: str) -> None:

@@ -1,13 +1,19 @@
 """How a command-line run meets Ctrl-C and ``kill``: stop cleanly, then exit with the signal.
 
-The run works in a thread of its own; the main thread only waits and takes the signals.
-The first SIGINT or SIGTERM asks every wait of the process to stop (no new job starts, the
-polls of jobs in flight end, their job_ids stay recorded for the next run) and gives every
-fair-use slot back at once. The run then ends within seconds with its summary so far. A
-second signal, or a run that does not end within ``grace_s``, exits at once.
+The run works in a thread of its own, under the command's
+:class:`~studio_flows.interrupts.RunControl`; the main thread only waits and takes the
+signals. The first SIGINT or SIGTERM asks the command's run to stop (no new job starts, the
+polls of jobs in flight end, their job_ids stay recorded for the next run) and gives the
+fair-use slots the run holds back at once: a signal reaches the process, but what it stops
+is the command's run, not every run the process may hold. The run then ends within seconds
+with its summary so far. A second signal, or a run that does not end within ``grace_s``,
+exits at once.
 
 Example:
-    >>> summary = run_until_signal(lambda: generate_dataset(options))  # doctest: +SKIP
+    >>> summary = run_until_signal(
+    ...     lambda: generate_dataset(options), control=RunControl(), on_stop=print,
+    ...     on_force_exit=print,
+    ... )  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from types import FrameType
 from typing import Generic, TypeVar
 
 from studio_flows import interrupts
+from studio_flows.interrupts import RunControl
 
 T = TypeVar("T")
 GRACE_S = 8.0
@@ -45,14 +52,16 @@ def exit_code_for(reason: str | None) -> int:
 def run_until_signal(
     work: Callable[[], T],
     *,
+    control: RunControl,
     on_stop: Callable[[str], None],
     on_force_exit: Callable[[str], None],
     grace_s: float = GRACE_S,
 ) -> T:
-    """Run ``work`` in a thread; the first signal asks it to stop, the second exits now.
+    """Run ``work`` in a thread as the run of ``control``; the first signal stops that run
+    and gives its slots back, the second exits now.
 
-    ``on_stop(signal_name)`` runs once, at the first signal (it should give the slots
-    back); ``on_force_exit(signal_name)`` just before an immediate exit.
+    ``on_stop(signal_name)`` runs once, at the first signal (to tell the user);
+    ``on_force_exit(signal_name)`` just before an immediate exit.
     """
     outcome: _Outcome[T] = _Outcome()
 
@@ -62,9 +71,9 @@ def run_until_signal(
         except BaseException as err:  # handed to the main thread
             outcome.error = err
 
-    worker = threading.Thread(
-        target=contextvars.copy_context().run, args=(target,), name="run", daemon=True
-    )
+    with interrupts.running(control):  # the worker's context carries the command's run
+        context = contextvars.copy_context()
+    worker = threading.Thread(target=context.run, args=(target,), name="run", daemon=True)
     signals: list[str] = []
 
     def handle(number: int, frame: FrameType | None) -> None:
@@ -73,8 +82,12 @@ def run_until_signal(
         if len(signals) > 1:
             on_force_exit(name)
             os._exit(exit_code_for(signals[0]))
-        interrupts.request_stop(name)
-        threading.Thread(target=on_stop, args=(name,), daemon=True).start()
+        control.request_stop(name)
+        threading.Thread(target=_stopping, args=(name,), daemon=True).start()
+
+    def _stopping(name: str) -> None:
+        on_stop(name)
+        control.release_all()
 
     previous = {number: signal.signal(number, handle) for number in EXIT_CODES}
     try:
