@@ -16,9 +16,9 @@ Example:
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -52,9 +52,11 @@ from studio_flows.models import GenerateRequest
 from studio_flows.result_table import results_table, wide_table
 from studio_flows.settings import Settings, load_settings
 from studio_flows.storage import iter_results
+from studio_flows.structured import ResponseSchema
 
 if TYPE_CHECKING:
     import pyarrow as pa
+    from pydantic import BaseModel
 
 CANCELLED_STATUSES = frozenset({"CANCELLED", "CANCELED"})
 
@@ -132,11 +134,18 @@ def generate(
     max_tokens: int = 512,
     credentials: ModelStudioCredentials | None = None,
     deadline_s: float | None = None,
+    response_schema: Mapping[str, Any] | type[BaseModel] | None = None,
 ) -> list[Generation]:
     """Submit one job and wait for it in one task run; return one answer per prompt.
 
     ``.map`` it over batches (up to 100 prompts each): at most the limit's jobs are active,
     and the next job starts the moment one ends. Errors as :func:`wait_for_generation_job`.
+
+    ``response_schema`` (a JSON Schema dict, or a pydantic model class) is appended to each
+    conversation's system message; an answer whose first JSON value matches it is
+    ``completed`` with the value in ``parsed``, any other is ``failed`` with the reason
+    (its text kept in ``text``). A schema that is not valid JSON Schema raises
+    :class:`ConfigurationError` before the POST.
 
     Example:
         >>> from prefect import unmapped
@@ -144,8 +153,13 @@ def generate(
         >>> [g.text for batch in futures.result() for g in batch]  # doctest: +SKIP
         ['m answers: Hi', 'm answers: Bye']
     """
+    schema = None if response_schema is None else ResponseSchema.of(response_schema)
     request = generation_request(
-        prompts_or_conversations, model_id, temperature=temperature, max_tokens=max_tokens
+        prompts_or_conversations,
+        model_id,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        response_schema=schema,
     )
     settings = _settings(credentials)
     pool = _pool(settings, ensure=True)
@@ -153,7 +167,9 @@ def generate(
         lease = pool.acquire()
         job = _post(client, pool, lease, request)  # gives the slot back if the POST fails
         try:
-            result = await_generation(client, job, deadline_s or settings.job_deadline_s)
+            result = await_generation(
+                client, job, deadline_s or settings.job_deadline_s, response_schema=schema
+            )
         finally:
             pool.release(lease)
     _log_result(result)
@@ -201,9 +217,14 @@ def read_results(
 
 
 def await_generation(
-    client: ModelStudioClient, job: GenerationJob, deadline_s: float
+    client: ModelStudioClient,
+    job: GenerationJob,
+    deadline_s: float,
+    *,
+    response_schema: ResponseSchema | None = None,
 ) -> GenerationResult:
     """Poll ``job`` with ``client`` until terminal; typed errors for a failed or late job.
+    With ``response_schema`` each answer is checked against it (:func:`generations_of`).
 
     Example:
         >>> await_generation(client, job, deadline_s=60).job_status  # doctest: +SKIP
@@ -226,7 +247,7 @@ def await_generation(
             "submitted (deadline_s)",
             job_id=job.job_id,
         ) from None
-    generations = generations_of(status, job.size)
+    generations = generations_of(status, job.size, response_schema)
     return GenerationResult(
         job_id=job.job_id, job_status=status.job_status, generations=generations
     )

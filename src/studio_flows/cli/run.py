@@ -257,6 +257,13 @@ def generate(
     expected_column: Annotated[
         str | None, typer.Option(help="Kept column with the expected answer: score the models")
     ] = None,
+    response_schema: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="SCHEMA.json",
+            help="JSON Schema (2020-12) each answer's JSON must match; shown to the model",
+        ),
+    ] = None,
     credentials_block: Annotated[str | None, typer.Option(help="Credentials block name")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar")] = True,
 ) -> None:
@@ -265,11 +272,13 @@ def generate(
 
     from studio_flows.options import GenerateOptions
     from studio_flows.settings import describe_validation_error
+    from studio_flows.structured import ResponseSchema
 
     with _clear_errors():
         try:
             if (dataset is None) == (sql is None):
                 raise ConfigurationError("give a dataset file or --sql QUERY (one of the two)")
+            schema = None if response_schema is None else ResponseSchema.from_file(response_schema)
             options = GenerateOptions(
                 dataset_path=str(dataset) if dataset is not None else None,
                 sql=sql,
@@ -292,6 +301,7 @@ def generate(
                 id_column=id_column,
                 keep_columns=_column_list(keep_columns),
                 credentials_block=credentials_block,
+                response_schema=None if schema is None else schema.schema,
             )
         except ValidationError as err:
             raise ConfigurationError(

@@ -304,6 +304,7 @@ def _result_rows(
             "created_at": now,
             "completed_at": now if r.status == COMPLETED else None,
             "metadata": None if r.metadata is None else dict(r.metadata),
+            "parsed": r.parsed,
         }
         for r in records
     ]
