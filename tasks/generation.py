@@ -193,7 +193,9 @@ def read_results(
     ``MODEL_STUDIO_DATABASE_URL``; the filters are exact matches. The columns are those of
     ``studio-flows results --format parquet``: the result columns, then one per kept input
     column (``keep_columns``; a name clashing with a result column becomes
-    ``input_<name>``, see :mod:`studio_flows.kept_columns`).
+    ``input_<name>``, see :mod:`studio_flows.kept_columns`); ``parsed`` is a checked
+    answer's JSON value as text. One result per (row, model): the latest completed one (a
+    row sent again after its template or response schema changed has two stored answers).
     With ``wide=True`` (an evaluation run): one row per input row of ``dataset`` (or
     ``model_id``), its kept columns and prompt, and an ``answer:<model>`` and
     ``status:<model>`` column per model, as ``studio-flows results --wide`` exports.
@@ -211,7 +213,12 @@ def read_results(
             raise ConfigurationError("read_results(wide=True) takes dataset and model_id only")
         return wide_table(*wide_results(engine, dataset=dataset, model_id=model_id))
     rows = iter_results(
-        engine, dataset=dataset, model_id=model_id, status=status, flow_run_id=flow_run_id
+        engine,
+        dataset=dataset,
+        model_id=model_id,
+        status=status,
+        flow_run_id=flow_run_id,
+        latest=True,
     )
     return results_table(rows)
 

@@ -9,10 +9,12 @@ rerun pays for the invalid rows alone; a changed schema is new paid work.
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
@@ -21,6 +23,7 @@ from studio_flows.storage import make_engine
 from tests.fixtures.cli_runs import (
     MODEL,
     SECRET_TOKEN,
+    STUDIO_FLOWS,
     cli_env,
     generate_args,
     run_cli,
@@ -139,6 +142,45 @@ def test_answers_are_checked_and_a_rerun_pays_for_the_invalid_rows_alone(
         hashes = conn.execute(sa.text("SELECT DISTINCT params_hash FROM generation_results"))
         assert len(hashes.all()) == 2  # each row is stored under both schemas
     engine.dispose()
+    assert_exports_hold_the_latest_answers(tmp_path, database_url, env)
+
+
+def assert_exports_hold_the_latest_answers(
+    tmp_path: Path, database_url: str, env: dict[str, str]
+) -> None:
+    """`results` in each format: one line per row (the answer under the changed schema),
+    ``parsed`` an object in JSONL and JSON text in CSV and Parquet."""
+    assert STUDIO_FLOWS is not None
+    exported: dict[str, list[dict[str, Any]]] = {}
+    for fmt in ("jsonl", "csv", "parquet"):
+        output = tmp_path / f"out.{fmt}"
+        args = [STUDIO_FLOWS, "results", "--dataset", "questions.jsonl", "--format", fmt]
+        result = run_cli(
+            [*args, "--output", str(output), "--database-url", database_url], env, tmp_path
+        )
+        assert result.returncode == 0, result
+        if fmt == "jsonl":
+            lines = output.read_text(encoding="utf-8").splitlines()
+            exported[fmt] = [json.loads(line) for line in lines]
+        elif fmt == "csv":
+            with output.open(encoding="utf-8", newline="") as stream:
+                exported[fmt] = list(csv.DictReader(stream))
+        else:
+            exported[fmt] = pq.read_table(output).to_pylist()
+    for fmt, rows in exported.items():
+        assert sorted(str(row["row_key"]) for row in rows) == sorted(PROMPTS), fmt
+        for row in rows:
+            key = str(row["row_key"])
+            system = row["messages"] if fmt != "csv" else json.loads(row["messages"])
+            assert '"title": "an answer"' in system[0]["content"], (fmt, row)  # the latest
+            valid = key in ("plain", "fenced", "bare")
+            want = value_of(PROMPTS[key]) if valid else None
+            if fmt == "jsonl":
+                assert row["parsed"] == want, row
+            elif fmt == "csv":
+                assert row["parsed"] == (json.dumps(want) if valid else ""), row
+            else:
+                assert row["parsed"] == (json.dumps(want) if valid else None), row
 
 
 @pytest.mark.parametrize(

@@ -3,12 +3,13 @@ JSON Schema dict on the ``generate`` task, against the emulator's JSON answers."
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from prefect import flow
 from pydantic import BaseModel
 
-from studio_flows import generate, generate_rows
+from studio_flows import generate, generate_rows, read_results
 from studio_flows.emulator import EmulatorServer
 
 
@@ -54,6 +55,13 @@ def test_a_pydantic_model_checks_the_answers_of_generate_rows(
         rows, "rows-model", response_schema=Verdict.model_json_schema(), database_url=database_url
     )
     assert flow_env.stats()["conversations"] == len(PROMPTS) + 4
+    table = read_results(database_url=database_url)
+    assert table.num_rows == len(PROMPTS)  # one answer per (row, model)
+    prompts = [turns[-1]["content"] for turns in table.column("messages").to_pylist()]
+    by_prompt = dict(zip(prompts, table.column("parsed").to_pylist(), strict=True))
+    assert by_prompt == {
+        p: json.dumps(value_of(p)) if i < 2 else None for i, p in enumerate(PROMPTS)
+    }
 
 
 def test_the_generate_task_checks_answers_against_a_json_schema(

@@ -33,7 +33,7 @@ from sqlalchemy.engine import Engine, make_url
 
 from studio_flows.datasets import DatasetOptions, iter_good_rows
 from studio_flows.errors import ConfigurationError
-from studio_flows.kept_columns import KeptColumns, kept_column_name
+from studio_flows.kept_columns import RESULT_COLUMNS, KeptColumns, kept_column_name, parsed_text
 from studio_flows.rows import BadRow, Row, messages_payload
 from studio_flows.settings import load_settings
 from studio_flows.storage import iter_metadata, iter_results, make_engine, results_of_rows
@@ -42,11 +42,7 @@ if TYPE_CHECKING:  # pyarrow is imported by the Parquet export only
     import pyarrow as pa
 
 ExportFormat = Literal["table", "jsonl", "csv", "parquet"]
-COLUMNS = (
-    "dataset", "row_key", "model_id", "status", "task_index", "messages", "result", "error",
-    "job_id", "shard_key", "temperature", "max_tokens", "flow_run_id", "completed_at",
-    "created_at",
-)  # fmt: skip
+COLUMNS = RESULT_COLUMNS
 # An export by source file leads with the row's line there (1-based; a row number in Parquet).
 SOURCE_COLUMNS = ("line", *COLUMNS)
 PARQUET_BATCH = 10_000
@@ -95,7 +91,7 @@ class Selection:
         if self.source is None:
             return iter_results(
                 engine, dataset=self.dataset, model_id=self.model_id, status=self.status,
-                order="shard",
+                order="shard", latest=True,
             )  # fmt: skip
         good = iter_good_rows(self.source, self.source_options, on_bad_row=on_bad_row)
         return self._by_line(
@@ -335,6 +331,8 @@ def _parquet(rows: Rows, output: Path, schema: pa.Schema, kept: KeptColumns) -> 
             if kept.kinds:
                 batch = [{**row, **kept.values(row.get("metadata"))} for row in batch]
             columns = {name: [row.get(name) for row in batch] for name in schema.names}
+            if "parsed" in columns:  # a JSON value: its text in a string column
+                columns["parsed"] = [parsed_text(value) for value in columns["parsed"]]
             writer.write_table(pa.Table.from_pydict(columns, schema=schema))
             count += len(batch)
     return count
