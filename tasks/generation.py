@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prefect import get_run_logger, task
@@ -53,6 +54,7 @@ from studio_flows.result_table import results_table, wide_table
 from studio_flows.settings import Settings, load_settings
 from studio_flows.storage import iter_results
 from studio_flows.structured import ResponseSchema
+from studio_flows.training import TrainingManifest, export_training
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -223,6 +225,46 @@ def read_results(
     return results_table(rows)
 
 
+@task(name="export-training-set", cache_policy=NO_CACHE)
+def export_training_set(
+    dataset: str,
+    model_id: str,
+    output: str | Path,
+    *,
+    eval_output: str | Path | None = None,
+    eval_fraction: float | None = None,
+    database: ResultsDatabase | None = None,
+    database_url: str | None = None,
+) -> TrainingManifest:
+    """Write a fine-tuning file of ``dataset``'s completed rows answered by ``model_id``.
+
+    One ``{"messages": [<conversation as sent>, {"role": "assistant", "content": <answer>}]}``
+    line per row (the latest completed answer), in the dataset's order; with
+    ``eval_output``, rows whose row key hashes below ``eval_fraction`` (default 0.1) go
+    there instead, the same rows on every export. A manifest ``<output>.manifest.json``
+    names the dataset, model, parameter/template/schema hashes, counts, flow runs and
+    version. No completed row: :class:`ConfigurationError`, nothing written. The database
+    is found as for :func:`read_results`.
+
+    Example:
+        >>> manifest = export_training_set(
+        ...     "questions.jsonl", "my-model", "train.jsonl", eval_output="eval.jsonl"
+        ... )  # doctest: +SKIP
+        >>> manifest.files["eval"].rows  # doctest: +SKIP
+        4
+    """
+    url = database.get_url() if database is not None else database_url
+    engine = engine_for(url or load_settings().database_url)
+    return export_training(
+        engine,
+        dataset,
+        model_id,
+        Path(output),
+        eval_output=None if eval_output is None else Path(eval_output),
+        eval_fraction=eval_fraction,
+    )
+
+
 def await_generation(
     client: ModelStudioClient,
     job: GenerationJob,
@@ -329,6 +371,7 @@ def _log_result(result: GenerationResult) -> None:
 
 __all__ = [
     "await_generation",
+    "export_training_set",
     "generate",
     "read_results",
     "submit_generation_job",

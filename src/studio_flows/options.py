@@ -33,7 +33,7 @@ from pydantic import (
 from studio_flows.datasets import DatasetOptions, DatasetSource, FileSource, SqlSource
 from studio_flows.errors import ConfigurationError
 from studio_flows.redaction import RedactedUrl
-from studio_flows.rows import GenerationParams
+from studio_flows.rows import GenerationParams, canonical_json, sha256_hex
 from studio_flows.structured import ResponseSchema, check_json_schema
 
 
@@ -160,9 +160,26 @@ class GenerateOptions(BaseModel):
         """What each model's rows are sent with, in the order of :attr:`models`."""
         schema = self.response
         return [
-            GenerationParams(model, self.temperature, self.max_tokens, schema)
+            GenerationParams(model, self.temperature, self.max_tokens, schema, self.template_hash)
             for model in self.models
         ]
+
+    @property
+    def template_hash(self) -> str | None:
+        """The hash of the templates and system prompt rows are rendered with (None: none).
+
+        Example:
+            >>> GenerateOptions(dataset_path="p.jsonl", model_id="m").template_hash is None
+            True
+        """
+        texts = {
+            "template": self.template,
+            "system_template": self.system_template,
+            "system_prompt": self.system_prompt,
+        }
+        if not any(texts.values()):
+            return None
+        return sha256_hex(canonical_json(texts))
 
     @model_validator(mode="after")
     def _one_source(self, info: ValidationInfo) -> GenerateOptions:

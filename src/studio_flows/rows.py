@@ -18,7 +18,7 @@ import functools
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
@@ -90,6 +90,9 @@ class GenerationParams:
     temperature: float = 0.7
     max_tokens: int = 512
     response_schema: ResponseSchema | None = None
+    # The hash of the templates the rows were rendered with (None: none). Recorded beside
+    # each result, not part of the identity: a template already changes the conversation.
+    template_hash: str | None = field(default=None, compare=False)
 
     @functools.cached_property
     def params_hash(self) -> str:

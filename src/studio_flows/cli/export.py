@@ -18,21 +18,20 @@ from __future__ import annotations
 import csv
 import itertools
 import json
-import os
-import secrets
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine
 
 from studio_flows.datasets import DatasetOptions, iter_good_rows
 from studio_flows.errors import ConfigurationError
+from studio_flows.files import check_database_exists as _check_database_exists
+from studio_flows.files import replacing as _replacing
 from studio_flows.kept_columns import RESULT_COLUMNS, KeptColumns, kept_column_name, parsed_text
 from studio_flows.rows import BadRow, Row, messages_payload
 from studio_flows.settings import load_settings
@@ -113,18 +112,6 @@ class Selection:
             "status": None,
             "messages": messages_payload(row.messages),
         }
-
-
-def _check_database_exists(url: str) -> None:
-    """Reading back must not create an empty SQLite file where a path was mistyped."""
-    parsed = make_url(url)
-    path = parsed.database
-    is_file = parsed.get_backend_name() == "sqlite" and path and path != ":memory:"
-    if is_file and not Path(str(path)).exists():
-        raise ConfigurationError(
-            f"no results database at {path} (nothing has been written there yet): "
-            "check --database-url or MODEL_STUDIO_DATABASE_URL"
-        )
 
 
 def export_results(
@@ -238,23 +225,6 @@ def write_export(
         return writer(rows, sys.stdout, columns, kept)
     with _replacing(output) as temp, temp.open("x", encoding="utf-8", newline="") as stream:
         return writer(rows, stream, columns, kept)
-
-
-@contextmanager
-def _replacing(target: Path) -> Iterator[Path]:
-    """A fresh path beside ``target``, renamed onto it if the block succeeds, else removed."""
-    if not target.parent.is_dir():
-        raise ConfigurationError(f"cannot write {target}: no such directory {target.parent}")
-    temp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.part")
-    try:
-        yield temp
-        os.replace(temp, target)
-    except OSError as err:
-        temp.unlink(missing_ok=True)
-        raise ConfigurationError(f"cannot write {target}: {err.strerror or err}") from None
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
 
 
 def _plain(row: Record, columns: tuple[str, ...]) -> Record:

@@ -141,6 +141,10 @@ generation_results = sa.Table(
     sa.Column("metadata", NullableJSONType, nullable=True),
     # The answer's JSON value when the run had a response schema and it matched (schema 4).
     sa.Column("parsed", NullableJSONType, nullable=True),
+    # What the row was asked with besides its parameters: the response schema's digest and
+    # the templates' hash (None: none), for a training set's manifest (schema 4).
+    sa.Column("schema_hash", sa.String(_HASH), nullable=True),
+    sa.Column("template_hash", sa.String(_HASH), nullable=True),
     sa.CheckConstraint(sa.column("status").in_(RESULT_STATUSES), name="status"),
 )
 # The row identity is unique through its digest, after the row key (see the module docstring).

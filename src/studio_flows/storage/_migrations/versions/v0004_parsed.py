@@ -1,5 +1,7 @@
 """Schema 4: results get ``parsed``, an answer's JSON value checked against the run's
-response schema (JSON, nullable: no schema, or a failed row, has none).
+response schema (JSON, nullable: no schema, or a failed row, has none), and the hashes of
+that schema and of the templates the row was rendered with (what a training set's
+manifest names; nullable: none was used, or the row was written before).
 
 Revision ID: 0004
 Revises: 0003
@@ -24,9 +26,12 @@ def upgrade() -> None:
         postgresql.JSONB(none_as_null=True), "postgresql"
     )
     op.add_column("generation_results", sa.Column("parsed", json_type, nullable=True))
+    for name in ("schema_hash", "template_hash"):
+        op.add_column("generation_results", sa.Column(name, sa.String(64), nullable=True))
     record_version(4)
 
 
 def downgrade() -> None:
-    op.drop_column("generation_results", "parsed")
+    for name in ("parsed", "schema_hash", "template_hash"):
+        op.drop_column("generation_results", name)
     forget_version(4)
