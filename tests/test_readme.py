@@ -24,6 +24,8 @@ installed ``studio-flows`` and ``prefect`` console scripts, ``make``, the venv's
 | `studio-flows results --dataset faq --format csv --output faq.csv` | test_readme.py::test_the_sql_block_dry_runs_generates_and_exports |
 | `studio-flows generate examples/eval.jsonl --model-id <model-id> --model-id <model-id>-tuned --id-column id --template '{{ question }}' --expected-column expected` | test_readme.py::test_the_compare_models_block_scores_and_exports_side_by_side |
 | `studio-flows results --dataset eval.jsonl --wide --format csv --output side_by_side.csv` | test_readme.py::test_the_compare_models_block_scores_and_exports_side_by_side |
+| `studio-flows generate examples/eval.jsonl --model-id <model-id> --id-column id --template '{{ question }}' --response-schema examples/answer.schema.json` | test_readme.py::test_the_training_block_generates_with_a_schema_and_exports |
+| `studio-flows export-training --dataset eval.jsonl --model-id <model-id> --output train.jsonl --eval-output heldout.jsonl` | test_readme.py::test_the_training_block_generates_with_a_schema_and_exports |
 | `studio-flows db upgrade [--database-url postgresql://...]` | test_readme.py::test_db_upgrade_upgrades_an_old_database_as_typed |
 | `studio-flows emulator --port 8000` | test_readme.py::test_the_emulator_command_serves_and_stops_on_sigint |
 | `prefect config set PREFECT_API_URL=http://prefect.example.internal:4200/api` | test_readme.py::test_prefect_config_set_points_the_profile_at_the_server |
@@ -341,7 +343,10 @@ def test_the_compare_models_block_scores_and_exports_side_by_side(
     emulator.reset()
 
     compared = _run(
-        substitute(command("studio-flows generate examples/eval"), {"<model-id>": MODEL}),
+        substitute(
+            command("studio-flows generate examples/eval.jsonl --model-id <model-id> --model-id"),
+            {"<model-id>": MODEL},
+        ),
         env,
         tmp_path,
     )
@@ -358,6 +363,42 @@ def test_the_compare_models_block_scores_and_exports_side_by_side(
         "row_key", "expected", "prompt", f"answer:{MODEL}", f"status:{MODEL}",
         f"answer:{MODEL}-tuned", f"status:{MODEL}-tuned",
     ]  # fmt: skip
+
+
+def test_the_training_block_generates_with_a_schema_and_exports(
+    emulator: EmulatorServer, prefect_server: str, tmp_path: Path
+) -> None:
+    (tmp_path / "examples").mkdir()
+    for name in ("eval.jsonl", "answer.schema.json"):
+        shutil.copy(REPO_ROOT / "examples" / name, tmp_path / "examples" / name)
+    env = _env(tmp_path / "prefect", PREFECT_API_URL=prefect_server, COLUMNS="200",
+               MODEL_STUDIO_BASE_URL=emulator.base_url, MODEL_STUDIO_TOKEN=emulator.token,
+               MODEL_STUDIO_ORGANIZATION_ID=TEST_ORGANIZATION)  # fmt: skip
+    emulator.reset()
+    emulator.configure(json_answers=True)  # a model that answers in JSON
+
+    generated = _run(
+        substitute(command("studio-flows generate examples/eval.jsonl --model-id <model-id> --id"),
+                   {"<model-id>": MODEL}),
+        env,
+        tmp_path,
+    )  # fmt: skip
+    assert generated.returncode == 0, generated
+    assert re.search(r"│ invalid answers +│ +0 │", generated.stdout), generated
+    exported = _run(
+        substitute(command("studio-flows export-training"), {"<model-id>": MODEL}), env, tmp_path
+    )
+
+    assert exported.returncode == 0, exported
+    match = re.fullmatch(
+        r"wrote (\d+) rows to train\.jsonl, (\d+) rows to heldout\.jsonl; "
+        r"manifest train\.jsonl\.manifest\.json",
+        exported.stdout.strip(),
+    )
+    assert match and int(match[1]) + int(match[2]) == 8, exported
+    lines = (tmp_path / "train.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == int(match[1])
+    assert (tmp_path / "train.jsonl.manifest.json").exists()
 
 
 @pytest.mark.slow
