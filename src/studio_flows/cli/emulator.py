@@ -46,6 +46,9 @@ def emulator(
     echo_authorization_in_errors: Annotated[
         bool, typer.Option(help="Error details quote the request's Authorization header")
     ] = False,
+    json_answers: Annotated[
+        bool, typer.Option(help="Answers are JSON, shaped by the prompt's words (see README)")
+    ] = False,
     seed: Annotated[int | None, typer.Option(help="Seed of the fault generator")] = None,
     known_models: Annotated[
         list[str] | None,
@@ -77,6 +80,7 @@ def emulator(
                 fair_use_limit=fair_use_limit,
                 retry_after_s=retry_after_s,
                 echo_authorization_in_errors=echo_authorization_in_errors,
+                json_answers=json_answers,
                 seed=seed,
                 known_models=known_models or None,
             )
