@@ -54,7 +54,6 @@ from studio_flows.interrupts import RunControl
 from studio_flows.jobs import JobReport, WorkItem
 from studio_flows.options import GenerateOptions
 from studio_flows.planning import Planner, SharedIterator, for_each_model
-from studio_flows.rows import GenerationParams
 from studio_flows.settings import Settings
 from studio_flows.summary import ModelSummary, RunSummary, RunTally
 
@@ -385,7 +384,7 @@ def _run_generation(
     limit = ensure_concurrency_limit(settings.concurrency_limit)
 
     models = options.models
-    params = [GenerationParams(m, options.temperature, options.max_tokens) for m in models]
+    params = options.generation_params()
     # The source the validation read (a query's snapshot), judged as it judged it.
     rows = iter_good_rows(report.source, options.dataset_options(), verdict=report.verdict)
     shards = iter_shards(
@@ -457,6 +456,7 @@ def _summary(
         rows_submitted=planner.counts.rows_planned,
         completed=tally.completed,
         failed=tally.failed,
+        invalid_answers=tally.invalid,
         unfinished=tally.unfinished,
         jobs=tally.jobs,
         reattached=tally.reattached,

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow
+from pydantic import BaseModel
 from studio_flows.flows.generate import run_generation
 from studio_flows.tasks.database import results_database
 from studio_flows.tasks.jobs import engine_for
@@ -33,7 +34,7 @@ from studio_flows.errors import ConfigurationError
 from studio_flows.generation import Generation
 from studio_flows.options import GenerateOptions
 from studio_flows.redaction import url_password
-from studio_flows.rows import GenerationParams, Row
+from studio_flows.rows import Row
 from studio_flows.settings import load_settings
 from studio_flows.statuses import RowStatus
 from studio_flows.storage import results_of_rows
@@ -59,6 +60,7 @@ def generate_rows(
     database_block: str | None = None,
     credentials: ModelStudioCredentials | None = None,
     credentials_block: str | None = None,
+    response_schema: dict[str, Any] | type[BaseModel] | None = None,
 ) -> list[Generation]:
     """Answer every row; return one :class:`Generation` per row, in the rows' order.
 
@@ -73,6 +75,11 @@ def generate_rows(
     flow run's parameters as ``**********``. ``database_url`` is a plain parameter, written
     as given: a URL with a password there is refused.
 
+    ``response_schema`` (a JSON Schema dict, or a pydantic model class that then validates
+    the answers) is shown to the model; an answer whose first JSON value matches it is
+    completed with the value in ``parsed``, any other is failed with the reason, and a
+    rerun pays again for those rows only.
+
     Example:
         >>> import pyarrow as pa
         >>> table = pa.table({"prompt": ["Hello?", "Goodbye?"]})
@@ -84,6 +91,7 @@ def generate_rows(
             "generate_rows(database_url=...) holds a password, and a flow's parameters are "
             "stored as given: pass database=ResultsDatabase(url=...) instead."
         )
+    model_class = response_schema if isinstance(response_schema, type) else None
     source = MemorySource(rows)
     with tempfile.TemporaryDirectory(prefix="studio-flows-rows-") as folder:
         if database is None and database_url is None and database_block is None:
@@ -104,9 +112,12 @@ def generate_rows(
                 database_url=database_url,
                 database_block=database_block,
                 credentials_block=credentials_block,
+                response_schema=None if model_class is not None else response_schema,
             ),
             context={"rows_in_memory": True},
         )
+        if model_class is not None:
+            options = options.with_response_model(model_class)
         resolved = results_database(database, database_url, database_block, load_settings())
         run_generation(options, source, database=resolved, credentials=credentials)
         return _answers(resolved.get_url(), options, source)
@@ -117,7 +128,7 @@ def _answers(
 ) -> list[Generation]:
     """Each row's stored answer for these parameters, in the rows' order."""
     model = options.models[0]  # generate_rows takes one model
-    params = GenerationParams(model, options.temperature, options.max_tokens)
+    params = options.generation_params()[0]
     # Every row, duplicates included: each position gets its answer.
     rows = (r for r in read_rows(source, options.dataset_options(), dedup=False))
     good = (row for row in rows if isinstance(row, Row))
@@ -134,7 +145,8 @@ def _generation(index: int, stored: list[dict[str, Any]], params_hash: str) -> G
             return Generation(
                 task_index=index,
                 status="completed" if completed else "failed",
-                text=result["result"] if completed else None,
+                text=result["result"],
                 error=None if completed else result["error"],
+                parsed=result.get("parsed") if completed else None,
             )
     return Generation(task_index=index, status="failed", error="not answered in this run")

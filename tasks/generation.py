@@ -16,9 +16,10 @@ Example:
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -52,9 +53,12 @@ from studio_flows.models import GenerateRequest
 from studio_flows.result_table import results_table, wide_table
 from studio_flows.settings import Settings, load_settings
 from studio_flows.storage import iter_results
+from studio_flows.structured import ResponseSchema
+from studio_flows.training import TrainingManifest, export_training
 
 if TYPE_CHECKING:
     import pyarrow as pa
+    from pydantic import BaseModel
 
 CANCELLED_STATUSES = frozenset({"CANCELLED", "CANCELED"})
 
@@ -132,11 +136,18 @@ def generate(
     max_tokens: int = 512,
     credentials: ModelStudioCredentials | None = None,
     deadline_s: float | None = None,
+    response_schema: Mapping[str, Any] | type[BaseModel] | None = None,
 ) -> list[Generation]:
     """Submit one job and wait for it in one task run; return one answer per prompt.
 
     ``.map`` it over batches (up to 100 prompts each): at most the limit's jobs are active,
     and the next job starts the moment one ends. Errors as :func:`wait_for_generation_job`.
+
+    ``response_schema`` (a JSON Schema dict, or a pydantic model class) is appended to each
+    conversation's system message; an answer whose first JSON value matches it is
+    ``completed`` with the value in ``parsed``, any other is ``failed`` with the reason
+    (its text kept in ``text``). A schema that is not valid JSON Schema raises
+    :class:`ConfigurationError` before the POST.
 
     Example:
         >>> from prefect import unmapped
@@ -144,8 +155,13 @@ def generate(
         >>> [g.text for batch in futures.result() for g in batch]  # doctest: +SKIP
         ['m answers: Hi', 'm answers: Bye']
     """
+    schema = None if response_schema is None else ResponseSchema.of(response_schema)
     request = generation_request(
-        prompts_or_conversations, model_id, temperature=temperature, max_tokens=max_tokens
+        prompts_or_conversations,
+        model_id,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        response_schema=schema,
     )
     settings = _settings(credentials)
     pool = _pool(settings, ensure=True)
@@ -153,7 +169,9 @@ def generate(
         lease = pool.acquire()
         job = _post(client, pool, lease, request)  # gives the slot back if the POST fails
         try:
-            result = await_generation(client, job, deadline_s or settings.job_deadline_s)
+            result = await_generation(
+                client, job, deadline_s or settings.job_deadline_s, response_schema=schema
+            )
         finally:
             pool.release(lease)
     _log_result(result)
@@ -177,7 +195,9 @@ def read_results(
     ``MODEL_STUDIO_DATABASE_URL``; the filters are exact matches. The columns are those of
     ``studio-flows results --format parquet``: the result columns, then one per kept input
     column (``keep_columns``; a name clashing with a result column becomes
-    ``input_<name>``, see :mod:`studio_flows.kept_columns`).
+    ``input_<name>``, see :mod:`studio_flows.kept_columns`); ``parsed`` is a checked
+    answer's JSON value as text. One result per (row, model): the latest completed one (a
+    row sent again after its template or response schema changed has two stored answers).
     With ``wide=True`` (an evaluation run): one row per input row of ``dataset`` (or
     ``model_id``), its kept columns and prompt, and an ``answer:<model>`` and
     ``status:<model>`` column per model, as ``studio-flows results --wide`` exports.
@@ -195,15 +215,65 @@ def read_results(
             raise ConfigurationError("read_results(wide=True) takes dataset and model_id only")
         return wide_table(*wide_results(engine, dataset=dataset, model_id=model_id))
     rows = iter_results(
-        engine, dataset=dataset, model_id=model_id, status=status, flow_run_id=flow_run_id
+        engine,
+        dataset=dataset,
+        model_id=model_id,
+        status=status,
+        flow_run_id=flow_run_id,
+        latest=True,
     )
     return results_table(rows)
 
 
+@task(name="export-training-set", cache_policy=NO_CACHE)
+def export_training_set(
+    dataset: str,
+    model_id: str,
+    output: str | Path,
+    *,
+    eval_output: str | Path | None = None,
+    eval_fraction: float | None = None,
+    database: ResultsDatabase | None = None,
+    database_url: str | None = None,
+) -> TrainingManifest:
+    """Write a fine-tuning file of ``dataset``'s completed rows answered by ``model_id``.
+
+    One ``{"messages": [<conversation as sent>, {"role": "assistant", "content": <answer>}]}``
+    line per row (the latest completed answer), in the dataset's order; with
+    ``eval_output``, rows whose row key hashes below ``eval_fraction`` (default 0.1) go
+    there instead, the same rows on every export. A manifest ``<output>.manifest.json``
+    names the dataset, model, parameter/template/schema hashes, counts, flow runs and
+    version. No completed row: :class:`ConfigurationError`, nothing written. The database
+    is found as for :func:`read_results`.
+
+    Example:
+        >>> manifest = export_training_set(
+        ...     "questions.jsonl", "my-model", "train.jsonl", eval_output="eval.jsonl"
+        ... )  # doctest: +SKIP
+        >>> manifest.files["eval"].rows  # doctest: +SKIP
+        4
+    """
+    url = database.get_url() if database is not None else database_url
+    engine = engine_for(url or load_settings().database_url)
+    return export_training(
+        engine,
+        dataset,
+        model_id,
+        Path(output),
+        eval_output=None if eval_output is None else Path(eval_output),
+        eval_fraction=eval_fraction,
+    )
+
+
 def await_generation(
-    client: ModelStudioClient, job: GenerationJob, deadline_s: float
+    client: ModelStudioClient,
+    job: GenerationJob,
+    deadline_s: float,
+    *,
+    response_schema: ResponseSchema | None = None,
 ) -> GenerationResult:
     """Poll ``job`` with ``client`` until terminal; typed errors for a failed or late job.
+    With ``response_schema`` each answer is checked against it (:func:`generations_of`).
 
     Example:
         >>> await_generation(client, job, deadline_s=60).job_status  # doctest: +SKIP
@@ -226,7 +296,7 @@ def await_generation(
             "submitted (deadline_s)",
             job_id=job.job_id,
         ) from None
-    generations = generations_of(status, job.size)
+    generations = generations_of(status, job.size, response_schema)
     return GenerationResult(
         job_id=job.job_id, job_status=status.job_status, generations=generations
     )
@@ -301,6 +371,7 @@ def _log_result(result: GenerationResult) -> None:
 
 __all__ = [
     "await_generation",
+    "export_training_set",
     "generate",
     "read_results",
     "submit_generation_job",

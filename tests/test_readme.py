@@ -27,6 +27,8 @@ needs a group of its own.
 | `prefect work-pool create studio-flows --type process` | test_readme.py::test_the_three_commands_and_an_adhoc_run |
 | `prefect deploy --all` | test_readme.py::test_the_three_commands_and_an_adhoc_run |
 | `prefect worker start --pool studio-flows` | test_readme.py::test_the_three_commands_and_an_adhoc_run (a run to the end: deployments/test_deployments.py::test_deploy_all_then_a_process_worker_runs_the_adhoc_deployment) |
+| `studio-flows generate examples/eval.jsonl --model-id <model-id> --id-column id --template '{{ question }}' --response-schema examples/answer.schema.json` | test_readme.py::test_the_training_block_generates_with_a_schema_and_exports |
+| `studio-flows export-training --dataset eval.jsonl --model-id <model-id> --output train.jsonl --eval-output heldout.jsonl` | test_readme.py::test_the_training_block_generates_with_a_schema_and_exports |
 | **docs/command-line.md** | |
 | `python -c …` | test_readme.py::test_the_sql_block_dry_runs_generates_and_exports (the table the others read) |
 | `studio-flows generate --sql 'SELECT id, question FROM faq WHERE id > 0' --dataset-name faq --id-column id --template 'Answer in one word: {{ question }}' --model-id <model-id> --dry-run` | test_readme.py::test_the_sql_block_dry_runs_generates_and_exports |
@@ -323,10 +325,10 @@ def test_db_upgrade_upgrades_an_old_database_as_typed(tmp_path: Path, database_u
     outputs = [_run(argv, env, work).stdout.strip() for argv in (typed, typed, given)]
 
     assert outputs[:2] == [
-        "upgraded sqlite:///studio_flows.db from schema 2 to 3",
-        "sqlite:///studio_flows.db is already at schema 3",
+        "upgraded sqlite:///studio_flows.db from schema 2 to 4",
+        "sqlite:///studio_flows.db is already at schema 4",
     ]
-    assert outputs[2].startswith("upgraded ") and outputs[2].endswith(" from schema 2 to 3")
+    assert outputs[2].startswith("upgraded ") and outputs[2].endswith(" from schema 2 to 4")
     password = make_url(database_url).password
     assert password is None or password not in outputs[2]
 
@@ -371,7 +373,10 @@ def test_the_compare_models_block_scores_and_exports_side_by_side(
     emulator.reset()
 
     compared = _run(
-        substitute(command("studio-flows generate examples/eval"), {"<model-id>": MODEL}),
+        substitute(
+            command("studio-flows generate examples/eval.jsonl --model-id <model-id> --model-id"),
+            {"<model-id>": MODEL},
+        ),
         env,
         tmp_path,
     )
@@ -388,6 +393,42 @@ def test_the_compare_models_block_scores_and_exports_side_by_side(
         "row_key", "expected", "prompt", f"answer:{MODEL}", f"status:{MODEL}",
         f"answer:{MODEL}-tuned", f"status:{MODEL}-tuned",
     ]  # fmt: skip
+
+
+def test_the_training_block_generates_with_a_schema_and_exports(
+    emulator: EmulatorServer, prefect_server: str, tmp_path: Path
+) -> None:
+    (tmp_path / "examples").mkdir()
+    for name in ("eval.jsonl", "answer.schema.json"):
+        shutil.copy(REPO_ROOT / "examples" / name, tmp_path / "examples" / name)
+    env = _env(tmp_path / "prefect", PREFECT_API_URL=prefect_server, COLUMNS="200",
+               MODEL_STUDIO_BASE_URL=emulator.base_url, MODEL_STUDIO_TOKEN=emulator.token,
+               MODEL_STUDIO_ORGANIZATION_ID=TEST_ORGANIZATION)  # fmt: skip
+    emulator.reset()
+    emulator.configure(json_answers=True)  # a model that answers in JSON
+
+    generated = _run(
+        substitute(command("studio-flows generate examples/eval.jsonl --model-id <model-id> --id"),
+                   {"<model-id>": MODEL}),
+        env,
+        tmp_path,
+    )  # fmt: skip
+    assert generated.returncode == 0, generated
+    assert re.search(r"│ invalid answers +│ +0 │", generated.stdout), generated
+    exported = _run(
+        substitute(command("studio-flows export-training"), {"<model-id>": MODEL}), env, tmp_path
+    )
+
+    assert exported.returncode == 0, exported
+    match = re.fullmatch(
+        r"wrote (\d+) rows to train\.jsonl, (\d+) rows to heldout\.jsonl; "
+        r"manifest train\.jsonl\.manifest\.json",
+        exported.stdout.strip(),
+    )
+    assert match and int(match[1]) + int(match[2]) == 8, exported
+    lines = (tmp_path / "train.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == int(match[1])
+    assert (tmp_path / "train.jsonl.manifest.json").exists()
 
 
 @pytest.mark.slow

@@ -54,6 +54,7 @@ _PUBLIC = {
     "wait_for_generation_job": "studio_flows.tasks.generation",
     "generate": "studio_flows.tasks.generation",
     "read_results": "studio_flows.tasks.generation",
+    "export_training_set": "studio_flows.tasks.generation",
     "generate_dataset": "studio_flows.flows.generate",
     "generate_rows": "studio_flows.flows.rows",
 }
@@ -85,6 +86,7 @@ __all__ = [
     "SlotWaitTimeoutError",
     "StudioFlowsError",
     "__version__",
+    "export_training_set",
     "generate",
     "generate_dataset",
     "generate_rows",
@@ -120,6 +122,7 @@ if TYPE_CHECKING:
     from studio_flows.settings import Settings
     from studio_flows.summary import RunSummary
     from studio_flows.tasks.generation import (
+        export_training_set,
         generate,
         read_results,
         submit_generation_job,

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from studio_flows.datasets import DatasetReport, iter_good_rows, iter_shards
 from studio_flows.options import GenerateOptions
 from studio_flows.planning import Planner, for_each_model
-from studio_flows.rows import GenerationParams
 from studio_flows.storage import make_engine
 
 
@@ -59,7 +58,7 @@ def plan_run(
 ) -> DryRunPlan:
     """Plan the run ``options`` describe over the rows ``report`` validated; submit nothing."""
     assert report.source is not None  # every validation pass names what it read
-    params = [GenerationParams(m, options.temperature, options.max_tokens) for m in options.models]
+    params = options.generation_params()
     rows = iter_good_rows(report.source, options.dataset_options(), verdict=report.verdict)
     shards = iter_shards(
         rows, dataset=report.source.dataset, params=params[0], shard_size=shard_size

@@ -20,12 +20,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Literal, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from studio_flows.errors import DatasetError
 from studio_flows.models import GenerateRequest, JobStatus, Message
+from studio_flows.structured import ResponseSchema, check_answer, with_instruction
 
 # The API's limit of units per generation operation (the reference).
 MAX_CONVERSATIONS_PER_JOB = 100
@@ -51,7 +52,11 @@ class GenerationJob(BaseModel):
 
 
 class Generation(BaseModel):
-    """The answer to one conversation: ``text`` when completed, else ``error``."""
+    """The answer to one conversation: ``text`` when completed, else ``error``.
+
+    With a response schema, ``parsed`` is the answer's JSON value; an answer that does not
+    match is ``failed`` with the reason in ``error`` and its text kept in ``text``.
+    """
 
     model_config = ConfigDict(frozen=True)
 
@@ -59,6 +64,7 @@ class Generation(BaseModel):
     status: Literal["completed", "failed"]
     text: str | None = None
     error: str | None = None
+    parsed: Any = None
 
     @property
     def ok(self) -> bool:
@@ -105,8 +111,11 @@ def generation_request(
     *,
     temperature: float = 0.7,
     max_tokens: int = 512,
+    response_schema: ResponseSchema | None = None,
 ) -> GenerateRequest:
     """The POST body of one job; input errors are a DatasetError naming the conversation.
+
+    With ``response_schema`` each conversation's system message ends with its instruction.
 
     Example:
         >>> generation_request(["Hi"], "m", max_tokens=16).max_tokens
@@ -120,6 +129,9 @@ def generation_request(
             f"{len(conversations)}: split them into batches and map over the batches"
         )
     messages = [to_conversation(item, index) for index, item in enumerate(conversations)]
+    if response_schema is not None:
+        instruction = response_schema.instruction()
+        messages = [with_instruction(turns, instruction) for turns in messages]
     try:
         return GenerateRequest(
             model_id=model_id, messages=messages, temperature=temperature, max_tokens=max_tokens
@@ -128,14 +140,24 @@ def generation_request(
         raise DatasetError(f"invalid generation request: {_reason(err)}") from None
 
 
-def generations_of(status: JobStatus, size: int) -> list[Generation]:
-    """One :class:`Generation` per conversation of a terminal job, by task index."""
-    return [
-        Generation(task_index=index, status="completed", text=answer.text)
-        if answer.text is not None
-        else Generation(task_index=index, status="failed", error=answer.error)
-        for index, answer in enumerate(status.answers(size))
-    ]
+def generations_of(
+    status: JobStatus, size: int, response_schema: ResponseSchema | None = None
+) -> list[Generation]:
+    """One :class:`Generation` per conversation of a terminal job, by task index; with
+    ``response_schema`` an answer that does not match it is failed."""
+    generations = []
+    for index, answer in enumerate(status.answers(size)):
+        checked = check_answer(answer, response_schema)
+        generations.append(
+            Generation(
+                task_index=index,
+                status="failed" if checked.error is not None else "completed",
+                text=answer.text,
+                error=checked.error,
+                parsed=checked.parsed,
+            )
+        )
+    return generations
 
 
 def _reason(err: Exception) -> str:

@@ -57,6 +57,7 @@ from studio_flows.storage import (
     utcnow,
 )
 from studio_flows.storage.outages import DEFAULT_BOUND_S, retry_while_unavailable
+from studio_flows.structured import check_answer, is_invalid_answer
 
 logger = logging.getLogger("studio_flows.jobs")
 
@@ -99,8 +100,13 @@ class JobOutcome:
 
     @property
     def failed(self) -> int:
-        """Rows not answered (per-task failures or a failed job)."""
+        """Rows not answered (per-task failures, a failed job, answers the schema refused)."""
         return len(self.records) - self.completed
+
+    @property
+    def invalid(self) -> int:
+        """Rows failed because their answer does not match the response schema."""
+        return sum(1 for r in self.records if is_invalid_answer(r.error))
 
     def report(self) -> JobReport:
         """The counts of this job, without its rows."""
@@ -114,6 +120,7 @@ class JobOutcome:
             ambiguous_resubmits=self.ambiguous_resubmits,
             error=self.error,
             model_id=self.shard.params.model_id,
+            invalid=self.invalid,
         )
 
 
@@ -137,6 +144,8 @@ class JobReport:
     # Rows left for the next run: the shard's job could not be run or persisted.
     unfinished: int = 0
     model_id: str = ""
+    # Of ``failed``: answers that do not match the response schema.
+    invalid: int = 0
 
     @classmethod
     def gave_up(
@@ -165,16 +174,21 @@ def map_results(shard: Shard, status: JobStatus) -> list[ResultRecord]:
     """
     records = []
     answers = status.answers(len(shard.rows))
+    schema = shard.params.response_schema
     for index, (row, answer) in enumerate(zip(shard.rows, answers, strict=True)):
+        # With a response schema an answer counts only if its JSON matches; an invalid
+        # one keeps its text for inspection and fails the row (the next run pays again).
+        checked = check_answer(answer, schema)
         records.append(
             ResultRecord(
                 identity=row.identity(shard.params),
                 task_index=index,
                 messages=row.messages,
-                status=RowStatus.COMPLETED if answer.text is not None else RowStatus.FAILED,
+                status=RowStatus.FAILED if checked.error is not None else RowStatus.COMPLETED,
                 result=answer.text,
-                error=answer.error,
+                error=checked.error,
                 metadata=row.metadata,
+                parsed=checked.parsed,
             )
         )
     return records

@@ -26,14 +26,24 @@ if TYPE_CHECKING:
 
 # The result columns of every export and results table, in order.
 RESULT_COLUMNS = (
-    "dataset", "row_key", "model_id", "status", "task_index", "messages", "result", "error",
-    "job_id", "shard_key", "temperature", "max_tokens", "flow_run_id", "completed_at",
+    "dataset", "row_key", "model_id", "status", "task_index", "messages", "result", "parsed",
+    "error", "job_id", "shard_key", "temperature", "max_tokens", "flow_run_id", "completed_at",
     "created_at",
 )  # fmt: skip
 
 KeptKind = Literal["boolean", "integer", "number", "string"]
 # Names a kept column cannot take as they are: the export's own columns.
 RESERVED_NAMES = frozenset({"line", "metadata", *RESULT_COLUMNS})
+
+
+def parsed_text(value: Any) -> str | None:
+    """A checked answer's JSON value (``parsed``) as the text a string column holds.
+
+    Example:
+        >>> parsed_text({"score": 3}), parsed_text(None)
+        ('{"score": 3}', None)
+    """
+    return None if value is None else json.dumps(value, ensure_ascii=False)
 
 
 def kept_column_name(name: str) -> str:

@@ -17,14 +17,25 @@ Example:
 
 from __future__ import annotations
 
-from typing import Literal
+import functools
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from studio_flows.datasets import DatasetOptions, DatasetSource, FileSource, SqlSource
 from studio_flows.errors import ConfigurationError
 from studio_flows.redaction import RedactedUrl
+from studio_flows.rows import GenerationParams, canonical_json, sha256_hex
 from studio_flows.settings import check_database_url
+from studio_flows.structured import ResponseSchema, check_json_schema
 
 
 class GenerateOptions(BaseModel):
@@ -100,6 +111,13 @@ class GenerateOptions(BaseModel):
         default_factory=list,
         description="Input columns stored beside each answer (as JSON) and exported with it",
     )
+    response_schema: dict[str, Any] | None = Field(
+        default=None,
+        description="JSON Schema (2020-12) every answer's JSON must match; shown to the model",
+    )
+    # A pydantic model class the answers are validated with (generate_rows); its JSON
+    # Schema is ``response_schema``. Not a parameter: a class has no JSON form.
+    _response_model: type[BaseModel] | None = PrivateAttr(default=None)
 
     @field_validator("database_url", "source_url")
     @classmethod
@@ -110,6 +128,64 @@ class GenerateOptions(BaseModel):
     @classmethod
     def _distinct_names(cls, names: list[str]) -> list[str]:
         return check_keep_columns(names)
+
+    @field_validator("response_schema")
+    @classmethod
+    def _a_json_schema(cls, schema: dict[str, Any] | None) -> dict[str, Any] | None:
+        if schema is not None:
+            try:
+                check_json_schema(schema)
+            except ConfigurationError as err:
+                raise ValueError(str(err)) from None
+        return schema
+
+    def with_response_model(self, model: type[BaseModel]) -> GenerateOptions:
+        """These options, answers validated by the pydantic ``model`` (its JSON Schema
+        is shown to the model and hashed into the rows' identity).
+
+        Example:
+            >>> class Verdict(BaseModel):
+            ...     score: int
+            >>> options = GenerateOptions(dataset_path="p.jsonl", model_id="m")
+            >>> options.with_response_model(Verdict).response_schema["required"]
+            ['score']
+        """
+        options = self.model_copy(update={"response_schema": model.model_json_schema()})
+        options._response_model = model
+        options.__dict__.pop("response", None)  # a copy of a cached schema is stale
+        return options
+
+    @functools.cached_property
+    def response(self) -> ResponseSchema | None:
+        """The response schema answers must match (None: any text is an answer)."""
+        if self._response_model is not None:
+            return ResponseSchema.of(self._response_model)
+        return None if self.response_schema is None else ResponseSchema.of(self.response_schema)
+
+    def generation_params(self) -> list[GenerationParams]:
+        """What each model's rows are sent with, in the order of :attr:`models`."""
+        schema = self.response
+        return [
+            GenerationParams(model, self.temperature, self.max_tokens, schema, self.template_hash)
+            for model in self.models
+        ]
+
+    @property
+    def template_hash(self) -> str | None:
+        """The hash of the templates and system prompt rows are rendered with (None: none).
+
+        Example:
+            >>> GenerateOptions(dataset_path="p.jsonl", model_id="m").template_hash is None
+            True
+        """
+        texts = {
+            "template": self.template,
+            "system_template": self.system_template,
+            "system_prompt": self.system_prompt,
+        }
+        if not any(texts.values()):
+            return None
+        return sha256_hex(canonical_json(texts))
 
     @model_validator(mode="after")
     def _one_source(self, info: ValidationInfo) -> GenerateOptions:
@@ -147,6 +223,7 @@ class GenerateOptions(BaseModel):
             template=self.template,
             system_template=self.system_template,
             keep_columns=self._kept(),
+            response_schema=self.response,
         )
 
     def _kept(self) -> tuple[str, ...]:

@@ -3,6 +3,7 @@
 The columns and types are those of the Parquet export (``studio-flows results --format
 parquet``), so a table read here and a file exported there agree: the result columns, then
 one column per kept input column (``--keep-columns``, stored in ``metadata``), by name.
+``parsed`` (an answer's JSON value checked against a response schema) is its JSON text.
 
 How kept columns are named and typed: :mod:`studio_flows.kept_columns`.
 
@@ -20,14 +21,14 @@ from typing import Any
 
 import pyarrow as pa
 
-from studio_flows.kept_columns import RESULT_COLUMNS, KeptColumns
+from studio_flows.kept_columns import RESULT_COLUMNS, KeptColumns, parsed_text
 
 
 def results_schema(kept: KeptColumns | None = None) -> pa.Schema:
     """The schema of a results table (required columns are not nullable), kept columns last."""
     text, timestamp = pa.string(), pa.timestamp("us", tz="UTC")
     turn = pa.struct([pa.field("role", text), pa.field("content", text)])
-    nullable = {"result", "error", "job_id", "flow_run_id", "completed_at"}
+    nullable = {"result", "parsed", "error", "job_id", "flow_run_id", "completed_at"}
     types: dict[str, pa.DataType] = {
         "task_index": pa.int64(),
         "messages": pa.list_(turn),
@@ -51,6 +52,7 @@ def results_table(rows: Iterable[dict[str, Any]]) -> pa.Table:
     kept = KeptColumns.of(row.get("metadata") for row in listed)
     schema = results_schema(kept)
     columns = {name: [row.get(name) for row in listed] for name in RESULT_COLUMNS}
+    columns["parsed"] = [parsed_text(value) for value in columns["parsed"]]
     values = [kept.values(row.get("metadata")) for row in listed]
     columns.update({name: [row[name] for row in values] for name in kept.columns})
     return pa.Table.from_pydict(columns, schema=schema)

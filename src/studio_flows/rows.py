@@ -18,13 +18,16 @@ import functools
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 
 from studio_flows.models import GenerateRequest, Message
 from studio_flows.statuses import RowStatus
+
+if TYPE_CHECKING:
+    from studio_flows.structured import ResponseSchema
 
 Messages = tuple[Message, ...]
 
@@ -80,21 +83,36 @@ class RowIdentity(NamedTuple):
 
 @dataclass(frozen=True)
 class GenerationParams:
-    """Everything sent with a conversation besides the conversation itself."""
+    """Everything sent with a conversation besides the conversation itself, and the
+    response schema its answer must match (None: any text is an answer)."""
 
     model_id: str
     temperature: float = 0.7
     max_tokens: int = 512
+    response_schema: ResponseSchema | None = None
+    # The hash of the templates the rows were rendered with (None: none). Recorded beside
+    # each result, not part of the identity: a template already changes the conversation.
+    template_hash: str | None = field(default=None, compare=False)
 
     @functools.cached_property
     def params_hash(self) -> str:
-        """Hash of every sent parameter except the model (which has its own column).
+        """Hash of every sent parameter except the model (which has its own column), and of
+        the response schema when there is one (a changed schema is new paid work; without
+        one the hash is what it always was, so no stored row is paid again).
 
         Cached: every row's identity needs it, and hashing it anew was half of planning.
+
+        Example:
+            >>> GenerationParams("m").params_hash[:12]
+            '750840bae40e'
         """
-        return sha256_hex(
-            canonical_json({"temperature": float(self.temperature), "max_tokens": self.max_tokens})
-        )
+        hashed: dict[str, Any] = {
+            "temperature": float(self.temperature),
+            "max_tokens": self.max_tokens,
+        }
+        if self.response_schema is not None:
+            hashed["response_schema"] = self.response_schema.digest
+        return sha256_hex(canonical_json(hashed))
 
 
 @dataclass(frozen=True)
@@ -193,3 +211,5 @@ class ResultRecord:
     result: str | None
     error: str | None
     metadata: Mapping[str, Any] | None = None
+    # The answer's JSON value, when the run has a response schema and the answer matches it.
+    parsed: Any = None

@@ -54,6 +54,9 @@ class RunSummary(BaseModel):
     rows_submitted: int = 0
     completed: int = 0
     failed: int = 0
+    invalid_answers: int = Field(
+        default=0, description="of failed: answers that do not match the response schema"
+    )
     unfinished: int = Field(default=0, description="rows of shards that raised (not persisted)")
     jobs: int = 0
     reattached: int = 0
@@ -118,6 +121,7 @@ class RunSummary(BaseModel):
             "rows_submitted": "rows submitted",
             "completed": "completed",
             "failed": "failed",
+            "invalid_answers": "invalid answers",
             "unfinished": "unfinished",
             "jobs": "jobs",
             "reattached": "jobs re-attached",
@@ -227,6 +231,7 @@ class RunTally:
 
     completed: int = 0
     failed: int = 0
+    invalid: int = 0
     unfinished: int = 0
     jobs: int = 0
     reattached: int = 0
@@ -254,6 +259,7 @@ class RunTally:
             else:
                 self.completed += report.completed
                 self.failed += report.failed
+                self.invalid += report.invalid
                 self.jobs += 1
                 self.reattached += int(report.reattached)
                 model.completed += report.completed

@@ -18,10 +18,18 @@ from studio_flows.cli.quiet import quiet_environment
 # Prefect reads its settings from the environment when imported: quiet it first.
 quiet_environment()
 
-from studio_flows.cli import db, emulator, results, run, server, serving  # noqa: E402  (registers commands)
+from studio_flows.cli import (  # noqa: E402  (registers commands)
+    db,
+    emulator,
+    results,
+    run,
+    server,
+    serving,
+    training,
+)
 from studio_flows.cli.app import app, err_console  # noqa: E402
 
-__all__ = ["app", "db", "emulator", "main", "results", "run", "server", "serving"]
+__all__ = ["app", "db", "emulator", "main", "results", "run", "server", "serving", "training"]
 
 
 def main() -> None:

@@ -62,6 +62,9 @@ def emulator(
     echo_authorization_in_errors: Annotated[
         bool, typer.Option(help="Error details quote the request's Authorization header")
     ] = False,
+    json_answers: Annotated[
+        bool, typer.Option(help="Answers are JSON, shaped by the prompt's words (see README)")
+    ] = False,
     seed: Annotated[int | None, typer.Option(help="Seed of the fault generator")] = None,
     known_models: Annotated[
         list[str] | None,

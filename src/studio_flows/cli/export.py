@@ -18,35 +18,30 @@ from __future__ import annotations
 import csv
 import itertools
 import json
-import os
-import secrets
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine
 
 from studio_flows.datasets import DatasetOptions, iter_good_rows
 from studio_flows.errors import ConfigurationError
-from studio_flows.kept_columns import KeptColumns, kept_column_name
+from studio_flows.files import check_database_exists as _check_database_exists
+from studio_flows.files import replacing as _replacing
+from studio_flows.kept_columns import RESULT_COLUMNS, KeptColumns, kept_column_name, parsed_text
 from studio_flows.rows import BadRow, Row, messages_payload
-from studio_flows.settings import check_database_url, load_settings
+from studio_flows.settings import load_settings
 from studio_flows.storage import iter_metadata, iter_results, make_engine, results_of_rows
 
 if TYPE_CHECKING:  # pyarrow is imported by the Parquet export only
     import pyarrow as pa
 
 ExportFormat = Literal["table", "jsonl", "csv", "parquet"]
-COLUMNS = (
-    "dataset", "row_key", "model_id", "status", "task_index", "messages", "result", "error",
-    "job_id", "shard_key", "temperature", "max_tokens", "flow_run_id", "completed_at",
-    "created_at",
-)  # fmt: skip
+COLUMNS = RESULT_COLUMNS
 # An export by source file leads with the row's line there (1-based; a row number in Parquet).
 SOURCE_COLUMNS = ("line", *COLUMNS)
 PARQUET_BATCH = 10_000
@@ -95,7 +90,7 @@ class Selection:
         if self.source is None:
             return iter_results(
                 engine, dataset=self.dataset, model_id=self.model_id, status=self.status,
-                order="shard",
+                order="shard", latest=True,
             )  # fmt: skip
         good = iter_good_rows(self.source, self.source_options, on_bad_row=on_bad_row)
         return self._by_line(
@@ -117,21 +112,6 @@ class Selection:
             "status": None,
             "messages": messages_payload(row.messages),
         }
-
-
-def _check_database_exists(url: str) -> None:
-    """Reading back must not create an empty SQLite file where a path was mistyped."""
-    try:
-        parsed = make_url(check_database_url(url))
-    except ValueError as err:  # MODEL_STUDIO_DATABASE_URL was checked with the settings
-        raise ConfigurationError(f"Invalid options: --database-url: {err}") from None
-    path = parsed.database
-    is_file = parsed.get_backend_name() == "sqlite" and path and path != ":memory:"
-    if is_file and not Path(str(path)).exists():
-        raise ConfigurationError(
-            f"no results database at {path} (nothing has been written there yet): "
-            "check --database-url or MODEL_STUDIO_DATABASE_URL"
-        )
 
 
 def export_results(
@@ -247,23 +227,6 @@ def write_export(
         return writer(rows, stream, columns, kept)
 
 
-@contextmanager
-def _replacing(target: Path) -> Iterator[Path]:
-    """A fresh path beside ``target``, renamed onto it if the block succeeds, else removed."""
-    if not target.parent.is_dir():
-        raise ConfigurationError(f"cannot write {target}: no such directory {target.parent}")
-    temp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.part")
-    try:
-        yield temp
-        os.replace(temp, target)
-    except OSError as err:
-        temp.unlink(missing_ok=True)
-        raise ConfigurationError(f"cannot write {target}: {err.strerror or err}") from None
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-
-
 def _plain(row: Record, columns: tuple[str, ...]) -> Record:
     out = {name: row.get(name) for name in columns}
     for name in ("completed_at", "created_at"):
@@ -338,6 +301,8 @@ def _parquet(rows: Rows, output: Path, schema: pa.Schema, kept: KeptColumns) -> 
             if kept.kinds:
                 batch = [{**row, **kept.values(row.get("metadata"))} for row in batch]
             columns = {name: [row.get(name) for row in batch] for name in schema.names}
+            if "parsed" in columns:  # a JSON value: its text in a string column
+                columns["parsed"] = [parsed_text(value) for value in columns["parsed"]]
             writer.write_table(pa.Table.from_pydict(columns, schema=schema))
             count += len(batch)
     return count

@@ -255,13 +255,23 @@ def generate(
     expected_column: Annotated[
         str | None, typer.Option(help="Kept column with the expected answer: score the models")
     ] = None,
+    response_schema: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="SCHEMA.json",
+            help="JSON Schema (2020-12) each answer's JSON must match; shown to the model",
+        ),
+    ] = None,
     credentials_block: Annotated[str | None, typer.Option(help="Credentials block name")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar")] = True,
 ) -> None:
     """Generate an answer for every row of DATASET (or of --sql) and write them to the database."""
+    from studio_flows.structured import ResponseSchema
+
     with _clear_errors():
         if (dataset is None) == (sql is None):
             raise ConfigurationError("give a dataset file or --sql QUERY (one of the two)")
+        schema = None if response_schema is None else ResponseSchema.from_file(response_schema)
         options = _options(
             "generate",
             dataset_path=str(dataset) if dataset is not None else None,
@@ -285,6 +295,7 @@ def generate(
             id_column=id_column,
             keep_columns=_column_list(keep_columns),
             credentials_block=credentials_block,
+            response_schema=None if schema is None else schema.schema,
         )
         if dry_run:
             _dry_run(options)

@@ -14,6 +14,7 @@ from studio_flows.rows import BadRow
 if TYPE_CHECKING:
     from studio_flows.datasets.dedup import DedupVerdict
     from studio_flows.datasets.sources import DatasetSource
+    from studio_flows.structured import ResponseSchema
 
 DatasetFormat = Literal["jsonl", "csv", "parquet"]
 OnBadRows = Literal["fail", "skip"]
@@ -40,6 +41,8 @@ class DatasetOptions:
     ``prompt`` or ``messages``; ``system_template`` renders its system message.
     ``keep_columns`` are input columns carried, as JSON values, into each row's
     ``metadata`` (stored beside its answer, never part of its identity).
+    ``response_schema`` is shown to the model: appended to the system message (one is
+    made if the conversation has none), unless a template places ``{{ response_schema }}``.
 
     Example:
         >>> DatasetOptions(id_column="id", system_prompt="Answer briefly.").prompt_column
@@ -54,6 +57,7 @@ class DatasetOptions:
     template: str | None = None
     system_template: str | None = None
     keep_columns: tuple[str, ...] = ()
+    response_schema: ResponseSchema | None = None
 
 
 @dataclass

@@ -13,6 +13,7 @@ from studio_flows.datasets.templates import CompiledTemplate, TemplateRowError, 
 from studio_flows.errors import DatasetError
 from studio_flows.models import Message
 from studio_flows.rows import MAX_ROW_KEY_LENGTH, BadRow, Row
+from studio_flows.structured import TEMPLATE_NAME, with_instruction
 
 _ROLES = frozenset({"system", "user", "assistant"})
 _MESSAGE_KEYS = frozenset({"role", "content"})
@@ -29,6 +30,9 @@ class RowBuilder:
         # CSV cells are text, so messages arrive as JSON; Parquet may hold either shape.
         self._messages_as_text = messages_as_text
         self._template, self._system_template = templates_of(options)
+        self._schema_text, self._instruction = _schema_shown(
+            options, self._template, self._system_template
+        )
 
     @property
     def template_columns(self) -> tuple[str, ...]:
@@ -37,6 +41,8 @@ class RowBuilder:
         for template in (self._template, self._system_template):
             if template is not None:
                 names |= template.columns
+        if self._schema_text is not None:
+            names.discard(TEMPLATE_NAME)  # the schema, not a column
         return tuple(sorted(names))
 
     def _bad(self, line: int, reason: str) -> BadRow:
@@ -98,6 +104,8 @@ class RowBuilder:
             elif self._system_template is not None and conversation[0].role != "system":
                 system = self._rendered(self._system_template, columns)
                 conversation.insert(0, Message(role="system", content=system))
+            if self._instruction is not None:
+                conversation = with_instruction(conversation, self._instruction)
             last = conversation[-1].role
             if last != "user":
                 return self._bad(
@@ -138,9 +146,10 @@ class RowBuilder:
                 return self._bad(line, "the text is not valid UTF-8")
             return self._bad(line, f"invalid row: {_single_line(str(err))}")
 
-    @staticmethod
-    def _rendered(template: CompiledTemplate, columns: Any) -> str:
+    def _rendered(self, template: CompiledTemplate, columns: Any) -> str:
         """The text ``template`` makes of a row's columns (:class:`TemplateRowError` if none)."""
+        if self._schema_text is not None and TEMPLATE_NAME in template.columns:
+            columns = {**(columns or {}), TEMPLATE_NAME: self._schema_text}
         text: str = template.render(columns)
         if not text or text.isspace():
             raise TemplateRowError("template: renders an empty message")
@@ -159,6 +168,18 @@ def templates_of(
     if options.system_template is not None:
         system = compile_template(options.system_template, "--system-template")
     return template, system
+
+
+def _schema_shown(
+    options: DatasetOptions, *templates: CompiledTemplate | None
+) -> tuple[str | None, str | None]:
+    """``(schema text a template places, instruction appended to the system message)``:
+    both None without a schema; no instruction when a template places the schema itself."""
+    schema = options.response_schema
+    if schema is None:
+        return None, None
+    placed = any(t is not None and TEMPLATE_NAME in t.columns for t in templates)
+    return schema.text, None if placed else schema.instruction()
 
 
 def _conversation(value: Any, column: str) -> list[Message] | str:

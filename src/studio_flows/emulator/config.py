@@ -129,6 +129,12 @@ class EmulatorConfig(BaseModel):
     shifted_index_rate: Rate = Field(
         0.0, description="Share of jobs whose task_index counts from 1, not 0."
     )
+    json_answers: bool = Field(
+        False,
+        description="Answers are JSON {answer, score}, shaped by the prompt's words: 'invalid' "
+        "(score a string), 'fenced' (a ```json block in prose), 'bare' (an object in prose), "
+        "'no json' (plain text).",
+    )
     fair_use_limit: int = Field(3, ge=1, description="Active jobs allowed per token.")
     seed: int | None = Field(None, description="Seed of the fault generator (None: random).")
     retry_after_s: float = Field(1.0, ge=0.0, description="Retry-After sent with every 429.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import hmac
+import json
 import math
 import random
 import threading
@@ -55,11 +56,30 @@ def _timing_rng(seed: int | None) -> random.Random:
     return random.Random(None if seed is None else f"timing-{seed}")
 
 
-def _answer(model_id: str, conversation: list[_Turn]) -> str:
+def _answer(model_id: str, conversation: list[_Turn], json_answers: bool = False) -> str:
     """The deterministic result of one conversation: it names what it answers."""
     user_turns = [turn for turn in conversation if turn.role == "user"]
     last = user_turns[-1] if user_turns else conversation[-1]
-    return f"{model_id} answers: {last.content}"
+    text = f"{model_id} answers: {last.content}"
+    return _json_answer(text, last.content) if json_answers else text
+
+
+def _json_answer(text: str, prompt: str) -> str:
+    """``{"answer": text, "score": n}`` in the shape the prompt's words ask for (``json_answers``).
+
+    Example:
+        >>> _json_answer("m answers: q bare", "q bare")
+        'Sure. {"answer": "m answers: q bare", "score": 6} Hope that helps.'
+    """
+    if "no json" in prompt:
+        return text
+    score: int | str = "high" if "invalid" in prompt else len(prompt) % 10
+    value = json.dumps({"answer": text, "score": score})
+    if "fenced" in prompt:
+        return f"Here it is:\n```json\n{value}\n```\nAnything else?"
+    if "bare" in prompt:
+        return f"Sure. {value} Hope that helps."
+    return value
 
 
 def readable_errors(error: ValidationError) -> str:
@@ -438,7 +458,10 @@ class EmulatorState:
             job_id=str(uuid.UUID(int=self._rng.getrandbits(128), version=4)),
             organization_id=organization_id,
             token_key=key,
-            answers=[_answer(request.model_id, conversation) for conversation in request.messages],
+            answers=[
+                _answer(request.model_id, conversation, config.json_answers)
+                for conversation in request.messages
+            ],
             task_failed=task_failed,
             created=now,
             duration=duration,

@@ -283,6 +283,7 @@ def _result_rows(
     now: datetime,
 ) -> list[dict[str, Any]]:
     params: GenerationParams = shard.params
+    schema_hash = params.response_schema.digest if params.response_schema else None
     return [
         {
             "row_key": r.identity.row_key,
@@ -304,6 +305,9 @@ def _result_rows(
             "created_at": now,
             "completed_at": now if r.status == COMPLETED else None,
             "metadata": None if r.metadata is None else dict(r.metadata),
+            "parsed": r.parsed,
+            "schema_hash": schema_hash,
+            "template_hash": params.template_hash,
         }
         for r in records
     ]

@@ -12,6 +12,7 @@ from sqlalchemy.engine import Engine
 from studio_flows.rows import Row
 from studio_flows.storage.engine import _reading
 from studio_flows.storage.schema import (
+    COMPLETED,
     LOOKUP_CHUNK,
     RESULT_STATUSES,
     generation_jobs,
@@ -57,8 +58,12 @@ def iter_results(
     flow_run_id: str | None = None,
     batch_size: int = 1000,
     order: ResultOrder = "written",
+    latest: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """Stream result rows (as dicts of every column) matching the filters.
+
+    ``latest``: one result per (row, model) (:func:`latest_result_ids`), as exports and
+    ``read_results`` give them, not every stored identity.
 
     ``order="written"`` is write order (within one written batch, identity order: not the
     dataset's). ``order="shard"`` is by the shard's ledger row (the order runs took the
@@ -74,14 +79,45 @@ def iter_results(
         >>> list(iter_results(engine, dataset="examples/prompts.jsonl", status="completed"))
         []
     """
-    query = sa.select(generation_results).where(
-        *_result_filters(dataset, model_id, status, flow_run_id)
-    )
+    filters = _result_filters(dataset, model_id, status, flow_run_id)
+    query = sa.select(generation_results).where(*filters)
+    if latest:
+        query = query.where(generation_results.c.id.in_(latest_result_ids(filters)))
     query = _ordered(query, order)
     with _reading(engine) as conn:
         streamed = conn.execution_options(stream_results=True, yield_per=batch_size)
         for row in streamed.execute(query):
             yield dict(row._mapping)
+
+
+def latest_result_ids(filters: Sequence[sa.ColumnElement[bool]] = ()) -> sa.Select[Any]:
+    """The id of one result per (row_key, model_id) among those ``filters`` select: the
+    latest completed one, else (none completed) the latest written.
+
+    A row sent again after its template or response schema changed has a second stored
+    answer (another identity); what a user reads back is the newest answer that counts.
+
+    Example:
+        >>> from studio_flows.storage import make_engine
+        >>> with make_engine("sqlite://").connect() as conn:
+        ...     conn.execute(latest_result_ids()).all()
+        []
+    """
+    table = generation_results
+    rank = (
+        sa.func.row_number()
+        .over(
+            partition_by=(table.c.row_key, table.c.model_id),
+            order_by=(
+                sa.case((table.c.status == COMPLETED, 0), else_=1),
+                table.c.completed_at.desc(),
+                table.c.id.desc(),
+            ),
+        )
+        .label("rank")
+    )
+    ranked = sa.select(table.c.id, rank).where(*filters).subquery()
+    return sa.select(ranked.c.id).where(ranked.c.rank == 1)
 
 
 def iter_metadata(

@@ -16,7 +16,7 @@ from studio_flows.rows import (
 from studio_flows.statuses import RowStatus, ShardStatus
 
 # The Alembic head (revision 000N is schema N, storage/_migrations/versions/).
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 
 # Plain strings of the enums: SQLAlchemy renders them into CHECK constraints and SQL.
 COMPLETED: Final = RowStatus.COMPLETED.value
@@ -139,6 +139,12 @@ generation_results = sa.Table(
     sa.Column("completed_at", UTCDateTime, nullable=True),
     # The input columns a user keeps (--keep-columns), by name; last, as schema 3 added it.
     sa.Column("metadata", NullableJSONType, nullable=True),
+    # The answer's JSON value when the run had a response schema and it matched (schema 4).
+    sa.Column("parsed", NullableJSONType, nullable=True),
+    # What the row was asked with besides its parameters: the response schema's digest and
+    # the templates' hash (None: none), for a training set's manifest (schema 4).
+    sa.Column("schema_hash", sa.String(_HASH), nullable=True),
+    sa.Column("template_hash", sa.String(_HASH), nullable=True),
     sa.CheckConstraint(sa.column("status").in_(RESULT_STATUSES), name="status"),
 )
 # The row identity is unique through its digest, after the row key (see the module docstring).
