@@ -17,6 +17,7 @@ from studio_flows.flows.generate import (
 
 from studio_flows.emulator import EmulatorServer
 from studio_flows.errors import DatasetError
+from studio_flows.interrupts import RunControl
 from studio_flows.jobs import WorkItem
 from studio_flows.models import Message
 from studio_flows.options import GenerateOptions
@@ -301,7 +302,12 @@ def test_lanes_wait_for_each_other_only_until_the_limit_refuses() -> None:
     pool, stop = Pool(), threading.Event()
     start = _LaneStart(lanes=3, refusals_before=0)
     done = threading.Event()
-    lane = threading.Thread(target=lambda: (start.wait_for_others(pool, stop), done.set()))  # type: ignore[arg-type,func-returns-value]
+
+    def wait_then_start() -> None:
+        start.wait_for_others(pool, stop, RunControl())  # type: ignore[arg-type]
+        done.set()
+
+    lane = threading.Thread(target=wait_then_start)
     lane.start()
     assert not done.wait(timeout=0.3), "a lane started while the server still grants slots"
 
