@@ -118,3 +118,17 @@ def test_a_bad_option_value_names_its_flag(tmp_path: Path, args: list[str], mess
     result = runner.invoke(app, ["generate", str(dataset), "--model-id", "m", *args])
     assert result.exit_code == 2
     assert result.stderr.strip() == f"error: Invalid options: {message}"
+
+
+def test_help_lists_every_command_in_order() -> None:
+    import typer.main
+
+    from studio_flows.cli.app import COMMAND_ORDER
+
+    registered = set(typer.main.get_command(app).commands)  # type: ignore[attr-defined]
+    result = CliRunner().invoke(app, ["--help"])
+
+    assert result.exit_code == 0, result.output
+    assert registered == set(COMMAND_ORDER), "a command is missing from COMMAND_ORDER"
+    listed = re.findall(r"^│? *([a-z-]+) {2,}", result.output, re.M)
+    assert [name for name in listed if name in registered] == list(COMMAND_ORDER)

@@ -14,13 +14,24 @@ from studio_flows.errors import StudioFlowsError
 from studio_flows.resources import examples_dir
 
 # The order `studio-flows --help` lists the commands in, whatever order their modules load.
-COMMAND_ORDER = ("generate", "demo", "results", "emulator", "serve", "db", "server")
+COMMAND_ORDER = (
+    "generate",
+    "demo",
+    "results",
+    "export-training",
+    "emulator",
+    "serve",
+    "db",
+    "server",
+)
 
 
 class _Commands(TyperGroup):
     def list_commands(self, ctx: Any) -> list[str]:
         known = super().list_commands(ctx)
-        return sorted(known, key=lambda name: COMMAND_ORDER.index(name))
+        # A command missing from the order is listed last, never a crash of --help.
+        rank = {name: index for index, name in enumerate(COMMAND_ORDER)}
+        return sorted(known, key=lambda name: rank.get(name, len(rank)))
 
 
 app = typer.Typer(
