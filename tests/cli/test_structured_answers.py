@@ -167,6 +167,12 @@ def assert_exports_hold_the_latest_answers(
                 exported[fmt] = list(csv.DictReader(stream))
         else:
             exported[fmt] = pq.read_table(output).to_pylist()
+    table = run_cli(
+        [STUDIO_FLOWS, "results", "--dataset", "questions.jsonl", "--database-url", database_url],
+        {**env, "COLUMNS": "400"},
+        tmp_path,
+    )
+    assert "schema: no JSON value found" in table.stdout, table  # why, not the raw answer
     for fmt, rows in exported.items():
         assert sorted(str(row["row_key"]) for row in rows) == sorted(PROMPTS), fmt
         for row in rows:

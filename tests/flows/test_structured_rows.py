@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from prefect import flow
 from pydantic import BaseModel
 
-from studio_flows import generate, generate_rows, read_results
+from studio_flows import export_training_set, generate, generate_rows, read_results
 from studio_flows.emulator import EmulatorServer
 
 
@@ -80,3 +81,37 @@ def test_the_generate_task_checks_answers_against_a_json_schema(
     assert generations[0].parsed == value_of(PROMPTS[0])
     assert generations[2].error == INVALID + "$.score: 'high' is not of type 'integer'"
     assert generations[2].text is not None and '"high"' in generations[2].text
+
+
+def test_export_training_set_from_a_flow_writes_the_valid_rows_and_a_manifest(
+    flow_env: EmulatorServer, tmp_path: Path
+) -> None:
+    flow_env.configure(json_answers=True)
+    database_url = f"sqlite:///{tmp_path / 'rows.db'}"
+    rows = [{"id": f"r{i}", "prompt": f"{'invalid ' if i == 2 else ''}q{i}?"} for i in range(12)]
+    output = tmp_path / "train.jsonl"
+
+    @flow
+    def generate_and_export() -> Any:
+        generate_rows(
+            rows, "rows-model", id_column="id", response_schema=Verdict, database_url=database_url
+        )
+        return export_training_set(
+            "rows", "rows-model", output, eval_output=tmp_path / "eval.jsonl",
+            eval_fraction=0.5, database_url=database_url,
+        )  # fmt: skip
+
+    manifest = generate_and_export()
+
+    train = output.read_text(encoding="utf-8").splitlines()
+    held = (tmp_path / "eval.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(train) + len(held) == 11  # r2's answer did not match: not a training row
+    assert {name: f.rows for name, f in manifest.files.items()} == {
+        "train": len(train),
+        "eval": len(held),
+    }
+    assert json.loads((tmp_path / "train.jsonl.manifest.json").read_text()) == json.loads(
+        manifest.model_dump_json()
+    )
+    line = json.loads(train[0])
+    assert list(line) == ["messages"] and line["messages"][-1]["role"] == "assistant"

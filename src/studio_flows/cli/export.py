@@ -326,7 +326,9 @@ def _table(console: Console, rows: Rows, *, with_line: bool = False) -> int:
         prompt = row["messages"][-1]["content"] if row.get("messages") else ""
         cells = [
             row.get("dataset") or "", str(row["row_key"])[:16], row["status"] or NOT_RUN, prompt,
-            row.get("result") or row.get("error") or "",
+            # A failed row may keep its raw answer (one the schema refused): show why.
+            (row.get("error") if row["status"] == "failed" else None)
+            or row.get("result") or row.get("error") or "",
         ]  # fmt: skip
         table.add_row(*([str(row["line"])] if with_line else []), *cells)
     console.print(table)
