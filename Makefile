@@ -37,7 +37,7 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
-	$(BIN)/python -m bench.first_contact
+	$(BIN)/python -m bench.first_contact  # with the ad-hoc path (bench/ad_hoc.py)
 
 clean:
 	rm -rf $(VENV) build studio_flows.db .pytest_cache .mypy_cache .ruff_cache
