@@ -3,13 +3,13 @@
 One line per completed row of a dataset and model (the latest completed answer per row):
 ``{"messages": [<the conversation as sent>, {"role": "assistant", "content": <answer>}]}``
 (with a response schema, only rows whose answer matched it are completed). Lines come in
-the dataset's order (the order its rows were first sent). With an eval file, a row goes
-there when the sha256 of its row key, read as a fraction, is below the eval fraction: the
-row key alone decides, so a row is in the same file on every export, for every model and
-dataset, and rows added and generated later never move the others. A manifest
-``<output>.manifest.json`` says what was exported and from what. Every file is written
-beside its target and renamed onto it once all are written; with no completed row nothing
-is written.
+the dataset's order (each answer's line in the dataset, stored when it was sent). With an
+eval file, a row goes there when the sha256 of its row key, read as a fraction, is below
+the eval fraction: the row key alone decides, so a row is in the same file on every
+export, for every model and dataset, and rows added and generated later never move the
+others. A manifest ``<output>.manifest.json`` says what was exported and from what. Every
+file is written beside its target and renamed onto it once all are written; with no
+completed row nothing is written.
 
 Example:
     >>> eval_share("q1") < 1.0
@@ -201,7 +201,10 @@ def iter_training_rows(
     engine: Engine, dataset: str, model_id: str, *, batch_size: int = 1000
 ) -> Iterator[dict[str, Any]]:
     """The latest completed result of each row of ``dataset`` for ``model_id``, streamed,
-    in the dataset's order: by the shard and task index each row was first sent in.
+    in the dataset's order: by the row's line in the dataset when that answer was sent.
+
+    Rows written before schema 5 have no stored line: they follow, in the order they were
+    first sent (their first result's shard, then task index).
 
     Example:
         >>> from studio_flows.storage import make_engine
@@ -214,7 +217,7 @@ def iter_training_rows(
         results.c.model_id == model_id,
         results.c.status == COMPLETED,
     )
-    # Each row's first stored result (any status, any model) dates it in the dataset.
+    # Each row's first stored result (any status, any model) places a row without a line.
     firsts = (
         sa.select(results.c.row_key, sa.func.min(results.c.id).label("id"))
         .where(results.c.dataset == dataset)
@@ -231,7 +234,14 @@ def iter_training_rows(
         sa.select(results)
         .select_from(joined)
         .where(*filters, results.c.id.in_(latest_result_ids(filters)))
-        .order_by(ledger.c.id.is_(None), ledger.c.id, first.c.task_index, first.c.id)
+        .order_by(
+            results.c.line.is_(None),
+            results.c.line,
+            ledger.c.id.is_(None),
+            ledger.c.id,
+            first.c.task_index,
+            first.c.id,
+        )
     )
     with _reading(engine) as conn:
         streamed = conn.execution_options(stream_results=True, yield_per=batch_size)
