@@ -8,8 +8,8 @@ eval file, a row goes there when the sha256 of its row key, read as a fraction, 
 the eval fraction: the row key alone decides, so a row is in the same file on every
 export, for every model and dataset, and rows added and generated later never move the
 others. A manifest ``<output>.manifest.json`` says what was exported and from what. Every
-file is written beside its target and renamed onto it once all are written; with no
-completed row nothing is written.
+file is written beside its target and renamed onto it once all are written (the manifest
+last); with no completed row nothing is written.
 
 Example:
     >>> eval_share("q1") < 1.0
@@ -129,10 +129,12 @@ def export_training(
     counts = {"train": 0, "eval": 0}
     manifest_path = output.with_name(output.name + MANIFEST_SUFFIX)
     with ExitStack() as stack:
-        # Entered in this order, renamed in the reverse one: the manifest appears last.
-        train = stack.enter_context(_written(output))
-        evaluation = stack.enter_context(_written(eval_output)) if eval_output else None
+        # Renamed in the reverse order of entering: the training file first, the manifest
+        # last; a file that cannot be renamed removes those not renamed yet (no manifest of
+        # files that are not there).
         manifest_temp = stack.enter_context(replacing(manifest_path))
+        evaluation = stack.enter_context(_written(eval_output)) if eval_output else None
+        train = stack.enter_context(_written(output))
         for row in iter_training_rows(engine, dataset, model_id):
             seen.add(row)
             to_eval = evaluation is not None and eval_share(row["row_key"]) < fraction
