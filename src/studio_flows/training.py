@@ -114,10 +114,11 @@ def export_training(
     """Write the training (and eval) file and the manifest; return the manifest.
 
     Raises :class:`ConfigurationError` (one sentence, nothing written) for a fraction
-    outside [0, 1], an eval fraction without an eval file, the same path twice, or a
-    dataset and model without a completed row.
+    outside [0, 1], an eval fraction without an eval file, the same path twice (the eval
+    file at the manifest's path too), a missing directory, or a dataset and model without
+    a completed row.
     """
-    fraction = _check_split(output, eval_output, eval_fraction)
+    fraction = _check_outputs(output, eval_output, eval_fraction)
     if not _has_completed(engine, dataset, model_id):
         raise ConfigurationError(
             f"no completed rows of dataset {dataset!r} with model {model_id!r} in "
@@ -170,7 +171,7 @@ def _sorted(values: set[str | None]) -> list[str | None]:
     return sorted(values, key=lambda value: (value is not None, value or ""))
 
 
-def _check_split(output: Path, eval_output: Path | None, fraction: float | None) -> float:
+def _check_outputs(output: Path, eval_output: Path | None, fraction: float | None) -> float:
     if fraction is not None and eval_output is None:
         raise ConfigurationError("--eval-fraction splits rows into --eval-output: give it too")
     if fraction is None:
@@ -181,6 +182,16 @@ def _check_split(output: Path, eval_output: Path | None, fraction: float | None)
         raise ConfigurationError(
             "--eval-output is --output: give the eval rows a file of their own"
         )
+    manifest = output.with_name(output.name + MANIFEST_SUFFIX)
+    if eval_output is not None and eval_output.resolve() == manifest.resolve():
+        raise ConfigurationError(
+            f"--eval-output is the manifest of --output ({manifest}): give the eval rows "
+            "a file of their own"
+        )
+    for target in (output, eval_output):
+        # Said of the file asked for before anything is written (not of the manifest).
+        if target is not None and not target.parent.is_dir():
+            raise ConfigurationError(f"cannot write {target}: no such directory {target.parent}")
     return fraction
 
 

@@ -241,3 +241,29 @@ def test_an_output_that_cannot_be_written_is_one_sentence_and_leaves_no_manifest
     assert len(lines) == 1 and "cannot write" in lines[0] and "train.jsonl" in lines[0], lines
     written = sorted(p.name for p in tmp_path.iterdir() if p.is_file() and "json" in p.name)
     assert written == ["questions.jsonl"], written  # no manifest, no eval file, no temp file
+
+
+def test_an_eval_file_at_the_manifests_path_is_one_sentence_and_nothing_written(
+    emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    assert STUDIO_FLOWS is not None
+    database_url = f"sqlite:///{tmp_path / 'results.db'}"
+    _store_completed(database_url, tmp_path / "questions.jsonl", 20)
+    env = cli_env(emulator, tmp_path / "prefect")
+    export = [
+        STUDIO_FLOWS, "export-training", "--dataset", "questions.jsonl", "--model-id", MODEL,
+        "--database-url", database_url,
+    ]  # fmt: skip
+    manifest = tmp_path / "train.jsonl.manifest.json"
+    train = str(tmp_path / "train.jsonl")
+
+    clash = run_cli([*export, "--output", train, "--eval-output", str(manifest)], env, tmp_path)
+    nowhere = run_cli([*export, "--output", str(tmp_path / "no" / "t.jsonl")], env, tmp_path)
+
+    for result in (clash, nowhere):
+        assert result.returncode == 2 and result.stdout == "", result
+        assert len(result.stderr.strip().splitlines()) == 1, result
+    assert "--eval-output is the manifest of --output" in clash.stderr
+    assert f"cannot write {tmp_path / 'no' / 't.jsonl'}: no such directory" in nowhere.stderr
+    written = sorted(p.name for p in tmp_path.iterdir() if p.is_file() and "json" in p.name)
+    assert written == ["questions.jsonl"], written
