@@ -112,8 +112,8 @@ def test_the_training_export_is_the_stored_rows_split_stably_as_rows_are_added(
     database_url = f"sqlite:///{tmp_path / 'results.db'}"
     env = cli_env(emulator, tmp_path / "prefect", api_url=prefect_server)
     args = generate_args(
-        # One job per run: the order rows were first sent in is then the file's own.
-        dataset, database_url, "--id-column", "id", "--shard-size", "100",
+        # Six jobs through three lanes: the order jobs are recorded in is not the file's.
+        dataset, database_url, "--id-column", "id", "--shard-size", "7",
         "--response-schema", str(tmp_path / "schema.json"),
     )  # fmt: skip
     emulator.configure(tokens=[SECRET_TOKEN], json_answers=True)
