@@ -37,7 +37,12 @@ from sqlalchemy.engine import Engine
 from studio_flows.kept_columns import kept_column_name
 from studio_flows.rows import Row
 from studio_flows.statuses import RowStatus
-from studio_flows.storage import iter_results_by_conversation, results_of_rows, stored_model_ids
+from studio_flows.storage import (
+    iter_latest_by_row,
+    latest_per_model,
+    results_of_rows,
+    stored_model_ids,
+)
 
 Record = dict[str, Any]
 _SPACES = re.compile(r"\s+")
@@ -57,18 +62,18 @@ class Answers:
 
     @classmethod
     def of_row(cls, row: Row, results: Sequence[Record]) -> Answers:
-        """A source row and its results (the latest result of each model wins)."""
+        """A source row and its results (the latest completed of each model wins)."""
         return cls(
             row_key=row.row_key,
             prompt=row.messages[-1].content,
             metadata=row.metadata,
-            by_model={r["model_id"]: r for r in results},
+            by_model={r["model_id"]: r for r in latest_per_model(results)},
             line=row.line,
         )
 
     @classmethod
     def of_results(cls, results: Sequence[Record]) -> Answers:
-        """The stored results of one conversation (read back by dataset name)."""
+        """The stored results of one row (read back by dataset name), one per model."""
         first = results[0]
         metadata = next((r["metadata"] for r in results if r.get("metadata")), None)
         return cls(
@@ -147,7 +152,8 @@ def wide_results(
 ) -> tuple[list[str], Iterator[Record]]:
     """The columns and records (streamed) of a wide view of stored results.
 
-    By ``dataset`` name (conversations in the order first written), or for the source
+    One answer per (row, model): the latest completed, else the latest written. By
+    ``dataset`` name (rows in the order first sent), or for the source
     ``rows`` (in their order, with ``line``, those never run included with empty answers).
     The models are ``model_id``, else every model with stored results (of that dataset, or
     of the whole table for ``rows``), sorted; the kept columns are the keys the first rows'
@@ -162,7 +168,7 @@ def wide_results(
     named = [model_id] if model_id else None
     models = named or stored_model_ids(engine, dataset=None if rows is not None else dataset)
     if rows is None:
-        grouped = iter_results_by_conversation(engine, dataset=dataset)
+        grouped = iter_latest_by_row(engine, dataset=dataset)
         answers = (Answers.of_results(results) for results in grouped)
     else:
         answers = (Answers.of_row(row, found) for row, found in results_of_rows(engine, rows))

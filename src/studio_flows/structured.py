@@ -137,7 +137,10 @@ class ResponseSchema:
         """``<path>: <reason>`` of the first problem of ``value``, None if it matches."""
         if self.model is not None:
             try:
-                self.model.model_validate(value)
+                # Strict, from JSON: the types the JSON Schema shown to the model names, no
+                # coercion ("5" is not an integer, as for a dict schema), and the model's own
+                # validators still run (checks a JSON Schema cannot say).
+                self.model.model_validate_json(json.dumps(value), strict=True)
             except ValidationError as err:
                 first = err.errors(include_url=False)[0]
                 path = ".".join(str(part) for part in first["loc"]) or "$"

@@ -3,13 +3,13 @@
 One line per completed row of a dataset and model (the latest completed answer per row):
 ``{"messages": [<the conversation as sent>, {"role": "assistant", "content": <answer>}]}``
 (with a response schema, only rows whose answer matched it are completed). Lines come in
-the dataset's order (the order its rows were first sent). With an eval file, a row goes
-there when the sha256 of its row key, read as a fraction, is below the eval fraction: the
-row key alone decides, so a row is in the same file on every export, for every model and
-dataset, and rows added and generated later never move the others. A manifest
-``<output>.manifest.json`` says what was exported and from what. Every file is written
-beside its target and renamed onto it once all are written; with no completed row nothing
-is written.
+the dataset's order (each answer's line in the dataset, stored when it was sent). With an
+eval file, a row goes there when the sha256 of its row key, read as a fraction, is below
+the eval fraction: the row key alone decides, so a row is in the same file on every
+export, for every model and dataset, and rows added and generated later never move the
+others. A manifest ``<output>.manifest.json`` says what was exported and from what. Every
+file is written beside its target and renamed onto it once all are written (the manifest
+last); with no completed row nothing is written.
 
 Example:
     >>> eval_share("q1") < 1.0
@@ -114,10 +114,11 @@ def export_training(
     """Write the training (and eval) file and the manifest; return the manifest.
 
     Raises :class:`ConfigurationError` (one sentence, nothing written) for a fraction
-    outside [0, 1], an eval fraction without an eval file, the same path twice, or a
-    dataset and model without a completed row.
+    outside [0, 1], an eval fraction without an eval file, the same path twice (the eval
+    file at the manifest's path too), a missing directory, or a dataset and model without
+    a completed row.
     """
-    fraction = _check_split(output, eval_output, eval_fraction)
+    fraction = _check_outputs(output, eval_output, eval_fraction)
     if not _has_completed(engine, dataset, model_id):
         raise ConfigurationError(
             f"no completed rows of dataset {dataset!r} with model {model_id!r} in "
@@ -129,10 +130,12 @@ def export_training(
     counts = {"train": 0, "eval": 0}
     manifest_path = output.with_name(output.name + MANIFEST_SUFFIX)
     with ExitStack() as stack:
-        # Entered in this order, renamed in the reverse one: the manifest appears last.
-        train = stack.enter_context(_written(output))
-        evaluation = stack.enter_context(_written(eval_output)) if eval_output else None
+        # Renamed in the reverse order of entering: the training file first, the manifest
+        # last; a file that cannot be renamed removes those not renamed yet (no manifest of
+        # files that are not there).
         manifest_temp = stack.enter_context(replacing(manifest_path))
+        evaluation = stack.enter_context(_written(eval_output)) if eval_output else None
+        train = stack.enter_context(_written(output))
         for row in iter_training_rows(engine, dataset, model_id):
             seen.add(row)
             to_eval = evaluation is not None and eval_share(row["row_key"]) < fraction
@@ -168,7 +171,7 @@ def _sorted(values: set[str | None]) -> list[str | None]:
     return sorted(values, key=lambda value: (value is not None, value or ""))
 
 
-def _check_split(output: Path, eval_output: Path | None, fraction: float | None) -> float:
+def _check_outputs(output: Path, eval_output: Path | None, fraction: float | None) -> float:
     if fraction is not None and eval_output is None:
         raise ConfigurationError("--eval-fraction splits rows into --eval-output: give it too")
     if fraction is None:
@@ -179,6 +182,16 @@ def _check_split(output: Path, eval_output: Path | None, fraction: float | None)
         raise ConfigurationError(
             "--eval-output is --output: give the eval rows a file of their own"
         )
+    manifest = output.with_name(output.name + MANIFEST_SUFFIX)
+    if eval_output is not None and eval_output.resolve() == manifest.resolve():
+        raise ConfigurationError(
+            f"--eval-output is the manifest of --output ({manifest}): give the eval rows "
+            "a file of their own"
+        )
+    for target in (output, eval_output):
+        # Said of the file asked for before anything is written (not of the manifest).
+        if target is not None and not target.parent.is_dir():
+            raise ConfigurationError(f"cannot write {target}: no such directory {target.parent}")
     return fraction
 
 
@@ -201,7 +214,10 @@ def iter_training_rows(
     engine: Engine, dataset: str, model_id: str, *, batch_size: int = 1000
 ) -> Iterator[dict[str, Any]]:
     """The latest completed result of each row of ``dataset`` for ``model_id``, streamed,
-    in the dataset's order: by the shard and task index each row was first sent in.
+    in the dataset's order: by the row's line in the dataset when that answer was sent.
+
+    Rows written before schema 5 have no stored line: they follow, in the order they were
+    first sent (their first result's shard, then task index).
 
     Example:
         >>> from studio_flows.storage import make_engine
@@ -214,7 +230,7 @@ def iter_training_rows(
         results.c.model_id == model_id,
         results.c.status == COMPLETED,
     )
-    # Each row's first stored result (any status, any model) dates it in the dataset.
+    # Each row's first stored result (any status, any model) places a row without a line.
     firsts = (
         sa.select(results.c.row_key, sa.func.min(results.c.id).label("id"))
         .where(results.c.dataset == dataset)
@@ -231,7 +247,14 @@ def iter_training_rows(
         sa.select(results)
         .select_from(joined)
         .where(*filters, results.c.id.in_(latest_result_ids(filters)))
-        .order_by(ledger.c.id.is_(None), ledger.c.id, first.c.task_index, first.c.id)
+        .order_by(
+            results.c.line.is_(None),
+            results.c.line,
+            ledger.c.id.is_(None),
+            ledger.c.id,
+            first.c.task_index,
+            first.c.id,
+        )
     )
     with _reading(engine) as conn:
         streamed = conn.execution_options(stream_results=True, yield_per=batch_size)

@@ -112,8 +112,8 @@ def test_the_training_export_is_the_stored_rows_split_stably_as_rows_are_added(
     database_url = f"sqlite:///{tmp_path / 'results.db'}"
     env = cli_env(emulator, tmp_path / "prefect", api_url=prefect_server)
     args = generate_args(
-        # One job per run: the order rows were first sent in is then the file's own.
-        dataset, database_url, "--id-column", "id", "--shard-size", "100",
+        # Six jobs through three lanes: the order jobs are recorded in is not the file's.
+        dataset, database_url, "--id-column", "id", "--shard-size", "7",
         "--response-schema", str(tmp_path / "schema.json"),
     )  # fmt: skip
     emulator.configure(tokens=[SECRET_TOKEN], json_answers=True)
@@ -195,3 +195,75 @@ def test_no_completed_rows_is_one_sentence_exit_2_and_nothing_written(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "no completed rows of dataset 'questions.jsonl'" in lines[0]
     assert not [p.name for p in tmp_path.iterdir() if "json" in p.name]
+
+
+def _store_completed(database_url: str, path: Path, count: int) -> None:
+    """``count`` completed rows of ``questions.jsonl``, written as a run writes them."""
+    from studio_flows.datasets import DatasetOptions, iter_good_rows, iter_shards
+    from studio_flows.rows import GenerationParams, ResultRecord
+    from studio_flows.statuses import RowStatus
+    from studio_flows.storage import complete_shard
+
+    write_dataset(path, count)
+    params = GenerationParams(MODEL)
+    rows = iter_good_rows(path, DatasetOptions(id_column="id"))
+    engine = make_engine(database_url)
+    for shard in iter_shards(rows, dataset=path.name, params=params, shard_size=10):
+        records = [
+            ResultRecord(row.identity(params), i, row.messages, RowStatus.COMPLETED, "ok", None)
+            for i, row in enumerate(shard.rows)
+        ]
+        complete_shard(
+            engine, shard, job_id=shard.shard_key, job_status="FINISHED", records=records,
+            flow_run_id=None,
+        )  # fmt: skip
+    engine.dispose()
+
+
+def test_an_output_that_cannot_be_written_is_one_sentence_and_leaves_no_manifest(
+    emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    assert STUDIO_FLOWS is not None
+    database_url = f"sqlite:///{tmp_path / 'results.db'}"
+    _store_completed(database_url, tmp_path / "questions.jsonl", 20)
+    (tmp_path / "train.jsonl").mkdir()  # a directory: the training file cannot replace it
+    args = [
+        STUDIO_FLOWS, "export-training", "--dataset", "questions.jsonl", "--model-id", MODEL,
+        "--output", str(tmp_path / "train.jsonl"), "--eval-output", str(tmp_path / "e.jsonl"),
+        "--database-url", database_url,
+    ]  # fmt: skip
+
+    result = run_cli(args, cli_env(emulator, tmp_path / "prefect"), tmp_path)
+
+    assert result.returncode == 2, result
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot write" in lines[0] and "train.jsonl" in lines[0], lines
+    written = sorted(p.name for p in tmp_path.iterdir() if p.is_file() and "json" in p.name)
+    assert written == ["questions.jsonl"], written  # no manifest, no eval file, no temp file
+
+
+def test_an_eval_file_at_the_manifests_path_is_one_sentence_and_nothing_written(
+    emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    assert STUDIO_FLOWS is not None
+    database_url = f"sqlite:///{tmp_path / 'results.db'}"
+    _store_completed(database_url, tmp_path / "questions.jsonl", 20)
+    env = cli_env(emulator, tmp_path / "prefect")
+    export = [
+        STUDIO_FLOWS, "export-training", "--dataset", "questions.jsonl", "--model-id", MODEL,
+        "--database-url", database_url,
+    ]  # fmt: skip
+    manifest = tmp_path / "train.jsonl.manifest.json"
+    train = str(tmp_path / "train.jsonl")
+
+    clash = run_cli([*export, "--output", train, "--eval-output", str(manifest)], env, tmp_path)
+    nowhere = run_cli([*export, "--output", str(tmp_path / "no" / "t.jsonl")], env, tmp_path)
+
+    for result in (clash, nowhere):
+        assert result.returncode == 2 and result.stdout == "", result
+        assert len(result.stderr.strip().splitlines()) == 1, result
+    assert "--eval-output is the manifest of --output" in clash.stderr
+    assert f"cannot write {tmp_path / 'no' / 't.jsonl'}: no such directory" in nowhere.stderr
+    written = sorted(p.name for p in tmp_path.iterdir() if p.is_file() and "json" in p.name)
+    assert written == ["questions.jsonl"], written

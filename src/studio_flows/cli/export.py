@@ -35,7 +35,13 @@ from studio_flows.files import replacing as _replacing
 from studio_flows.kept_columns import RESULT_COLUMNS, KeptColumns, kept_column_name, parsed_text
 from studio_flows.rows import BadRow, Row, messages_payload
 from studio_flows.settings import load_settings
-from studio_flows.storage import iter_metadata, iter_results, make_engine, results_of_rows
+from studio_flows.storage import (
+    iter_metadata,
+    iter_results,
+    latest_per_model,
+    make_engine,
+    results_of_rows,
+)
 
 if TYPE_CHECKING:  # pyarrow is imported by the Parquet export only
     import pyarrow as pa
@@ -93,16 +99,18 @@ class Selection:
                 order="shard", latest=True,
             )  # fmt: skip
         good = iter_good_rows(self.source, self.source_options, on_bad_row=on_bad_row)
-        return self._by_line(
-            results_of_rows(engine, good, model_id=self.model_id, status=self.status)
-        )
+        return self._by_line(results_of_rows(engine, good, model_id=self.model_id))
 
     def _by_line(self, found: Iterable[tuple[Row, list[Record]]]) -> Iterator[Record]:
         for row, results in found:
-            if not results and self.status is None:
-                results = [self._not_run(row)]
-            for result in results:
-                yield {"line": row.line, **result}
+            # One result per model: the latest completed (a row sent again with other
+            # parameters has another); the status is filtered after, as by dataset name.
+            latest = [r for r in latest_per_model(results) if self.status in (None, r["status"])]
+            if not latest and self.status is None:
+                latest = [self._not_run(row)]
+            for result in latest:
+                # The source's line now, not the stored one (the row's line when last sent).
+                yield {**result, "line": row.line}
 
     def _not_run(self, row: Row) -> Record:
         # Only what the source says: no dataset name, no job, no status.

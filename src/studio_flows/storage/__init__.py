@@ -44,9 +44,10 @@ from studio_flows.storage.ledger import (
 from studio_flows.storage.migrations import SchemaUpgrade, ensure_schema, upgrade_database
 from studio_flows.storage.readback import (
     count_results,
+    iter_latest_by_row,
     iter_metadata,
     iter_results,
-    iter_results_by_conversation,
+    latest_per_model,
     results_of_rows,
     stored_model_ids,
 )
@@ -76,9 +77,10 @@ __all__ = [
     "generation_results",
     "get_shard",
     "get_shards",
+    "iter_latest_by_row",
     "iter_metadata",
     "iter_results",
-    "iter_results_by_conversation",
+    "latest_per_model",
     "make_engine",
     "metadata",
     "open_shards",

@@ -284,6 +284,7 @@ def _result_rows(
 ) -> list[dict[str, Any]]:
     params: GenerationParams = shard.params
     schema_hash = params.response_schema.digest if params.response_schema else None
+    lines = {row.row_key: row.line for row in shard.rows}
     return [
         {
             "row_key": r.identity.row_key,
@@ -308,6 +309,7 @@ def _result_rows(
             "parsed": r.parsed,
             "schema_hash": schema_hash,
             "template_hash": params.template_hash,
+            "line": lines.get(r.identity.row_key),
         }
         for r in records
     ]

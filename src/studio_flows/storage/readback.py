@@ -82,7 +82,10 @@ def iter_results(
     filters = _result_filters(dataset, model_id, status, flow_run_id)
     query = sa.select(generation_results).where(*filters)
     if latest:
-        query = query.where(generation_results.c.id.in_(latest_result_ids(filters)))
+        # Ranked before the status filter: a row whose newest answer completed is not
+        # listed as failed for the answer an older schema or template got.
+        ranked = _result_filters(dataset, model_id, None, flow_run_id)
+        query = query.where(generation_results.c.id.in_(latest_result_ids(ranked)))
     query = _ordered(query, order)
     with _reading(engine) as conn:
         streamed = conn.execution_options(stream_results=True, yield_per=batch_size)
@@ -120,6 +123,32 @@ def latest_result_ids(filters: Sequence[sa.ColumnElement[bool]] = ()) -> sa.Sele
     return sa.select(ranked.c.id).where(ranked.c.rank == 1)
 
 
+def _latest_first(result: dict[str, Any]) -> tuple[bool, float, int]:
+    """Sort key of :func:`latest_per_model`: completed first, then newest."""
+    completed_at = result.get("completed_at")
+    return (
+        result.get("status") != COMPLETED,
+        -completed_at.timestamp() if completed_at is not None else 0.0,
+        -int(result.get("id") or 0),
+    )
+
+
+def latest_per_model(results: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One of ``results`` per model, chosen as :func:`latest_result_ids` does (the latest
+    completed, else the latest written), in model id order.
+
+    Example:
+        >>> old = {"id": 1, "model_id": "m", "status": "completed", "completed_at": None}
+        >>> new = {"id": 2, "model_id": "m", "status": "failed", "completed_at": None}
+        >>> [r["id"] for r in latest_per_model([old, new])]
+        [1]
+    """
+    chosen: dict[str, dict[str, Any]] = {}
+    for result in sorted(results, key=_latest_first):
+        chosen.setdefault(result["model_id"], result)
+    return [chosen[model] for model in sorted(chosen)]
+
+
 def iter_metadata(
     engine: Engine,
     *,
@@ -146,54 +175,50 @@ def iter_metadata(
         yield from streamed.execute(query).scalars()
 
 
-def iter_results_by_conversation(
+def iter_latest_by_row(
     engine: Engine, *, dataset: str | None = None, batch_size: int = 1000
 ) -> Iterator[list[dict[str, Any]]]:
-    """The stored results, one list per conversation (``row_key`` and ``prompt_hash``).
+    """The latest result of each model (:func:`latest_result_ids`) for each stored row, one
+    list per ``row_key``: an evaluation run's answers to one row, side by side.
 
-    Conversations come in the order of their first stored result's shard and task index
-    (the dataset's order, as ``order="shard"`` of :func:`iter_results`), their results by
-    model id then write order: an evaluation run's answers to one row, side by side.
-    Streamed like :func:`iter_results`, so memory holds one conversation at a time.
+    A row sent again after its template or response schema changed is one row still, with
+    its newest answer that counts. Rows come in the order of their first stored result's
+    shard and task index (as ``order="shard"`` of :func:`iter_results`), their results by
+    model id. Streamed like :func:`iter_results`, so memory holds one row at a time.
 
     Example:
         >>> from studio_flows.storage import make_engine
-        >>> list(iter_results_by_conversation(make_engine("sqlite://"), dataset="d"))
+        >>> list(iter_latest_by_row(make_engine("sqlite://"), dataset="d"))
         []
     """
     with _reading(engine) as conn:
         streamed = conn.execution_options(stream_results=True, yield_per=batch_size)
-        rows = (dict(row._mapping) for row in streamed.execute(_by_conversation(dataset)))
-        for _, group in itertools.groupby(rows, key=lambda r: (r["row_key"], r["prompt_hash"])):
+        rows = (dict(row._mapping) for row in streamed.execute(_latest_by_row(dataset)))
+        for _, group in itertools.groupby(rows, key=lambda r: r["row_key"]):
             yield list(group)
 
 
-def _by_conversation(dataset: str | None) -> sa.Select[Any]:
+def _latest_by_row(dataset: str | None) -> sa.Select[Any]:
     results, ledger = generation_results, generation_jobs
     where = _result_filters(dataset, None, None, None)
     firsts = (
-        sa.select(results.c.row_key, results.c.prompt_hash, sa.func.min(results.c.id).label("id"))
+        sa.select(results.c.row_key, sa.func.min(results.c.id).label("id"))
         .where(*where)
-        .group_by(results.c.row_key, results.c.prompt_hash)
+        .group_by(results.c.row_key)
         .subquery()
     )
     first = results.alias("first_result")
     joined = (
-        results.join(
-            firsts,
-            sa.and_(
-                results.c.row_key == firsts.c.row_key, results.c.prompt_hash == firsts.c.prompt_hash
-            ),
-        )
+        results.join(firsts, results.c.row_key == firsts.c.row_key)
         .join(first, first.c.id == firsts.c.id)
         .outerjoin(ledger, ledger.c.shard_key == first.c.shard_key)
     )
-    # A conversation whose first result has no ledger row (upsert_results alone) sorts last.
+    # A row whose first result has no ledger row (upsert_results alone) sorts last.
     order = (ledger.c.id.is_(None), ledger.c.id, first.c.task_index, firsts.c.id)
     return (
         sa.select(results)
         .select_from(joined)
-        .where(*where)
+        .where(*where, results.c.id.in_(latest_result_ids(where)))
         .order_by(*order, results.c.model_id, results.c.id)
     )
 

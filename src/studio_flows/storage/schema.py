@@ -16,7 +16,7 @@ from studio_flows.rows import (
 from studio_flows.statuses import RowStatus, ShardStatus
 
 # The Alembic head (revision 000N is schema N, storage/_migrations/versions/).
-SCHEMA_VERSION: Final = 4
+SCHEMA_VERSION: Final = 5
 
 # Plain strings of the enums: SQLAlchemy renders them into CHECK constraints and SQL.
 COMPLETED: Final = RowStatus.COMPLETED.value
@@ -145,6 +145,10 @@ generation_results = sa.Table(
     # the templates' hash (None: none), for a training set's manifest (schema 4).
     sa.Column("schema_hash", sa.String(_HASH), nullable=True),
     sa.Column("template_hash", sa.String(_HASH), nullable=True),
+    # The row's line (row number for Parquet) in its dataset when last sent (schema 5): the
+    # dataset's order, which no other column knows (lanes take shards in any order, and a
+    # resent row's shard is a later one). None: written before schema 5.
+    sa.Column("line", sa.Integer, nullable=True),
     sa.CheckConstraint(sa.column("status").in_(RESULT_STATUSES), name="status"),
 )
 # The row identity is unique through its digest, after the row key (see the module docstring).
