@@ -245,9 +245,10 @@ def _shown_lines(text: str) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_make_demo_prints_what_the_readme_shows(tmp_path: Path) -> None:
+def test_make_demo_prints_what_the_readme_shows(tmp_path: Path, shared_prefect_home: Path) -> None:
     database = tmp_path / "studio_flows.db"  # not the clone's own studio_flows.db
-    env = _env(tmp_path / "prefect", MODEL_STUDIO_DATABASE_URL=f"sqlite:///{database}")
+    # The session's local server: a first start is tests/cli/test_local_server.py's subject.
+    env = _env(shared_prefect_home, MODEL_STUDIO_DATABASE_URL=f"sqlite:///{database}")
     # The README's first text block is the demo's output.
     shown = TEXT_BLOCK.findall((REPO_ROOT / "README.md").read_text(encoding="utf-8"))[0]
 
