@@ -30,10 +30,10 @@ lint: $(STAMP)
 
 # Serial on purpose: pytest -n 2 (pytest-xdist) gained under 10 % even on the unit folders on 2
 # cores and would run the multi-process scenarios two at a time (bench/NOTES.md, item 24).
+# The suite, then the docstring examples not marked +SKIP, in one pytest process: a second
+# one paid pytest's start and every import again (about 30 s on a loaded machine).
 test: lint
-	$(BIN)/pytest
-	# The docstring examples that are not marked +SKIP run too.
-	$(BIN)/pytest --doctest-modules --pyargs studio_flows -o testpaths= -q
+	$(BIN)/pytest tests --doctest-modules --pyargs studio_flows
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run

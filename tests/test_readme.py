@@ -245,9 +245,10 @@ def _shown_lines(text: str) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_make_demo_prints_what_the_readme_shows(tmp_path: Path) -> None:
+def test_make_demo_prints_what_the_readme_shows(tmp_path: Path, shared_prefect_home: Path) -> None:
     database = tmp_path / "studio_flows.db"  # not the clone's own studio_flows.db
-    env = _env(tmp_path / "prefect", MODEL_STUDIO_DATABASE_URL=f"sqlite:///{database}")
+    # The session's local server: a first start is tests/cli/test_local_server.py's subject.
+    env = _env(shared_prefect_home, MODEL_STUDIO_DATABASE_URL=f"sqlite:///{database}")
     # The README's first text block is the demo's output.
     shown = TEXT_BLOCK.findall((REPO_ROOT / "README.md").read_text(encoding="utf-8"))[0]
 
@@ -270,11 +271,13 @@ def test_make_test_runs_ruff_mypy_and_the_suite() -> None:
     )
     steps = [line.split()[0].rsplit("/", 1)[-1] for line in dry.stdout.splitlines() if line]
     assert [s for s in steps if s in ("ruff", "mypy", "pytest")] == [
-        "ruff", "ruff", "mypy", "pytest", "pytest",
+        "ruff", "ruff", "mypy", "pytest",
     ]  # fmt: skip
-    suite, doctests = [line for line in dry.stdout.splitlines() if "pytest" in line.split()[0]]
+    # One process runs the suite and the docstring examples.
+    (suite,) = [line for line in dry.stdout.splitlines() if "pytest" in line.split()[0]]
     assert "-m" not in suite.split()  # the whole suite, slow tests included
-    assert "--doctest-modules" in doctests.split()
+    assert "tests" in suite.split()
+    assert {"--doctest-modules", "--pyargs", "studio_flows"} <= set(suite.split())
 
 
 # --------------------------------------------------------------------------- use it

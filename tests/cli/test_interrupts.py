@@ -55,10 +55,10 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def prefect_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """One PREFECT_HOME for every run of this module, as on a user's machine."""
-    home = tmp_path_factory.mktemp("shared-prefect-home")
-    yield home
+def prefect_home(shared_prefect_home: Path) -> Iterator[Path]:
+    """One PREFECT_HOME for every run of this module, as on a user's machine: the session's
+    (its server may have served other tests' runs, as a user's serves other commands)."""
+    yield shared_prefect_home
     _write_figures()
 
 

@@ -49,7 +49,7 @@ from tests.fixtures.harness import write_prompts
 
 @pytest.mark.slow
 def test_sigkill_after_submit_and_before_persist_loses_nothing_and_pays_nothing_twice(
-    emulator: EmulatorServer, tmp_path: Path
+    emulator: EmulatorServer, shared_prefect_home: Path, tmp_path: Path
 ) -> None:
     """10 rows, 5 shards of 2, jobs of 3 s; the emulator would accept 50 jobs at once.
 
@@ -67,7 +67,7 @@ def test_sigkill_after_submit_and_before_persist_loses_nothing_and_pays_nothing_
 
     # (a) killed right after its submits
     started = time.monotonic()
-    run1 = start_cli(args, cli_env(emulator, tmp_path / "prefect-1"), tmp_path)
+    run1 = start_cli(args, cli_env(emulator, shared_prefect_home), tmp_path)
 
     def three_submitted() -> bool:
         rows = ledger(database_url)
@@ -82,7 +82,7 @@ def test_sigkill_after_submit_and_before_persist_loses_nothing_and_pays_nothing_
     kill_a_at = time.monotonic() - started
 
     # (b) killed between job end and persist
-    run2 = start_cli(args, cli_env(emulator, tmp_path / "prefect-2"), tmp_path)
+    run2 = start_cli(args, cli_env(emulator, shared_prefect_home), tmp_path)
 
     def two_new_jobs_submitted() -> bool:
         rows = ledger(database_url)
@@ -113,7 +113,7 @@ def test_sigkill_after_submit_and_before_persist_loses_nothing_and_pays_nothing_
     assert not persisted & open_jobs  # nothing of the killed persists was written
 
     # run to completion
-    run3 = run_cli(args, cli_env(emulator, tmp_path / "prefect-3"), tmp_path)
+    run3 = run_cli(args, cli_env(emulator, shared_prefect_home), tmp_path)
     assert run3.returncode == 0, run3
     assert summary_value(run3.stdout, "jobs re-attached") == len(open_jobs)
     assert summary_value(run3.stdout, "already done") == 10 - 2 * len(open_jobs)
