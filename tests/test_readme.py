@@ -325,10 +325,10 @@ def test_db_upgrade_upgrades_an_old_database_as_typed(tmp_path: Path, database_u
     outputs = [_run(argv, env, work).stdout.strip() for argv in (typed, typed, given)]
 
     assert outputs[:2] == [
-        "upgraded sqlite:///studio_flows.db from schema 2 to 4",
-        "sqlite:///studio_flows.db is already at schema 4",
+        "upgraded sqlite:///studio_flows.db from schema 2 to 5",
+        "sqlite:///studio_flows.db is already at schema 5",
     ]
-    assert outputs[2].startswith("upgraded ") and outputs[2].endswith(" from schema 2 to 4")
+    assert outputs[2].startswith("upgraded ") and outputs[2].endswith(" from schema 2 to 5")
     password = make_url(database_url).password
     assert password is None or password not in outputs[2]
 

@@ -56,10 +56,12 @@ from studio_flows.storage.schema import (
     SCHEMA_VERSION,
     generation_jobs,
     generation_results,
+    generation_scores,
     metadata,
     schema_version,
     utcnow,
 )
+from studio_flows.storage.scores import read_scores, upsert_scores
 from studio_flows.storage.upserts import upsert_results, upsert_statement
 
 __all__ = [
@@ -74,6 +76,7 @@ __all__ = [
     "ensure_schema",
     "generation_jobs",
     "generation_results",
+    "generation_scores",
     "get_shard",
     "get_shards",
     "iter_metadata",
@@ -82,6 +85,7 @@ __all__ = [
     "make_engine",
     "metadata",
     "open_shards",
+    "read_scores",
     "recent_job_seconds",
     "record_ambiguous",
     "record_job_submitted",
@@ -92,6 +96,7 @@ __all__ = [
     "stored_model_ids",
     "upgrade_database",
     "upsert_results",
+    "upsert_scores",
     "upsert_statement",
     "utcnow",
 ]
