@@ -24,8 +24,11 @@ from tests.fixtures.cli_runs import (
     STUDIO_FLOWS,
     CliResult,
     cli_env,
+    kill_group,
     run_cli,
+    start_cli,
     summary_value,
+    wait_for,
 )
 
 MODELS = ("base", "tuned")
@@ -205,3 +208,57 @@ def test_a_bad_judge_template_or_one_without_a_judge_is_one_sentence_and_exit_2(
     assert "--judge-template" in result.stderr or "judge" in result.stderr, result
     assert len(result.stderr.strip().splitlines()) == 1, result
     assert emulator.stats()["jobs_created"] == 0
+
+
+def _judge_jobs(database_url: str) -> list[dict[str, Any]]:
+    try:
+        return _query(
+            database_url,
+            f"SELECT status, job_id FROM generation_jobs WHERE model_id = '{JUDGE}'",
+        )
+    except sa.exc.SQLAlchemyError:
+        return []  # the schema is being created
+
+
+def _judge_job_in_flight(database_url: str) -> bool:
+    """A judge job was POSTed and recorded, and no POST is under way (a kill then leaves
+    no POST of unknown outcome, which the ambiguous policy would pay again)."""
+    jobs = _judge_jobs(database_url)
+    statuses = {job["status"] for job in jobs}
+    return "submitted" in statuses and not statuses & {"pending", "ambiguous"}
+
+
+def test_a_sigkill_during_the_verdicts_then_a_rerun_reattaches_and_pays_each_once(
+    emulator: EmulatorServer, prefect_server: str, tmp_path: Path
+) -> None:
+    emulator.configure(tokens=[SECRET_TOKEN], json_answers=True, job_latency_s=3.0)
+    dataset = _dataset(tmp_path / "eval.jsonl")
+    database_url = f"sqlite:///{tmp_path / 'results.db'}"
+    env = cli_env(emulator, tmp_path / "prefect", api_url=prefect_server)
+    assert STUDIO_FLOWS is not None
+    args = [STUDIO_FLOWS, "generate", str(dataset), "--database-url", database_url]
+    for model in MODELS:
+        args += ["--model-id", model]
+    args += ["--judge-model", JUDGE, "--id-column", "id", "--shard-size", "2", "--no-progress"]
+
+    process = start_cli(args, env, tmp_path)
+    wait_for(
+        lambda: _judge_job_in_flight(database_url) or process.poll() is not None,
+        180,
+        "a judge job in flight",
+    )
+    assert process.poll() is None, "the run ended before a judge job was in flight"
+    kill_group(process)
+    created_at_kill = emulator.stats()["jobs_created"]
+
+    rerun = run_cli(args, env, tmp_path)
+
+    assert rerun.returncode == 1, rerun  # the invalid and no-json rows' verdicts
+    assert created_at_kill >= 6 + 1  # every answer job, and a judge job, before the kill
+    assert summary_value(rerun.stdout, "rows submitted") == 0, rerun
+    assert summary_value(rerun.stdout, "verdicts failed") == 4, rerun
+    assert emulator.stats()["jobs_created"] == 6 + 6  # every job once, re-attached or new
+    assert emulator.stats()["max_active_jobs"] <= 3
+    assert len(_judge_rows(database_url)) == 12
+    scores = _scores(database_url)
+    assert sorted(v["status"] for v in scores.values()) == ["completed"] * 8 + ["failed"] * 4
