@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -52,10 +53,20 @@ from studio_flows.errors import RunInterrupted
 from studio_flows.evaluation import Comparison, compare_models, side_by_side_markdown
 from studio_flows.interrupts import RunControl
 from studio_flows.jobs import JobReport, WorkItem
+from studio_flows.judging import (
+    JudgeCounts,
+    JudgeItem,
+    JudgeSpec,
+    judge_items,
+    judge_shards,
+)
+from studio_flows.judging import verdicts as _verdicts
 from studio_flows.options import GenerateOptions
 from studio_flows.planning import Planner, SharedIterator, for_each_model
+from studio_flows.scores import judge_report, latest_scores
 from studio_flows.settings import Settings
-from studio_flows.summary import ModelSummary, RunSummary, RunTally
+from studio_flows.storage import read_scores, upsert_scores
+from studio_flows.summary import JudgingSummary, ModelSummary, RunSummary, RunTally
 
 # How long a lane that holds its slot waits for the others before starting alone, while
 # the server still grants slots (once it refuses one, another run holds the rest).
@@ -412,9 +423,13 @@ def _run_generation(
         options=options,
         flow_run_id=str(flow_run.id) if flow_run.id else None,
     )
+    judges = _Judges.of(options, report, lane, params[0].params_hash)
     interrupted: RunInterrupted | None = None
     try:
         _run_lanes(lane, limit)
+        if judges is not None:
+            # After the answers, through the same lanes and slots: judge rows are paid work.
+            _run_lanes(judges.lane(options.shard_size or settings.shard_size), limit)
     except RunInterrupted as err:
         interrupted = err
     except BaseException:
@@ -427,11 +442,104 @@ def _run_generation(
     summary = _summary(options, report, planner, tally, lane, started, stopped=bool(interrupted))
     if interrupted is None and (len(options.models) > 1 or options.expected_column):
         _compare(options, report, summary, planner.engine, params[0].params_hash)
+    if judges is not None:
+        summary.judging = judges.summary(record=interrupted is None)
     _report(summary)
     if interrupted is not None:
         interrupted.summary = summary
         raise interrupted
     return summary
+
+
+@dataclass
+class _Judges:
+    """The judge pass of a run: its rows (derived from the stored answers), its lanes'
+    counters, and the verdicts copied into ``generation_scores`` afterwards."""
+
+    spec: JudgeSpec
+    options: GenerateOptions
+    report: DatasetReport
+    answers: _Lane
+    params_hash: str
+    planner: Planner
+    tally: RunTally = field(default_factory=RunTally)
+    counts: JudgeCounts = field(default_factory=JudgeCounts)
+
+    @classmethod
+    def of(
+        cls, options: GenerateOptions, report: DatasetReport, answers: _Lane, params_hash: str
+    ) -> _Judges | None:
+        spec = options.judge
+        if spec is None:
+            return None
+        planner = Planner(engine_for(answers.database.get_url()))
+        return cls(spec, options, report, answers, params_hash, planner)
+
+    @property
+    def dataset(self) -> str:
+        assert self.report.source is not None
+        return self.report.source.dataset
+
+    def items(self, counts: JudgeCounts | None = None) -> Iterator[JudgeItem]:
+        """Every completed answer of the source's rows, with its judge row (a second pass
+        over the source: bounded memory, the answers read back a chunk at a time)."""
+        assert self.report.source is not None
+        reading = self.options.dataset_options()
+        rows = iter_good_rows(self.report.source, reading, verdict=self.report.verdict)
+        return judge_items(
+            self.planner.engine,
+            rows,
+            self.options.models,
+            params_hash=self.params_hash,
+            dataset=self.dataset,
+            spec=self.spec,
+            expected_column=self.options.expected_column,
+            counts=counts,
+        )
+
+    def lane(self, shard_size: int) -> _Lane:
+        """The answers' lane, its work the judge rows still without a verdict."""
+        shards = judge_shards(
+            self.items(self.counts), self.spec, dataset=self.dataset, shard_size=shard_size
+        )
+        work = SharedIterator(self.planner.plan(shards))
+        return dataclasses.replace(self.answers, work=work, tally=self.tally)
+
+    def summary(self, *, record: bool) -> JudgingSummary:
+        """This pass's counts; with ``record``, the verdicts copied into the scores table
+        first (every judge row of the source, so a verdict a killed run left is copied now)."""
+        engine = self.planner.engine
+        if record:
+            flow_run_id = self.answers.flow_run_id
+            upsert_scores(
+                engine, _verdicts(engine, self.items(), self.spec, flow_run_id=flow_run_id)
+            )
+        models = self.options.models
+        reports = []
+        for judge in self.spec.models:
+            found = read_scores(
+                engine,
+                dataset=self.dataset,
+                models=models,
+                judge_model=judge,
+                template_hash=self.spec.template_hash,
+            )
+            reports.append(
+                judge_report(judge, self.spec.template_hash, models, latest_scores(found))
+            )
+        judges = len(self.spec.models)
+        return JudgingSummary(
+            judges=list(self.spec.models),
+            template_hash=self.spec.template_hash,
+            answers=self.counts.answers,
+            already_done=self.planner.counts.already_done,
+            rows_submitted=self.planner.counts.rows_planned,
+            completed=self.tally.completed,
+            failed=self.tally.failed + self.counts.not_rendered * judges,
+            unfinished=self.tally.unfinished,
+            jobs=self.tally.jobs,
+            reports=reports,
+        )
 
 
 def _summary(
@@ -519,6 +627,13 @@ def _report(summary: RunSummary) -> None:
         key="generation-models", table=summary.models_table(), description="Run summary by model"
     )
     create_markdown_artifact(key="generation-report", markdown=summary.markdown())
+    if summary.judging is not None:
+        create_markdown_artifact(
+            key="generation-scores",
+            markdown="# Scores\n\n"
+            + "\n".join(report.markdown() for report in summary.judging.reports),
+            description="Judged scores by model, with paired tests",
+        )
     get_run_logger().info(
         "%d completed, %d failed, %d unfinished in %d jobs (%.1f s)",
         summary.completed,

@@ -45,6 +45,10 @@ needs a group of its own.
 | `prefect gcl update tag:model-studio --limit 5` | test_readme.py::test_the_fair_use_limit_commands |
 | **docs/emulator.md** | |
 | `studio-flows emulator --port 8000` | test_readme.py::test_the_emulator_command_serves_and_stops_on_sigint |
+| **docs/evaluation.md** | |
+| `studio-flows generate examples/eval.jsonl --id-column id --template '{{ question }}' --expected-column expected --model-id <base-model-id> --model-id <tuned-model-id> --judge-model <judge-model-id>` | test_readme.py::test_the_evaluation_block_judges_and_shows_the_scores |
+| `studio-flows scores --dataset eval.jsonl` | test_readme.py::test_the_evaluation_block_judges_and_shows_the_scores |
+| `studio-flows results --wide --dataset eval.jsonl --format csv --output scored.csv` | test_readme.py::test_the_evaluation_block_judges_and_shows_the_scores |
 | **examples/README.md** | |
 | `.venv/bin/python examples/make_examples.py [OUTPUT_DIR]` | test_readme.py::test_make_examples_regenerates_the_shipped_datasets |
 
@@ -76,6 +80,7 @@ import pytest
 from sqlalchemy import make_url
 
 from studio_flows.emulator import EmulatorServer
+from studio_flows.storage import SCHEMA_VERSION
 from tests.fixtures.cli_runs import CliResult, interrupt, run_cli
 from tests.fixtures.emulator import TEST_ORGANIZATION
 from tests.fixtures.old_schemas import create_old_database, old_result_row
@@ -328,10 +333,11 @@ def test_db_upgrade_upgrades_an_old_database_as_typed(tmp_path: Path, database_u
     outputs = [_run(argv, env, work).stdout.strip() for argv in (typed, typed, given)]
 
     assert outputs[:2] == [
-        "upgraded sqlite:///studio_flows.db from schema 2 to 5",
-        "sqlite:///studio_flows.db is already at schema 5",
+        f"upgraded sqlite:///studio_flows.db from schema 2 to {SCHEMA_VERSION}",
+        f"sqlite:///studio_flows.db is already at schema {SCHEMA_VERSION}",
     ]
-    assert outputs[2].startswith("upgraded ") and outputs[2].endswith(" from schema 2 to 5")
+    assert outputs[2].startswith("upgraded ")
+    assert outputs[2].endswith(f" from schema 2 to {SCHEMA_VERSION}")
     password = make_url(database_url).password
     assert password is None or password not in outputs[2]
 
@@ -396,6 +402,42 @@ def test_the_compare_models_block_scores_and_exports_side_by_side(
         "row_key", "expected", "prompt", f"answer:{MODEL}", f"status:{MODEL}",
         f"answer:{MODEL}-tuned", f"status:{MODEL}-tuned",
     ]  # fmt: skip
+
+
+def test_the_evaluation_block_judges_and_shows_the_scores(
+    emulator: EmulatorServer, prefect_server: str, tmp_path: Path
+) -> None:
+    (tmp_path / "examples").mkdir()
+    shutil.copy(REPO_ROOT / "examples" / "eval.jsonl", tmp_path / "examples" / "eval.jsonl")
+    env = _env(tmp_path / "prefect", PREFECT_API_URL=prefect_server, COLUMNS="200",
+               MODEL_STUDIO_BASE_URL=emulator.base_url, MODEL_STUDIO_TOKEN=emulator.token,
+               MODEL_STUDIO_ORGANIZATION_ID=TEST_ORGANIZATION)  # fmt: skip
+    emulator.reset()
+    emulator.configure(json_answers=True)  # the judge answers its rubric in JSON
+    models = {"<base-model-id>": "base", "<tuned-model-id>": "tuned", "<judge-model-id>": "judge"}
+    page = (REPO_ROOT / "docs" / "evaluation.md").read_text(encoding="utf-8")
+
+    judged = _run(
+        substitute(command("studio-flows generate examples/eval.jsonl --id-column"), models),
+        env,
+        tmp_path,
+    )
+    assert judged.returncode == 0, judged
+    assert emulator.stats()["jobs_created"] == 3  # 8 rows: a job per model, one of verdicts
+    assert emulator.stats()["max_active_jobs"] <= 3
+    sentence = "tuned wins 5, ties 0, loses 3 against base (p = 0.6484)"
+    assert sentence in judged.stdout and sentence in page, judged
+    for line in ("│ judge │ base  │           8 │ 2.75 [1.88, 3.75] │", "5/0/3 │ 0.6484 │"):
+        assert line in judged.stdout and line in page, judged
+    history = _run(command("studio-flows scores --dataset eval.jsonl"), env, tmp_path)
+    assert history.returncode == 0, history
+    assert re.search(r"│ judge │ \w+ +│ tuned │ 8 +│ 2\.88 │ 0 +│", history.stdout), history
+    exported = _run(command("studio-flows results --wide"), env, tmp_path)
+    assert exported.stderr.strip() == "wrote 8 rows to scored.csv", exported
+    with (tmp_path / "scored.csv").open(encoding="utf-8", newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    assert list(rows[0])[-2:] == ["score:base", "score:tuned"]
+    assert sum(float(row["score:tuned"]) for row in rows) / len(rows) == 2.875
 
 
 def test_the_training_block_generates_with_a_schema_and_exports(

@@ -54,6 +54,7 @@ _PUBLIC = {
     "wait_for_generation_job": "studio_flows.tasks.generation",
     "generate": "studio_flows.tasks.generation",
     "read_results": "studio_flows.tasks.generation",
+    "read_scores": "studio_flows.tasks.scores",
     "export_training_set": "studio_flows.tasks.generation",
     "generate_dataset": "studio_flows.flows.generate",
     "generate_rows": "studio_flows.flows.rows",
@@ -91,6 +92,7 @@ __all__ = [
     "generate_dataset",
     "generate_rows",
     "read_results",
+    "read_scores",
     "submit_generation_job",
     "wait_for_generation_job",
 ]
@@ -128,6 +130,7 @@ if TYPE_CHECKING:
         submit_generation_job,
         wait_for_generation_job,
     )
+    from studio_flows.tasks.scores import read_scores
 
 
 def __getattr__(name: str) -> Any:

@@ -13,9 +13,14 @@ Example:
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+from sqlalchemy.engine import Engine
+
 from studio_flows.datasets import DatasetReport, iter_good_rows, iter_shards
+from studio_flows.judging import judge_items, judge_shards
 from studio_flows.options import GenerateOptions
 from studio_flows.planning import Planner, for_each_model
 from studio_flows.storage import make_engine
@@ -34,6 +39,9 @@ class DryRunPlan:
     rows_to_submit: int
     jobs_to_submit: int
     jobs_to_reattach: int
+    judge_rows_to_submit: int = 0
+    judge_jobs_to_submit: int = 0
+    judged: bool = False
 
     def table(self) -> list[tuple[str, int]]:
         """Label and value of each count, in the order a user reads them.
@@ -50,7 +58,14 @@ class DryRunPlan:
             ("rows that would be submitted", self.rows_to_submit),
             ("jobs that would be submitted", self.jobs_to_submit),
             ("recorded jobs to re-attach", self.jobs_to_reattach),
-        ]
+        ] + (
+            [
+                ("verdicts that would be submitted", self.judge_rows_to_submit),
+                ("judge jobs that would be submitted", self.judge_jobs_to_submit),
+            ]
+            if self.judged
+            else []
+        )
 
 
 def plan_run(
@@ -73,6 +88,13 @@ def plan_run(
             else:
                 jobs += 1
                 submitted_rows += len(work.shard.rows)
+        judge_rows, judge_jobs = _judge_plan(
+            options,
+            report,
+            engine,
+            shard_size=shard_size,
+            new_answers=planner.counts.planned_by_model,
+        )
     finally:
         engine.dispose()
     return DryRunPlan(
@@ -85,4 +107,44 @@ def plan_run(
         rows_to_submit=submitted_rows,
         jobs_to_submit=jobs,
         jobs_to_reattach=reattach,
+        judge_rows_to_submit=judge_rows,
+        judge_jobs_to_submit=judge_jobs,
+        judged=options.judge is not None,
     )
+
+
+def _judge_plan(
+    options: GenerateOptions,
+    report: DatasetReport,
+    engine: Engine,
+    *,
+    shard_size: int,
+    new_answers: Mapping[str, int],
+) -> tuple[int, int]:
+    """Verdicts and judge jobs a run would submit: the stored answers without a verdict,
+    planned as the run plans them, and one per answer this run would give (counted as if
+    each completes; their judge rows cannot be known before the answers are)."""
+    spec = options.judge
+    if spec is None:
+        return 0, 0
+    assert report.source is not None
+    rows = iter_good_rows(report.source, options.dataset_options(), verdict=report.verdict)
+    items = judge_items(
+        engine,
+        rows,
+        options.models,
+        params_hash=options.generation_params()[0].params_hash,
+        dataset=report.source.dataset,
+        spec=spec,
+        expected_column=options.expected_column,
+    )
+    planner = Planner(engine)
+    stored_jobs = {judge: 0 for judge in spec.models}
+    for work in planner.plan(
+        judge_shards(items, spec, dataset=report.source.dataset, shard_size=shard_size)
+    ):
+        stored_jobs[work.shard.params.model_id] += int(work.job_id is None)
+    fresh = sum(new_answers.values())
+    rows_total = planner.counts.rows_planned + fresh * len(spec.models)
+    jobs = sum(stored_jobs.values()) + len(spec.models) * math.ceil(fresh / shard_size)
+    return rows_total, jobs

@@ -11,7 +11,9 @@ from the results stored under a dataset name, and turned into
   normalised answer contains the normalised expected one). Normalised: case folded,
   punctuation dropped, whitespace collapsed. A row with no answer from a model counts as a
   miss for it; a row without an expected value is not scored;
-- a markdown table of the first rows, one answer per model (:func:`side_by_side_markdown`).
+- a markdown table of the first rows, one answer per model (:func:`side_by_side_markdown`);
+- judged scores (:func:`judged_scores`): a ``score:<model>`` column per judged model in the
+  wide records.
 
 Example:
     >>> row = Answers("r1", "Capital of France?", {"expected": "Paris"},
@@ -40,6 +42,7 @@ from studio_flows.statuses import RowStatus
 from studio_flows.storage import (
     iter_latest_by_row,
     latest_per_model,
+    read_scores,
     results_of_rows,
     stored_model_ids,
 )
@@ -175,7 +178,46 @@ def wide_results(
     ahead = list(itertools.islice(answers, _LOOKAHEAD))
     kept = sorted({key for row in ahead for key in (row.metadata or {})})
     columns = wide_columns(models, kept, with_line=rows is not None)
-    return columns, iter_wide_records(itertools.chain(ahead, answers), models, kept=kept)
+    records = iter_wide_records(itertools.chain(ahead, answers), models, kept=kept)
+    scores = judged_scores(engine, models, dataset=None if rows is not None else dataset)
+    scored = [model for model in models if model in scores]
+    if not scored:
+        return columns, records
+    return columns + [f"score:{m}" for m in scored], _with_scores(records, scored, scores)
+
+
+def judged_scores(
+    engine: Engine, models: Sequence[str], *, dataset: str | None = None
+) -> dict[str, dict[str, float]]:
+    """``{model: {row_key: score}}``: each row's judged score, the mean over its judges'
+    latest completed verdicts (of ``dataset``'s rows, or of every dataset).
+
+    Example:
+        >>> from studio_flows.storage import make_engine
+        >>> judged_scores(make_engine("sqlite://"), ["a"], dataset="d")
+        {}
+    """
+    latest: dict[tuple[str, str, str], float] = {}
+    for verdict in read_scores(engine, dataset=dataset, models=models, status="completed"):
+        if verdict["score"] is not None:
+            key = (verdict["model_id"], verdict["row_key"], verdict["judge_model"])
+            latest[key] = float(verdict["score"])
+    judged: dict[str, dict[str, list[float]]] = {}
+    for (model, row_key, _judge), score in latest.items():
+        judged.setdefault(model, {}).setdefault(row_key, []).append(score)
+    return {
+        model: {row: round(sum(found) / len(found), 2) for row, found in rows.items()}
+        for model, rows in judged.items()
+    }
+
+
+def _with_scores(
+    records: Iterator[Record], models: Sequence[str], scores: Mapping[str, Mapping[str, float]]
+) -> Iterator[Record]:
+    for record in records:
+        for model in models:
+            record[f"score:{model}"] = scores[model].get(record["row_key"])
+        yield record
 
 
 def normalise(text: str) -> str:

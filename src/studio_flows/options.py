@@ -32,6 +32,7 @@ from pydantic import (
 
 from studio_flows.datasets import DatasetOptions, DatasetSource, FileSource, SqlSource
 from studio_flows.errors import ConfigurationError
+from studio_flows.judging import JudgeSpec
 from studio_flows.redaction import RedactedUrl
 from studio_flows.rows import GenerationParams, canonical_json, sha256_hex
 from studio_flows.settings import check_database_url
@@ -114,6 +115,15 @@ class GenerateOptions(BaseModel):
     response_schema: dict[str, Any] | None = Field(
         default=None,
         description="JSON Schema (2020-12) every answer's JSON must match; shown to the model",
+    )
+    judge_models: list[str] = Field(
+        default_factory=list,
+        description="Judge models: each scores every completed answer (1-5, with a reason)",
+    )
+    judge_template: str | None = Field(
+        default=None,
+        description="Jinja2 judge prompt over the row's columns, answer, expected and model_id "
+        "(default: a 1-5 rubric)",
     )
     # A pydantic model class the answers are validated with (generate_rows); its JSON
     # Schema is ``response_schema``. Not a parameter: a class has no JSON form.
@@ -207,6 +217,26 @@ class GenerateOptions(BaseModel):
             raise ValueError("a model id is empty")
         return self
 
+    @model_validator(mode="after")
+    def _judges(self) -> GenerateOptions:
+        if any(not judge.strip() for judge in self.judge_models):
+            raise ValueError("a judge model id is empty")
+        if self.judge_template is not None and not self.judge_models:
+            raise ValueError("judge_template needs a judge model (judge_models)")
+        return self
+
+    @property
+    def judge(self) -> JudgeSpec | None:
+        """Who judges the answers and with which template (None: nobody).
+
+        Example:
+            >>> GenerateOptions(dataset_path="p.jsonl", model_id="m", judge_models=["j"]).judge
+            JudgeSpec(models=('j',), template_text=None)
+        """
+        if not self.judge_models:
+            return None
+        return JudgeSpec(tuple(dict.fromkeys(self.judge_models)), self.judge_template)
+
     @property
     def models(self) -> list[str]:
         """Every model of the run, in the order given, each once (``model_id`` first)."""
@@ -227,9 +257,14 @@ class GenerateOptions(BaseModel):
         )
 
     def _kept(self) -> tuple[str, ...]:
-        """The kept columns, with the expected-answer column (scores read it back)."""
+        """The kept columns, with the expected-answer column (scores read it back) and the
+        columns a judge template reads."""
         expected = self.expected_column
         extra = [expected] if expected and expected not in self.keep_columns else []
+        # The columns a judge template reads are kept too: judges see them beside the answer.
+        judge = self.judge
+        named = sorted(judge.columns()) if judge is not None else []
+        extra += [name for name in named if name not in (*self.keep_columns, *extra)]
         return (*self.keep_columns, *extra)
 
     def source(self, sql_url: str | None = None) -> DatasetSource:

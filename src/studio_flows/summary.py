@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel, Field
 
 from studio_flows.jobs import JobReport
+from studio_flows.scores import JudgeReport
 
 
 class ModelSummary(BaseModel):
@@ -37,6 +38,47 @@ class ModelSummary(BaseModel):
     scored_rows: int = 0
     exact_match: float | None = None
     contains: float | None = None
+
+
+class JudgingSummary(BaseModel):
+    """What the run's judges did (their jobs, this run) and what every stored score says.
+
+    ``reports`` cover every stored verdict of the dataset's rows and the run's models from
+    each judge with this template, not only this run's.
+    """
+
+    judges: list[str]
+    template_hash: str
+    answers: int = Field(default=0, description="completed answers the judges score")
+    already_done: int = Field(default=0, description="verdicts a past run completed")
+    rows_submitted: int = 0
+    completed: int = 0
+    failed: int = Field(default=0, description="verdicts that failed (retried on rerun)")
+    unfinished: int = 0
+    jobs: int = 0
+    reports: list[JudgeReport] = Field(default_factory=list)
+
+    def table(self) -> list[dict[str, str | int | float]]:
+        """Rows for the run summary's two-column table."""
+        labels = {
+            "answers": "answers to judge",
+            "already_done": "verdicts already done",
+            "rows_submitted": "verdicts submitted",
+            "completed": "verdicts completed",
+            "failed": "verdicts failed",
+            "unfinished": "verdicts unfinished",
+            "jobs": "judge jobs",
+        }
+        return [{"metric": label, "value": getattr(self, key)} for key, label in labels.items()]
+
+    def sentences(self) -> list[str]:
+        """One line per paired comparison, naming the judge when there are several."""
+        several = len(self.reports) > 1
+        return [
+            (f"{report.judge_model}: " if several else "") + pair.sentence()
+            for report in self.reports
+            for pair in report.paired
+        ]
 
 
 class RunSummary(BaseModel):
@@ -68,6 +110,7 @@ class RunSummary(BaseModel):
     errors: list[str] = Field(default_factory=list, description="first shard errors")
     interrupted_by: str | None = Field(default=None, description="the signal that stopped it")
     models: list[ModelSummary] = Field(default_factory=list, description="counts by model")
+    judging: JudgingSummary | None = Field(default=None, description="the judges' share")
 
     @property
     def rows_to_do(self) -> int:
@@ -109,7 +152,8 @@ class RunSummary(BaseModel):
     @property
     def all_completed(self) -> bool:
         """True when no row of this run failed or was left unfinished."""
-        return self.failed == 0 and self.unfinished == 0
+        judged = self.judging is None or (self.judging.failed == 0 and not self.judging.unfinished)
+        return self.failed == 0 and self.unfinished == 0 and judged
 
     def table(self) -> list[dict[str, str | int | float]]:
         """Rows for a two-column table (a Prefect table artifact, the CLI)."""
@@ -130,7 +174,8 @@ class RunSummary(BaseModel):
             "requests_per_job": "requests a job",
             "wall_time_s": "wall time (s)",
         }
-        return [{"metric": label, "value": getattr(self, key)} for key, label in labels.items()]
+        rows = [{"metric": label, "value": getattr(self, key)} for key, label in labels.items()]
+        return rows + (self.judging.table() if self.judging is not None else [])
 
     def models_table(self) -> list[dict[str, str | int | float]]:
         """One row per model: what it answered, in how many jobs and how long; its scores.
@@ -194,6 +239,8 @@ class RunSummary(BaseModel):
                 lines += ["", f"## {title}", ""] + [f"- `{item}`" for item in items]
         if not any(items for _, items in sections):
             lines += ["", "No bad rows and no errors."]
+        if self.judging is not None:
+            lines += ["", "## Scores", ""] + [report.markdown() for report in self.judging.reports]
         return "\n".join(lines) + "\n"
 
 

@@ -23,13 +23,25 @@ from studio_flows.cli import (  # noqa: E402  (registers commands)
     emulator,
     results,
     run,
+    scores,
     server,
     serving,
     training,
 )
 from studio_flows.cli.app import app, err_console  # noqa: E402
 
-__all__ = ["app", "db", "emulator", "main", "results", "run", "server", "serving", "training"]
+__all__ = [
+    "app",
+    "db",
+    "emulator",
+    "main",
+    "results",
+    "run",
+    "scores",
+    "server",
+    "serving",
+    "training",
+]
 
 
 def main() -> None:

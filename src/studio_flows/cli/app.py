@@ -18,6 +18,7 @@ COMMAND_ORDER = (
     "generate",
     "demo",
     "results",
+    "scores",
     "export-training",
     "emulator",
     "serve",

@@ -39,6 +39,8 @@ def _print_summary(summary: RunSummary) -> None:
     console.print(table)
     if len(summary.models) > 1 or any(m.exact_match is not None for m in summary.models):
         _print_models(summary)
+    if summary.judging is not None:
+        _print_scores(summary)
     for title, items in (("bad rows skipped", summary.bad_rows), ("errors", summary.errors)):
         if items:
             console.print(f"[yellow]{title}:[/]")
@@ -54,6 +56,24 @@ def _print_models(summary: RunSummary) -> None:
     for row in rows:
         table.add_row(*(str(value) for value in row.values()))
     console.print(table)
+
+
+def _print_scores(summary: RunSummary) -> None:
+    """Each judge's table (every stored score of the dataset's rows) and the sentences."""
+    assert summary.judging is not None
+    for report in summary.judging.reports:
+        rows = report.table()
+        if not rows:
+            console.print(f"judge {report.judge_model}: no scores yet")
+            continue
+        table = Table(title=f"scores by {report.judge_model} (all runs)")
+        for name in rows[0]:
+            table.add_column(name, justify="left" if name in ("judge", "model") else "right")
+        for row in rows:
+            table.add_row(*(str(value) for value in row.values()))
+        console.print(table)
+    for sentence in summary.judging.sentences():
+        console.print(sentence, highlight=False, soft_wrap=True)
 
 
 def _run_flow(options: GenerateOptions, show_progress: bool) -> RunSummary:
@@ -262,6 +282,18 @@ def generate(
             help="JSON Schema (2020-12) each answer's JSON must match; shown to the model",
         ),
     ] = None,
+    judge_model: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--judge-model", help="A judge model scores every answer (1-5); repeat for several"
+        ),
+    ] = None,
+    judge_template: Annotated[
+        str | None,
+        typer.Option(
+            help="Jinja2 judge prompt over the row's columns, answer, expected and model_id"
+        ),
+    ] = None,
     credentials_block: Annotated[str | None, typer.Option(help="Credentials block name")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar")] = True,
 ) -> None:
@@ -296,7 +328,11 @@ def generate(
             keep_columns=_column_list(keep_columns),
             credentials_block=credentials_block,
             response_schema=None if schema is None else schema.schema,
+            judge_models=judge_model or [],
+            judge_template=judge_template,
         )
+        if options.judge is not None:
+            _ = options.judge.template  # a syntax error: one sentence before any work
         if dry_run:
             _dry_run(options)
             return

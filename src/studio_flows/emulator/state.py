@@ -65,7 +65,8 @@ def _answer(model_id: str, conversation: list[_Turn], json_answers: bool = False
 
 
 def _json_answer(text: str, prompt: str) -> str:
-    """``{"answer": text, "score": n}`` in the shape the prompt's words ask for (``json_answers``).
+    """``{"answer": text, "score": n}`` in the shape the prompt's words ask for (``json_answers``);
+    a prompt that asks for a ``"reason"`` (a judge's rubric) gets ``{"score": 1-5, "reason"}``.
 
     Example:
         >>> _json_answer("m answers: q bare", "q bare")
@@ -75,6 +76,9 @@ def _json_answer(text: str, prompt: str) -> str:
         return text
     score: int | str = "high" if "invalid" in prompt else len(prompt) % 10
     value = json.dumps({"answer": text, "score": score})
+    if '"reason"' in prompt:  # a judge's rubric: a 1-5 verdict with a reason
+        verdict = "high" if "invalid" in prompt else 1 + len(prompt) % 5
+        value = json.dumps({"score": verdict, "reason": f"{len(prompt)} characters"})
     if "fenced" in prompt:
         return f"Here it is:\n```json\n{value}\n```\nAnything else?"
     if "bare" in prompt:

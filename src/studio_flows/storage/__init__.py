@@ -57,10 +57,12 @@ from studio_flows.storage.schema import (
     SCHEMA_VERSION,
     generation_jobs,
     generation_results,
+    generation_scores,
     metadata,
     schema_version,
     utcnow,
 )
+from studio_flows.storage.scores import read_scores, upsert_scores
 from studio_flows.storage.upserts import upsert_results, upsert_statement
 
 __all__ = [
@@ -75,6 +77,7 @@ __all__ = [
     "ensure_schema",
     "generation_jobs",
     "generation_results",
+    "generation_scores",
     "get_shard",
     "get_shards",
     "iter_latest_by_row",
@@ -84,6 +87,7 @@ __all__ = [
     "make_engine",
     "metadata",
     "open_shards",
+    "read_scores",
     "recent_job_seconds",
     "record_ambiguous",
     "record_job_submitted",
@@ -94,6 +98,7 @@ __all__ = [
     "stored_model_ids",
     "upgrade_database",
     "upsert_results",
+    "upsert_scores",
     "upsert_statement",
     "utcnow",
 ]

@@ -1,4 +1,4 @@
-"""The two tables, their indexes beside them, and the statuses and sizes they allow."""
+"""The tables, their indexes beside them, and the statuses and sizes they allow."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from studio_flows.rows import (
 from studio_flows.statuses import RowStatus, ShardStatus
 
 # The Alembic head (revision 000N is schema N, storage/_migrations/versions/).
-SCHEMA_VERSION: Final = 5
+SCHEMA_VERSION: Final = 6
 
 # Plain strings of the enums: SQLAlchemy renders them into CHECK constraints and SQL.
 COMPLETED: Final = RowStatus.COMPLETED.value
@@ -184,3 +184,29 @@ generation_jobs = sa.Table(
 )
 # open_shards() after a crash filters by status (and dataset).
 sa.Index(None, generation_jobs.c.status, generation_jobs.c.dataset)
+
+# A judge's verdict on one answer (schema 6): the answer's identity (its dataset, row key
+# and model, and its RowIdentity.key), who judged it with which template, and the verdict.
+# Unique on (answer, judge, template): a rerun overwrites a failed verdict, never adds one.
+generation_scores = sa.Table(
+    "generation_scores",
+    metadata,
+    sa.Column("id", BigIntId, primary_key=True, autoincrement=True),
+    sa.Column("dataset", sa.String(_DATASET), nullable=False),
+    sa.Column("row_key", sa.String(_ROW_KEY), nullable=False),
+    sa.Column("model_id", sa.String(_MODEL_ID), nullable=False),
+    sa.Column("answer_key", sa.String(_IDENTITY_KEY), nullable=False),
+    sa.Column("answer_id", sa.BigInteger, nullable=True),
+    sa.Column("judge_model", sa.String(_MODEL_ID), nullable=False),
+    sa.Column("template_hash", sa.String(_HASH), nullable=False),
+    sa.Column("score", sa.Float, nullable=True),
+    sa.Column("reason", sa.Text, nullable=True),
+    sa.Column("status", sa.String(_STATUS), nullable=False),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("flow_run_id", sa.String(64), nullable=True),
+    sa.Column("scored_at", UTCDateTime, nullable=False, default=utcnow),
+    sa.CheckConstraint(sa.column("status").in_(RESULT_STATUSES), name="status"),
+    sa.UniqueConstraint("answer_key", "judge_model", "template_hash"),
+)
+# The summary and `studio-flows scores` read a dataset's scores by model.
+sa.Index(None, generation_scores.c.dataset, generation_scores.c.model_id)
