@@ -23,8 +23,10 @@ poller keeps a *distribution* of each job's duration and chooses poll times agai
   time up to the programme's, the chance of each progress count it could see, the plan
   that count would lead to, and the expected cost of the whole (lateness plus price).
 
-Before anything is known (no finished job, no progress) the interval backs off from
-``start`` to ``maximum``; jobs predicted shorter than a few GETs skip the planning.
+Before anything is known (no finished job, no progress) a look waits ``start``, then 15 %
+of the job's age (at most ``maximum``); a service that shows no count until the end is
+learnt from the windows its jobs ended in; jobs predicted shorter than a few GETs skip the
+planning.
 
 Example:
     >>> history = DurationHistory()
@@ -576,7 +578,6 @@ class PollPlan:
     budget: float | None = None
     _tasks: int = 0
     _polls: int = 0
-    _backoff: float = 0.0
     _overdue: float = 0.0
     _price: float | None = None
     _progress: _Progress | None = None
