@@ -305,7 +305,10 @@ def run_jitter(server: Any, work: Path, sizes: JitterSizes = FULL_JITTER) -> dic
 
     log(f"P6 and the trade-off replayed on a fake clock, seeds {SEEDS[0]}-{SEEDS[-1]}")
     replay_seeds = SEEDS if sizes == FULL_JITTER else SEEDS[:2]
+    from bench.styles import run_styles
+
     return {
+        **run_styles(sizes),
         "p6": p6,
         "poll_replay": run_replay(replay_seeds, sizes.jobs, sizes.mean_s),
         "poll_tradeoff": run_tradeoff(sizes),
@@ -315,6 +318,8 @@ def run_jitter(server: Any, work: Path, sizes: JitterSizes = FULL_JITTER) -> dic
 
 
 def figures(details: dict[str, Any]) -> dict[str, Any]:
+    from bench.styles import figures as style_figures
+
     p6 = details["p6"]
     curve = details["poll_tradeoff"]
     replayed = details.get("poll_replay", {})
@@ -325,6 +330,7 @@ def figures(details: dict[str, Any]) -> dict[str, Any]:
         "poll_tradeoff_ours_at_or_below_fixed": all(
             point["ours_ratio"] <= point["fixed_ratio"] for point in curve
         ),
+        **style_figures(details),
     }
 
 

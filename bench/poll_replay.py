@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.jitter import SIGMA, SLOTS, TASKS, fixed_interval_for, perfect_makespan
-from studio_flows.emulator import EmulatorConfig, EmulatorState
+from studio_flows.emulator import STYLES, EmulatorConfig, EmulatorState, EmulatorStyle
 from studio_flows.polling import DurationHistory, PollPlan
 
 POST_S = 0.004
@@ -49,6 +49,7 @@ class _Run:
     timings: list[tuple[float, list[float]]]
     budget: float | None
     interval: float | None
+    style: EmulatorStyle
     history: DurationHistory = field(default_factory=DurationHistory)
     events: list[tuple[float, int, int, _Job | None]] = field(default_factory=list)
     created: int = 0
@@ -94,9 +95,24 @@ class _Run:
             assert self.interval is not None
             self.push(answered + self.interval, lane, job)
             return
-        completed = sum(1 for end in job.ends if end <= elapsed)
+        completed = visible_count(self.style, job.ends, elapsed)
         delay = job.plan.next_delay(elapsed=job.last_running, completed=completed, total=TASKS)
         self.push(answered + delay, lane, job)
+
+
+def visible_count(style: EmulatorStyle, ends: list[float], elapsed: float) -> int:
+    """``completed_tasks`` of a running job as ``style`` shows it (what the client reads).
+
+    Example:
+        >>> [visible_count(STYLES[name], [1.0, 2.0], 1.5) for name in ("quiet", "queued")]
+        [0, 1]
+    """
+    return sum(1 for end in ends if end <= elapsed) if style.progress else 0
+
+
+def steady_timings(jobs: int = 15, latency_s: float = 5.0) -> list[tuple[float, list[float]]]:
+    """P1's jobs: each ``latency_s`` long, its tasks ending evenly."""
+    return [(latency_s, [latency_s * (i + 1) / TASKS for i in range(TASKS)])] * jobs
 
 
 def timings(seed: int, jobs: int, mean_s: float) -> list[tuple[float, list[float]]]:
@@ -117,6 +133,7 @@ def replay(
     *,
     budget: float | None = None,
     interval: float | None = None,
+    style: EmulatorStyle = STYLES["reference"],
 ) -> dict[str, float]:
     """Makespan ratio to the perfect client and requests a job, of ours or a fixed poller.
 
@@ -125,7 +142,7 @@ def replay(
         >>> replay(steady, interval=0.5)["requests_per_job"]
         3.0
     """
-    run = _Run(jobs, budget, interval)
+    run = _Run(jobs, budget, interval, style)
     for lane in range(SLOTS):
         run.push(0.0, lane, None)
     while run.events:
@@ -143,20 +160,28 @@ def _mean(runs: list[dict[str, float]], key: str) -> float:
 
 
 def run_replay(
-    seeds: tuple[int, ...] = SEEDS, jobs: int = 15, mean_s: float = 5.0
+    seeds: tuple[int, ...] = SEEDS,
+    jobs: int = 15,
+    mean_s: float = 5.0,
+    style: EmulatorStyle = STYLES["reference"],
 ) -> dict[str, Any]:
-    """P6 (the default budget) and the trade-off, each a mean over ``seeds``."""
+    """P1/P5 (steady jobs), P6 (the default budget) and the trade-off on ``style``.
+
+    P6 and the trade-off are means over ``seeds``; steady jobs need no seed.
+    """
+    steady = replay(steady_timings(jobs, mean_s), style=style)
     per_seed = {seed: timings(seed, jobs, mean_s) for seed in seeds}
-    p6 = [replay(per_seed[seed]) for seed in seeds]
+    p6 = [replay(per_seed[seed], style=style) for seed in seeds]
     curve = []
     for budget in BUDGETS:
-        ours = [replay(per_seed[seed], budget=budget) for seed in seeds]
+        ours = [replay(per_seed[seed], budget=budget, style=style) for seed in seeds]
         fixed = [
             replay(
                 per_seed[seed],
                 interval=fixed_interval_for(
                     [duration for duration, _ in per_seed[seed]], run["requests_per_job"]
                 ),
+                style=style,
             )
             for seed, run in zip(seeds, ours, strict=True)
         ]
@@ -171,11 +196,32 @@ def run_replay(
         )
     return {
         "seeds": [seeds[0], seeds[-1]],
+        "p1_ratio": round(steady["ratio"], 4),
+        "p5_requests_per_job": round(steady["requests_per_job"], 4),
         "p6_ratio": _mean(p6, "ratio"),
         "p6_requests_per_job": _mean(p6, "requests_per_job"),
         "p6_worst_seed_ratio": round(max(run["ratio"] for run in p6), 4),
         "curve": curve,
+        "at_or_below_fixed": all(p["ours_ratio"] <= p["fixed_ratio"] for p in curve),
     }
+
+
+def run_styles_replay(
+    seeds: tuple[int, ...] = SEEDS, jobs: int = 15, mean_s: float = 5.0
+) -> dict[str, dict[str, Any]]:
+    """:func:`run_replay` on every emulator style, by style name.
+
+    The client reads only ``completed_tasks`` and whether the status is terminal (in any
+    case), so styles that differ only in status names, partial results or result order
+    give the poller the same looks: each reading of ``completed_tasks`` is replayed once.
+    """
+    by_reading: dict[bool, dict[str, Any]] = {}
+    out = {}
+    for name, style in STYLES.items():
+        if style.progress not in by_reading:
+            by_reading[style.progress] = run_replay(seeds, jobs, mean_s, style)
+        out[name] = by_reading[style.progress]
+    return out
 
 
 def replay_section(details: dict[str, Any]) -> list[str]:
@@ -207,9 +253,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.poll_replay", description=__doc__)
     parser.add_argument("--first-seed", type=int, default=SEEDS[0])
     parser.add_argument("--seeds", type=int, default=len(SEEDS))
+    parser.add_argument("--style", choices=["all", *STYLES], default="all")
+    parser.add_argument("--brief", action="store_true", help="one line a style, no curve")
     args = parser.parse_args(argv)
     seeds = tuple(range(args.first_seed, args.first_seed + args.seeds))
-    print(json.dumps(run_replay(seeds), indent=2))
+    for name in list(STYLES) if args.style == "all" else [args.style]:
+        figures = run_replay(seeds, style=STYLES[name])
+        if args.brief:
+            figures.pop("curve")
+        print(name, json.dumps(figures, indent=None if args.brief else 2))
     return 0
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench import shared
+from bench import shared, styles
 from bench.common import HERE, POSTGRES_URL_ENV, Results, Sizes
 from bench.jitter import jitter_section, summary_rows
 
@@ -68,6 +68,7 @@ def render(results: Results, sizes: Sizes, quick: bool) -> str:
     lines += _p3_section(results)
     lines += _profile_section(results)
     lines += jitter_section(results)
+    lines += styles.styles_section(results)
     lines += shared.sections(results)  # P7 / P8
     notes = HERE / "NOTES.md"
     if notes.exists():
@@ -111,6 +112,7 @@ def _summary(results: Results, sizes: Sizes, quick: bool) -> list[str]:
         f"| p5_requests_per_job | {f['p5_requests_per_job']} | <= 2 + L/2 = "
         f"{2 + p1['latency_s'] / 2:g}: {ok(f['p5_requests_per_job'], 2 + p1['latency_s'] / 2)} |",
         *summary_rows(results),
+        *styles.summary_rows(results),
         *shared.summary_rows(results),
         "",
         "![jobs in flight over time](makespan.png)",

@@ -23,8 +23,10 @@ poller keeps a *distribution* of each job's duration and chooses poll times agai
   time up to the programme's, the chance of each progress count it could see, the plan
   that count would lead to, and the expected cost of the whole (lateness plus price).
 
-Before anything is known (no finished job, no progress) the interval backs off from
-``start`` to ``maximum``; jobs predicted shorter than a few GETs skip the planning.
+Before anything is known (no finished job, no progress) a look waits ``start``, then 15 %
+of the job's age (at most ``maximum``); a service that shows no count until the end is
+learnt from the windows its jobs ended in; jobs predicted shorter than a few GETs skip the
+planning.
 
 Example:
     >>> history = DurationHistory()
@@ -47,15 +49,12 @@ _LATE_BY_S = 0.02
 _LATE_FRACTION = 0.1
 # Jobs predicted shorter than this end within a few GETs: poll at the prediction, no plan.
 _PLAN_FROM_S = 0.05
-# A job already terminal at its first poll only says "it took at most this long"; with no
-# distribution to weigh that bound the sample is shrunk, so the next first poll comes
-# earlier (else predictions could only grow; with shrink f and a GET of g seconds the
-# first delay settles near f*g / (1 - f)).
-_UPPER_BOUND_SHRINK = 0.5
+# Before anything is known of a job, a look waits this share of its age (after ``start``).
+_BLIND_GROWTH = 0.15
 # Once every planned look has passed, re-poll quickly and back off from there.
 _OVERDUE_START_S = 0.05
-# A planned first look that finds the job done: the estimate, at most this share of the bound.
-_BOUND_SHRINK = 0.75
+# Rounds of the fit of the prior to the windows the finished jobs ended in.
+_FIT_ROUNDS = 12
 # Samples of seconds per task kept (older ones weigh less): enough for a spread.
 _WINDOW = 32
 _RECENCY = 0.85  # each older sample weighs this much less
@@ -113,27 +112,58 @@ class DurationHistory:
         (4.98, 12.0)
     """
 
-    _log_per_task: deque[float] = field(default_factory=lambda: deque(maxlen=_WINDOW))
+    # (log low, log high) seconds per task of each finished job: equal when its end is
+    # known, apart when it is only known to have ended between two looks (low -inf: it was
+    # done at the first look).
+    _windows: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=_WINDOW))
     _longest_per_task: float = 0.0
     _model_scores: dict[str, float] = field(
         default_factory=lambda: dict.fromkeys(_MODEL_PRIOR, 0.0)
     )
+    # Whether this service was seen counting tasks while a job ran: until it has, a count
+    # of 0 says nothing (a service may show completed_tasks only at the end).
+    _counts_tasks: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def saw_count(self) -> None:
+        """Remember that a running job showed ``completed_tasks`` above 0."""
+        self._counts_tasks = True
+
+    @property
+    def counts_tasks(self) -> bool:
+        """Whether a running job was ever seen with a count above 0 (see :meth:`saw_count`)."""
+        return self._counts_tasks
 
     def record(self, *, seconds: float, tasks: int, upper_bound: bool = False) -> None:
         """Remember that a finished job of ``tasks`` conversations took ``seconds``.
 
         ``upper_bound``: it was already terminal when first seen, so it took at most
-        ``seconds``; the sample is shrunk so that predictions can come down.
+        ``seconds`` (see :meth:`record_window`).
         """
-        if tasks <= 0 or seconds <= 0:
+        self.record_window(low=0.0 if upper_bound else seconds, high=seconds, tasks=tasks)
+
+    def record_window(self, *, low: float, high: float, tasks: int) -> None:
+        """Remember that a finished job of ``tasks`` took more than ``low``, at most ``high``.
+
+        A job seen running at ``low`` and done at ``high``, with nothing in between to say
+        where it ended (no progress), teaches only that window; the prior is fitted to the
+        windows (:meth:`prior`), so the learnt spread is the jobs', not the looks'.
+
+        Example:
+            >>> history = DurationHistory()
+            >>> for low, high in ((4.0, 5.5), (4.5, 5.2), (4.8, 6.0)):
+            ...     history.record_window(low=low, high=high, tasks=10)
+            >>> 4.6 < history.predict(10) < 5.3
+            True
+        """
+        if tasks <= 0 or high <= 0:
             return
-        per_task = seconds / tasks
+        low = min(max(low, 0.0), high)
         with self._lock:
             # As seen, never shrunk: an upper bound is still a time a job may take.
-            self._longest_per_task = max(self._longest_per_task, per_task)
-            shrink = _UPPER_BOUND_SHRINK if upper_bound else 1.0
-            self._log_per_task.append(math.log(per_task * shrink))
+            self._longest_per_task = max(self._longest_per_task, high / tasks)
+            log_low = math.log(low / tasks) if low > 0 else -math.inf
+            self._windows.append((log_low, math.log(high / tasks)))
 
     def record_progress(self, likelihoods: dict[str, float]) -> None:
         """Weigh the progress models by how likely each made a finished job's progress."""
@@ -159,19 +189,16 @@ class DurationHistory:
             True
         """
         with self._lock:
-            samples = list(self._log_per_task)
-        if not samples:
+            windows = list(self._windows)
+        if not windows:
             return None
         # Recent jobs weigh more, so the prediction follows a service that changes pace.
-        weights = [_RECENCY**age for age in range(len(samples) - 1, -1, -1)]
-        total = sum(weights)
-        mu = sum(w * x for w, x in zip(weights, samples, strict=True)) / total
-        if len(samples) == 1:
+        weights = [_RECENCY**age for age in range(len(windows) - 1, -1, -1)]
+        mu, spread = _fit_windows(windows, weights)
+        if len(windows) == 1:
             return mu + math.log(max(tasks, 1)), _ONE_SAMPLE_SIGMA
-        squares = sum(w * w for w in weights)
-        count = total * total / squares  # the effective number of samples
-        variance = sum(w * (x - mu) ** 2 for w, x in zip(weights, samples, strict=True))
-        spread = math.sqrt(variance / (total - squares / total))
+        total = sum(weights)
+        count = total * total / sum(w * w for w in weights)  # the effective number of samples
         # A prediction for the next job: the spread plus the mean's own uncertainty.
         sigma = max(spread * math.sqrt(1 + 1 / count), _MIN_SIGMA)
         return mu + math.log(max(tasks, 1)), sigma
@@ -187,11 +214,60 @@ class DurationHistory:
         Example:
             >>> history = DurationHistory()
             >>> history.record(seconds=2.0, tasks=4, upper_bound=True)
-            >>> history.longest(4), history.predict(4)
-            (2.0, 1.0)
+            >>> history.longest(4), history.predict(4) <= 2.0
+            (2.0, True)
         """
         with self._lock:
             return self._longest_per_task * max(tasks, 1)
+
+
+def _fit_windows(windows: list[tuple[float, float]], weights: list[float]) -> tuple[float, float]:
+    """``(mu, sigma)`` of a normal fitted to log windows (EM for interval-censored samples).
+
+    Each window holds one sample somewhere inside it; each round replaces it by its mean
+    and variance under the current fit, truncated to the window.
+
+    Example:
+        >>> mu, sigma = _fit_windows([(0.0, 0.0), (1.0, 1.0)], [1.0, 1.0])
+        >>> round(mu, 3), round(sigma, 3)
+        (0.5, 0.707)
+    """
+    total = sum(weights)
+    points = [high if low == -math.inf else (low + high) / 2 for low, high in windows]
+    mu = sum(w * x for w, x in zip(weights, points, strict=True)) / total
+    sigma = _ONE_SAMPLE_SIGMA
+    corrected = total - sum(w * w for w in weights) / total  # unbiased weighted variance
+    if corrected <= 0:
+        return mu, sigma
+    for _ in range(_FIT_ROUNDS):
+        moments = [_truncated_moments(low, high, mu, sigma) for low, high in windows]
+        mu = sum(w * m for w, (m, _) in zip(weights, moments, strict=True)) / total
+        second = sum(w * ((m - mu) ** 2 + v) for w, (m, v) in zip(weights, moments, strict=True))
+        sigma = max(math.sqrt(second / corrected), _MIN_SIGMA)
+    return mu, sigma
+
+
+def _truncated_moments(low: float, high: float, mu: float, sigma: float) -> tuple[float, float]:
+    """Mean and variance of a normal ``(mu, sigma)`` within ``[low, high]``."""
+    if high - low < 1e-12:
+        return high, 0.0
+    a, b = (low - mu) / sigma, (high - mu) / sigma
+    mass = _phi_cdf(b) - _phi_cdf(a)
+    if mass < 1e-9:  # the fit puts no weight there: the window's end nearer the fit
+        return (high if b < 0 else low), 0.0
+    pa, pb = _phi(a), _phi(b)
+    ta = a * pa if math.isfinite(a) else 0.0
+    shift = (pa - pb) / mass
+    variance = sigma * sigma * max(1 + (ta - b * pb) / mass - shift * shift, 0.0)
+    return mu + sigma * shift, variance
+
+
+def _phi(z: float) -> float:
+    return math.exp(-0.5 * z * z) / math.sqrt(2 * math.pi) if math.isfinite(z) else 0.0
+
+
+def _phi_cdf(z: float) -> float:
+    return 0.5 * math.erfc(-z / math.sqrt(2))
 
 
 @dataclass(frozen=True)
@@ -502,7 +578,6 @@ class PollPlan:
     budget: float | None = None
     _tasks: int = 0
     _polls: int = 0
-    _backoff: float = 0.0
     _overdue: float = 0.0
     _price: float | None = None
     _progress: _Progress | None = None
@@ -516,7 +591,11 @@ class PollPlan:
     def next_delay(self, *, elapsed: float, completed: int, total: int) -> float:
         """Delay before the next GET, given the job's progress ``elapsed`` s after the POST."""
         self._polls += 1
-        if total > 0 and 0 <= completed < total and elapsed > 0:
+        if completed > 0:
+            self.history.saw_count()
+        # A 0 from a service never seen counting is silence, not slow progress.
+        counted = completed > 0 or self.history.counts_tasks
+        if counted and total > 0 and 0 <= completed < total and elapsed > 0:
             self._see(elapsed, completed, total)
         return self._decide(after=elapsed, total=total or self._tasks)
 
@@ -525,23 +604,20 @@ class PollPlan:
     ) -> None:
         """Teach the history how long this job took: it ended in ``(running_until, done_by]``.
 
-        The estimate is the plan's last posterior within that window (recording when we
-        happened to look would teach the next jobs our own lateness). A job terminal at
-        its first look bounds it only, and the posterior within the bound, built from the
-        same history, would keep the prediction near itself: the estimate is at most
-        ``_BOUND_SHRINK`` of the bound, so that predictions can come down.
+        With progress seen, the estimate is the plan's last posterior within that window
+        (recording when we happened to look would teach the next jobs our own lateness).
+        Without, the posterior is the history's own prior and would only confirm it: the
+        window itself is recorded, and the prior fitted to the windows of every job.
         """
-        window = [(end, mass) for end, mass in self._last if running_until < end <= done_by]
+        low = running_until if seen_running else 0.0
+        window = [(end, mass) for end, mass in self._last if low < end <= done_by]
         weight = sum(mass for _, mass in window)
-        if weight > 0:
-            took = sum(end * mass for end, mass in window) / weight
-            if not seen_running:
-                took = min(took, _BOUND_SHRINK * done_by)
-            self.history.record(seconds=took, tasks=tasks)
-        else:
-            self.history.record(seconds=done_by, tasks=tasks, upper_bound=not seen_running)
-        if seen_running and self._progress is not None:
-            self.history.record_progress(self._model_fit(window))
+        if self._progress is None or weight <= 0:
+            self.history.record_window(low=low, high=done_by, tasks=tasks)
+            return
+        took = sum(end * mass for end, mass in window) / weight
+        self.history.record(seconds=took, tasks=tasks)
+        self.history.record_progress(self._model_fit(window))
 
     def _model_fit(self, window: list[tuple[float, float]]) -> dict[str, float]:
         """Each model's likelihood of the looks seen, over where the job likely ended."""
@@ -642,9 +718,9 @@ class PollPlan:
 
     def _no_plan(self, after: float, *, known: bool) -> float:
         if not known:
-            # Nothing known of this job or its kind: back off from the start interval.
-            self._backoff = min(max(self._backoff * 2, self.start), self.maximum)
-            return self._backoff
+            # Nothing known of this job or its kind: look every ``start`` seconds, then a
+            # share of the time waited so far (late by at most that share of the job).
+            return self._clamp(max(self.start, _BLIND_GROWTH * after))
         # Every end believed has passed and the job still runs: look again soon.
         self._overdue = min(max(self._overdue * 2, _OVERDUE_START_S), self.maximum)
         return self._overdue

@@ -669,11 +669,16 @@ def test_wait_for_job_plans_the_next_poll_from_the_progress(fake: FakeTime) -> N
     assert 50 / 11 - 1.0 < fake.sleeps[1] <= 5.0 - 1.0 + 0.03
 
 
-def test_wait_for_job_backs_off_without_progress_information(fake: FakeTime) -> None:
-    script = Script(*[job("RUNNING", completed=0, total=0)] * 6, job("FINISHED"))
+def test_wait_for_job_without_progress_looks_every_start_interval_then_by_its_age(
+    fake: FakeTime,
+) -> None:
+    """Nothing known: each wait is the start interval or 15 % of the time waited so far."""
+    script = Script(*[job("RUNNING", completed=0, total=0)] * 12, job("FINISHED"))
     with make_client(script, fake, poll_interval_s=0.5, poll_max_interval_s=4.0) as client:
         client.wait_for_job(JOB)
-    assert fake.sleeps == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0, 4.0]
+    waited = [sum(fake.sleeps[:i]) for i in range(len(fake.sleeps))]
+    assert fake.sleeps == pytest.approx([max(0.5, 0.15 * age) for age in waited])
+    assert fake.sleeps[-1] > 0.5  # a 10th of the doubling's 4 s waits at the end
 
 
 def test_wait_for_job_learns_when_a_job_ended_not_when_it_was_seen(fake: FakeTime) -> None:
@@ -900,7 +905,7 @@ def test_async_wait_for_job_happy_path(fake: FakeTime) -> None:
     status = run(scenario())
     assert status.is_finished
     assert script.count("GET") == 4
-    assert fake.sleeps[:3] == [1.0, 2.0, 4.0]
+    assert fake.sleeps[:3] == [1.0, 1.0, 1.0]  # the start interval while nothing is known
 
 
 def test_async_wait_for_job_failed_and_deadline(fake: FakeTime) -> None:

@@ -17,7 +17,6 @@ from hypothesis import strategies as st
 
 from studio_flows.polling import (
     EVEN,
-    SILENT,
     UNIFORM,
     DurationHistory,
     PollPlan,
@@ -61,9 +60,18 @@ class Outcome:
     requests: float  # mean requests a job, the POST included
 
 
-def poll_ours(jobs: list[FakeJob], budget: float | None = None) -> Outcome:
-    """Run ``jobs`` one after another with our poller, learning as a client does."""
-    history = DurationHistory()
+def poll_ours(
+    jobs: list[FakeJob],
+    budget: float | None = None,
+    *,
+    silent: bool = False,
+    history: DurationHistory | None = None,
+) -> Outcome:
+    """Run ``jobs`` one after another with our poller, learning as a client does.
+
+    ``silent``: the service shows ``completed_tasks`` 0 until the end (the quiet style).
+    """
+    history = DurationHistory() if history is None else history
     late = requests = 0.0
     for job in jobs:
         plan = PollPlan(start=0.5, maximum=10.0, history=history, budget=budget)
@@ -72,7 +80,8 @@ def poll_ours(jobs: list[FakeJob], budget: float | None = None) -> Outcome:
         running_until, seen_running = 0.0, False
         while now < job.seconds:
             running_until, seen_running = now, True
-            now += plan.next_delay(elapsed=now, completed=job.completed(now), total=TASKS)
+            completed = 0 if silent else job.completed(now)
+            now += plan.next_delay(elapsed=now, completed=completed, total=TASKS)
             requests += 1
         late += now - job.seconds
         plan.learn(running_until=running_until, done_by=now, tasks=TASKS, seen_running=seen_running)
@@ -151,17 +160,23 @@ def test_history_learns_how_progress_behaves(jobs: list[FakeJob], winner: str) -
     assert max(weights, key=lambda model: weights[model]) == winner
 
 
-def test_a_count_that_stays_at_zero_is_learnt_to_say_nothing() -> None:
+def test_a_count_that_stays_at_zero_is_silence_not_slow_progress() -> None:
+    """A service that shows completed_tasks only at the end: its 0 must not push looks later."""
     history = DurationHistory()
-    for _ in range(6):
-        plan = PollPlan(start=0.5, maximum=10.0, history=history, budget=6.0)
-        now, running_until = plan.first_delay(tasks=TASKS), 0.0
-        while now < 5.0:
-            running_until = now
-            now += plan.next_delay(elapsed=now, completed=0, total=TASKS)
-        plan.learn(running_until=running_until, done_by=now, tasks=TASKS, seen_running=True)
-    weights = history.model_weights()
-    assert weights[SILENT] > 0.9
+    for _ in range(4):
+        history.record_window(low=4.9, high=5.1, tasks=TASKS)
+    counted, blank = (PollPlan(start=0.5, maximum=10.0, history=history) for _ in range(2))
+    counted.first_delay(tasks=TASKS)
+    blank.first_delay(tasks=TASKS)
+    delay = counted.next_delay(elapsed=2.0, completed=0, total=TASKS)
+    assert delay == blank.next_delay(elapsed=2.0, completed=0, total=0)
+    assert 2.0 + delay < 5.3
+
+
+def test_steady_jobs_without_progress_are_seen_soon_after_their_end_within_the_budget() -> None:
+    outcome = poll_ours([steady_job(5.0)] * 15, silent=True)
+    assert outcome.late_s <= 0.05 * 5.0
+    assert outcome.requests <= 2 + 5.0 / 2
 
 
 # --- planning on a distribution ------------------------------------------------------------
@@ -196,11 +211,12 @@ def test_first_delay_without_history_is_the_start_interval() -> None:
     assert PollPlan(start=0.5, maximum=10.0).first_delay(tasks=50) == 0.5
 
 
-def test_backoff_without_information_doubles_to_the_maximum() -> None:
+def test_without_information_looks_every_start_interval_then_a_share_of_the_age() -> None:
+    """Doubling would see a first job of 5 s only at 7.5 s; a share of its age, by 5.75."""
     plan = PollPlan(start=0.5, maximum=4.0)
     delays = [plan.first_delay(tasks=0)]
-    delays += [plan.next_delay(elapsed=float(i), completed=0, total=0) for i in range(1, 6)]
-    assert delays == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+    delays += [plan.next_delay(elapsed=t, completed=0, total=0) for t in (0.5, 1.0, 10.0, 40.0)]
+    assert delays == pytest.approx([0.5, 0.5, 0.5, 1.5, 4.0])
 
 
 def test_steady_history_puts_the_first_look_just_after_the_end() -> None:

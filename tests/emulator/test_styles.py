@@ -27,10 +27,13 @@ class FakeClock:
         return self.now
 
 
-def watch(style: str) -> list[JobStatus]:
+def watch(style: str, **dimensions: object) -> list[JobStatus]:
     """A job of TASKS prompts lasting 8 s, read every half second from creation to end."""
     clock = FakeClock()
-    state = EmulatorState(EmulatorConfig(job_latency_s=8.0, style=style, seed=5), clock=clock)
+    config = EmulatorConfig.model_validate(
+        {"job_latency_s": 8.0, "style": style, "seed": 5, **dimensions}
+    )
+    state = EmulatorState(config, clock=clock)
     body = {
         "model_id": "m",
         "messages": [[{"role": "user", "content": f"p{i}"}] for i in range(TASKS)],
@@ -97,3 +100,15 @@ def test_the_client_waits_any_style_out_over_a_socket(
 
     assert status.is_finished
     assert [a.text for a in status.answers(5)] == [f"m answers: {p}" for p in prompts]
+
+
+def test_each_dimension_is_a_knob_of_its_own_over_the_named_style() -> None:
+    """A reading no style names: quiet statuses and results, but a count while running."""
+    seen = watch("quiet", progress_count=True, running_statuses=["working"])
+    running = [s for s in seen if not s.is_terminal]
+    assert any(s.completed_tasks for s in running)
+    assert not any(s.results for s in running)
+    assert {s.job_status for s in running[1:]} == {"working"}
+    lowered = watch("reference", lowercase_statuses=True, partial_results=False)
+    assert {s.job_status for s in lowered} == {"created", "running", "finished"}
+    assert not any(s.results for s in lowered if not s.is_terminal)

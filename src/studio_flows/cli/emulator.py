@@ -57,6 +57,24 @@ def emulator(
         str,
         typer.Option(help="How a running job looks: reference, quiet, queued or lowercase"),
     ] = "reference",
+    running_statuses: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--running-status",
+            help="A status between CREATED and the end (repeat; '' for none; default: the style's)",
+        ),
+    ] = None,
+    lowercase_statuses: Annotated[
+        bool | None, typer.Option(help="Every job status in lower case (default: the style's)")
+    ] = None,
+    partial_results: Annotated[
+        bool | None,
+        typer.Option(help="Finished tasks listed while the job runs (default: the style's)"),
+    ] = None,
+    progress_count: Annotated[
+        bool | None,
+        typer.Option(help="completed_tasks counts while the job runs (default: the style's)"),
+    ] = None,
     fair_use_limit: Annotated[int, typer.Option(help="Active jobs allowed per token")] = 3,
     retry_after_s: Annotated[float, typer.Option(help="Retry-After sent with every 429")] = 1.0,
     echo_authorization_in_errors: Annotated[
@@ -75,6 +93,10 @@ def emulator(
     # Every option but where to listen is a knob of the same name.
     knobs = {k: v for k, v in locals().items() if k not in ("host", "port", "token")}
     knobs["known_models"] = known_models or None
+    # Not given: the style's; --running-status '' alone: none at all.
+    knobs["running_statuses"] = (
+        [name for name in running_statuses if name] if running_statuses else None
+    )
     from pydantic import ValidationError
 
     from studio_flows.emulator import EmulatorConfig, serve

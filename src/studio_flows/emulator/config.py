@@ -115,6 +115,19 @@ class EmulatorConfig(BaseModel):
         + ", ".join(STYLES)
         + ".",
     )
+    # Each dimension of a style on its own (None: the style's): a reading no style names.
+    running_statuses: list[str] | None = Field(
+        None, description="Statuses between CREATED and the end, in order (None: the style's)."
+    )
+    lowercase_statuses: bool | None = Field(
+        None, description="Every job status in lower case (None: the style's)."
+    )
+    partial_results: bool | None = Field(
+        None, description="Finished tasks listed while the job runs (None: the style's)."
+    )
+    progress_count: bool | None = Field(
+        None, description="completed_tasks counts while the job runs (None: the style's)."
+    )
     # Hostile answers: what a service may send that must never become a stored answer.
     empty_result_rate: Rate = Field(
         0.0,
@@ -150,6 +163,26 @@ class EmulatorConfig(BaseModel):
         min_length=1,
         description="Bearer tokens accepted; jobs are scoped to (organisation, token).",
     )
+
+    def resolved_style(self) -> EmulatorStyle:
+        """The named ``style`` with every dimension set here in its place.
+
+        Example:
+            >>> config = EmulatorConfig(style="quiet", progress_count=True)
+            >>> config.resolved_style().progress, config.resolved_style().partial_results
+            (True, False)
+        """
+        named = STYLES[self.style]
+        overrides = {
+            "running_statuses": None
+            if self.running_statuses is None
+            else tuple(self.running_statuses),
+            "lowercase": self.lowercase_statuses,
+            "partial_results": self.partial_results,
+            "progress": self.progress_count,
+            "shuffled": True if self.shuffle_results else None,
+        }
+        return named.model_copy(update={k: v for k, v in overrides.items() if v is not None})
 
     @field_validator("prefix")
     @classmethod

@@ -23,7 +23,6 @@ from studio_flows.emulator.config import (
     FAULT_KINDS,
     READ_ROUTE,
     SERVER_ERROR_STATUSES,
-    STYLES,
     Clock,
     EmulatorConfig,
     EmulatorStyle,
@@ -442,8 +441,8 @@ class EmulatorState:
         config = self.config
         n = len(request.messages)
         order = list(range(n))
-        style = STYLES[config.style]
-        if config.shuffle_results or style.shuffled:
+        style = config.resolved_style()
+        if style.shuffled:
             self._rng.shuffle(order)
         fails_after: int | None = None
         if self._rng.random() < config.failed_job_rate:
