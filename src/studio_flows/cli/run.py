@@ -15,6 +15,7 @@ from rich.table import Table
 
 from studio_flows import interrupts
 from studio_flows.cli.app import (
+    DATABASE_URL_DEFAULT,
     DEMO_TOKEN,
     EXAMPLES,
     _clear_errors,
@@ -218,14 +219,18 @@ def generate(
     ] = None,
     sql: Annotated[str | None, typer.Option(help="A SQL query whose rows are the dataset")] = None,
     source_url: Annotated[
-        str | None, typer.Option(help="SQLAlchemy URL --sql runs on (default: the results DB)")
+        str | None,
+        typer.Option(help="SQLAlchemy URL --sql runs on", show_default="the results database"),
     ] = None,
     source_block: Annotated[
         str | None, typer.Option(help="SqlAlchemyConnector block --sql runs on")
     ] = None,
     dataset_name: Annotated[
         str | None,
-        typer.Option(help="Name the results are stored under (default: file name, sql:<hash>)"),
+        typer.Option(
+            help="Name the results are stored under",
+            show_default="the file name; sql:<hash> for --sql",
+        ),
     ] = None,
     template: Annotated[
         str | None, typer.Option(help="Jinja2 user message, e.g. 'Answer: {{ question }}'")
@@ -236,16 +241,37 @@ def generate(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Read, validate and plan; print; submit nothing")
     ] = False,
-    database_url: Annotated[str | None, typer.Option(help="SQLAlchemy URL")] = None,
-    shard_size: Annotated[int | None, typer.Option(help="Conversations per job (1-100)")] = None,
-    temperature: Annotated[float, typer.Option(min=0.0, max=2.0)] = 0.7,
-    max_tokens: Annotated[int, typer.Option(min=1)] = 512,
+    database_url: Annotated[
+        str | None, typer.Option(help="SQLAlchemy URL", show_default=DATABASE_URL_DEFAULT)
+    ] = None,
+    shard_size: Annotated[
+        int | None,
+        typer.Option(
+            help="Conversations per job (1-100)", show_default="MODEL_STUDIO_SHARD_SIZE, else 50"
+        ),
+    ] = None,
+    temperature: Annotated[
+        float, typer.Option(min=0.0, max=2.0, help="Sampling temperature")
+    ] = 0.7,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Longest answer, in tokens")] = 512,
     system_prompt: Annotated[str | None, typer.Option(help="Prepended to every row")] = None,
-    on_bad_rows: Annotated[str, typer.Option(help="fail | skip")] = "fail",
-    ambiguous_policy: Annotated[str, typer.Option(help="resubmit | stop")] = "resubmit",
-    prompt_column: str = "prompt",
-    messages_column: str = "messages",
-    id_column: Annotated[str | None, typer.Option(help="Column holding a row id")] = None,
+    on_bad_rows: Annotated[
+        str, typer.Option(metavar="fail|skip", help="Stop before any job, or skip bad rows")
+    ] = "fail",
+    ambiguous_policy: Annotated[
+        str,
+        typer.Option(
+            metavar="resubmit|stop", help="A POST of an earlier run whose outcome is unknown"
+        ),
+    ] = "resubmit",
+    prompt_column: Annotated[str, typer.Option(help="Column holding a row's prompt")] = "prompt",
+    messages_column: Annotated[
+        str, typer.Option(help="Column holding a row's conversation (JSON)")
+    ] = "messages",
+    id_column: Annotated[
+        str | None,
+        typer.Option(help="Column holding a row id", show_default="a hash of the conversation"),
+    ] = None,
     keep_columns: Annotated[
         str | None,
         typer.Option(
@@ -262,7 +288,10 @@ def generate(
             help="JSON Schema (2020-12) each answer's JSON must match; shown to the model",
         ),
     ] = None,
-    credentials_block: Annotated[str | None, typer.Option(help="Credentials block name")] = None,
+    credentials_block: Annotated[
+        str | None,
+        typer.Option(help="Credentials block name", show_default="MODEL_STUDIO_TOKEN etc."),
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar")] = True,
 ) -> None:
     """Generate an answer for every row of DATASET (or of --sql) and write them to the database."""

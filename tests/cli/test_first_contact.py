@@ -1,0 +1,156 @@
+"""What a new user meets in the first minutes, run as typed through the installed CLI: a
+mistaken id column or file suffix, an upgrade hint run as printed, --help."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from studio_flows.emulator import EmulatorServer
+from tests.fixtures.cli_runs import (
+    SECRET_TOKEN,
+    STUDIO_FLOWS,
+    cli_env,
+    generate_args,
+    run_cli,
+)
+from tests.fixtures.old_schemas import create_old_database, old_result_row
+
+
+def _rows(path: Path, count: int) -> Path:
+    lines = (json.dumps({"id": f"q{i}", "prompt": f"question {i}?"}) for i in range(count))
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def _one_error_line(result_stderr: str) -> str:
+    [line] = result_stderr.strip().splitlines()
+    assert line.startswith("error: ")
+    return line.removeprefix("error: ")
+
+
+@pytest.mark.parametrize("source", ["file", "query"])
+def test_an_id_column_the_source_lacks_is_one_sentence_naming_it_before_anything_runs(
+    emulator: EmulatorServer, tmp_path: Path, source: str
+) -> None:
+    emulator.configure(tokens=[SECRET_TOKEN])
+    dataset = _rows(tmp_path / "prompts.jsonl", 4)
+    args = generate_args(dataset, f"sqlite:///{tmp_path}/r.db", "--id-column", "ID")
+    label = str(dataset)
+    if source == "query":
+        query = "SELECT 'q1' AS id, 'hi' AS prompt UNION ALL SELECT 'q2', 'ho'"
+        args[2:3] = ["--sql", query, "--dataset-name", "faq"]
+        label = "faq"
+    home = tmp_path / "prefect-home"
+
+    result = run_cli(args, cli_env(emulator, home), tmp_path)
+
+    assert result.returncode == 2, result
+    assert _one_error_line(result.stderr) == (
+        f"{label}: no id column 'ID' in any row (columns: id, prompt)"
+    )
+    assert list(home.iterdir()) == []  # answered before any Prefect server
+    assert emulator.stats()["jobs_created"] == 0
+
+
+def test_an_unknown_suffix_names_the_suffixes_to_use_and_no_option_that_does_not_exist(
+    emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    emulator.configure(tokens=[SECRET_TOKEN])
+    dataset = tmp_path / "prompts.txt"
+    _rows(tmp_path / "prompts.jsonl", 2).rename(dataset)
+
+    result = run_cli(
+        generate_args(dataset, f"sqlite:///{tmp_path}/r.db"),
+        cli_env(emulator, tmp_path / "h"),
+        tmp_path,
+    )
+
+    assert result.returncode == 2, result
+    assert _one_error_line(result.stderr) == (
+        f"{dataset}: cannot tell the dataset format from the suffix '.txt'; give the file one "
+        "of the suffixes .jsonl or .ndjson (JSON lines), .csv (CSV), .parquet or .pq (Parquet)"
+    )
+
+
+def test_the_upgrade_hint_run_as_printed_upgrades_the_database_the_user_named(
+    emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    """With the automatic upgrade off; the hint is run from the same folder, as printed."""
+    assert STUDIO_FLOWS is not None
+    emulator.configure(tokens=[SECRET_TOKEN])
+    mine = tmp_path / "data" / "mine.db"
+    mine.parent.mkdir()
+    create_old_database(f"sqlite:///{mine}", 2, [old_result_row(0)])
+    work = tmp_path / "work"
+    work.mkdir()
+    env = cli_env(emulator, tmp_path / "h", MODEL_STUDIO_DATABASE_AUTO_UPGRADE="false")
+    dataset = _rows(tmp_path / "prompts.jsonl", 2)
+
+    refused = run_cli(generate_args(dataset, f"sqlite:///{mine}"), env, work)
+
+    assert refused.returncode == 2, refused
+    hint = re.search(r"run `(studio-flows db upgrade[^`]*)`", refused.stderr)
+    assert hint, refused.stderr
+    argv = shlex.split(hint.group(1))
+    upgraded = run_cli([STUDIO_FLOWS, *argv[1:]], env, work)
+    assert upgraded.returncode == 0, upgraded
+    assert upgraded.stdout.strip() == f"upgraded sqlite:///{mine} from schema 2 to 4"
+    assert not (work / "studio_flows.db").exists()  # the default database was not touched
+    engine = sa.create_engine(f"sqlite:///{mine}")
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT version_num FROM studio_flows_alembic_version").all()
+    engine.dispose()
+
+
+COMMANDS = [
+    ["generate"],
+    ["demo"],
+    ["results"],
+    ["export-training"],
+    ["emulator"],
+    ["serve"],
+    ["db", "upgrade"],
+]
+# How typer names a value by its Python type: what a user should never have to decode.
+PYTHON_TYPES = re.compile(r"<(?:str|int|float|bool|list\[[^>]*\]|\w+ range)>")
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_help_names_every_value_readably_and_shows_defaults(
+    emulator: EmulatorServer, tmp_path: Path, command: list[str]
+) -> None:
+    assert STUDIO_FLOWS is not None
+    env = cli_env(emulator, tmp_path / "h")
+
+    shown = run_cli([STUDIO_FLOWS, *command, "--help"], env, tmp_path)
+
+    assert shown.returncode == 0, shown
+    assert not PYTHON_TYPES.findall(shown.stdout), shown.stdout
+    flat = " ".join(shown.stdout.split())  # help lines wrapped at 100 columns, joined
+    if "--database-url" in flat:
+        assert re.search(r"--database-url URL [^\[]*\[default: \S", flat), shown.stdout
+
+
+def test_generate_help_says_what_each_value_is_and_its_default(
+    emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    assert STUDIO_FLOWS is not None
+    env = cli_env(emulator, tmp_path / "h")
+
+    shown = " ".join(run_cli([STUDIO_FLOWS, "generate", "--help"], env, tmp_path).stdout.split())
+
+    for expected in (
+        r"--model-id ID ",
+        r"--temperature NUMBER [^\[]*\[default: 0\.7; 0\.0<=x<=2\.0\]",
+        r"--shard-size N [^\[]*\[default: \(MODEL_STUDIO_SHARD_SIZE, else 50\)\]",
+        r"--database-url URL [^\[]*\[default: \(MODEL_STUDIO_DATABASE_URL, else "
+        r"sqlite:///studio_flows\.db\)\]",
+        r"--on-bad-rows fail\|skip [^\[]*\[default: fail\]",
+    ):
+        assert re.search(expected, shown), (expected, shown)
