@@ -129,7 +129,9 @@ def test_a_pip_installed_wheel_runs_the_demo_from_outside_the_clone(
     assert "rows in dataset" in output and "completed" in output, output
     assert "Emulator: 4 jobs created, at most 3 active at once." in output, output
     assert "Traceback" not in output and "Warning" not in output, output
-    assert (workdir / "studio_flows.db").is_file()  # the results landed where the user is
+    # The demo's rows are in its own database, not in the user's folder's studio_flows.db.
+    assert not (workdir / "studio_flows.db").exists()
+    assert (tmp_path / "prefect-home" / "studio-flows" / "demo.db").is_file()
 
 
 USERS_FLOW = """

@@ -154,3 +154,28 @@ def test_generate_help_says_what_each_value_is_and_its_default(
         r"--on-bad-rows fail\|skip [^\[]*\[default: fail\]",
     ):
         assert re.search(expected, shown), (expected, shown)
+
+
+@pytest.mark.slow
+def test_the_demo_writes_to_a_database_of_its_own_and_says_where(
+    emulator: EmulatorServer, prefect_server: str, tmp_path: Path
+) -> None:
+    """Not the user's ./studio_flows.db: their first real export holds no demo rows."""
+    assert STUDIO_FLOWS is not None
+    home = tmp_path / "prefect-home"
+    env = cli_env(emulator, home, api_url=prefect_server)
+    env.pop("MODEL_STUDIO_DATABASE_URL", None)  # the default: ./studio_flows.db
+
+    result = run_cli([STUDIO_FLOWS, "demo"], env, tmp_path)
+
+    assert result.returncode == 0, result
+    assert not (tmp_path / "studio_flows.db").exists()
+    demo_db = home / "studio-flows" / "demo.db"
+    assert f"results in sqlite:///{demo_db}" in result.stdout, result
+    engine = sa.create_engine(f"sqlite:///{demo_db}")
+    with engine.connect() as conn:
+        models = conn.exec_driver_sql(
+            "SELECT model_id, COUNT(*) FROM generation_results GROUP BY 1"
+        )
+        assert models.all() == [("demo-model", 40)]
+    engine.dispose()

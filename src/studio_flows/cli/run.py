@@ -357,10 +357,16 @@ def _column_list(names: str | None) -> list[str]:
 
 @app.command()
 def demo(
-    database_url: Annotated[str | None, typer.Option(help="SQLAlchemy URL")] = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            help="SQLAlchemy URL", show_default="$PREFECT_HOME/studio-flows/demo.db, its own"
+        ),
+    ] = None,
     shard_size: Annotated[int, typer.Option(help="Conversations per job")] = 10,
 ) -> None:
-    """Run the generation flow offline: a local emulator, the examples, a SQLite file."""
+    """Run the generation flow offline: a local emulator, the examples, a SQLite file of its
+    own (never MODEL_STUDIO_DATABASE_URL: demo rows stay out of your results)."""
     from studio_flows.emulator import EmulatorConfig, EmulatorServer
 
     dataset = EXAMPLES / "prompts.jsonl"
@@ -369,9 +375,10 @@ def demo(
             "demo",
             dataset_path=str(dataset),
             model_id="demo-model",
-            database_url=database_url,
+            database_url=database_url or _demo_database_url(),
             shard_size=shard_size,
         )
+    assert options.database_url is not None  # given, or the demo's own
     config = EmulatorConfig(job_latency_s=1.0, task_latency_s=0.02, tokens=[DEMO_TOKEN])
     with EmulatorServer(config) as server, _clear_errors():
         os.environ.update(
@@ -379,7 +386,12 @@ def demo(
             MODEL_STUDIO_ORGANIZATION_ID="demo-organization",
             MODEL_STUDIO_BASE_URL=server.base_url,
         )
-        console.print(f"Emulator at {server.base_url}; dataset {dataset.name}")
+        console.print(
+            f"Emulator at {server.base_url}; dataset {dataset.name}; results in "
+            f"{options.database_url}",
+            highlight=False,
+            soft_wrap=True,
+        )
         summary = _run_flow(options, show_progress=True)
         stats = server.stats()
     _print_summary(summary)
@@ -387,22 +399,37 @@ def demo(
         f"Emulator: {stats['jobs_created']} jobs created, "
         f"at most {stats['max_active_jobs']} active at once."
     )
-    _print_samples(database_url, dataset, options.models[0])
+    _print_samples(options.database_url, dataset, options.models[0])
+    console.print(
+        f"Read them back: studio-flows results --database-url {options.database_url}",
+        highlight=False,
+        soft_wrap=True,
+    )
     if not summary.all_completed:
         raise typer.Exit(1)
 
 
-def _print_samples(database_url: str | None, dataset: Path, model_id: str, limit: int = 3) -> None:
+def _demo_database_url() -> str:
+    """The demo's own SQLite file, beside the local Prefect server's files: never the
+    user's results database, so a first real export holds no demo rows."""
+    from studio_flows.cli.local_server import prefect_home
+
+    folder = prefect_home() / "studio-flows"
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / 'demo.db'}"
+
+
+def _print_samples(database_url: str, dataset: Path, model_id: str, limit: int = 3) -> None:
     """The dataset's first rows and their answers: the same rows on every run."""
     import itertools
 
     from studio_flows.datasets import iter_good_rows
-    from studio_flows.settings import load_settings
     from studio_flows.storage import make_engine, results_of_rows
 
-    engine = make_engine(database_url or load_settings().database_url)
+    engine = make_engine(database_url)
     try:
-        table = Table(title=f"A few rows of generation_results ({engine.url.database})")
+        name = Path(engine.url.database or engine.url.render_as_string()).name
+        table = Table(title=f"A few rows of generation_results ({name})")
         table.add_column("prompt", overflow="fold")
         table.add_column("result", overflow="fold")
         first_rows = itertools.islice(iter_good_rows(dataset), limit)
