@@ -57,6 +57,7 @@ _PUBLIC = {
     "export_training_set": "studio_flows.tasks.generation",
     "generate_dataset": "studio_flows.flows.generate",
     "generate_rows": "studio_flows.flows.rows",
+    "prefect_api": "studio_flows.cli.local_server",
 }
 
 __all__ = [
@@ -90,6 +91,7 @@ __all__ = [
     "generate",
     "generate_dataset",
     "generate_rows",
+    "prefect_api",
     "read_results",
     "submit_generation_job",
     "wait_for_generation_job",
@@ -97,6 +99,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from studio_flows.blocks import ModelStudioCredentials
+    from studio_flows.cli.local_server import prefect_api
     from studio_flows.client import AsyncModelStudioClient, ModelStudioClient
     from studio_flows.emulator import EmulatorConfig, EmulatorServer
     from studio_flows.errors import (

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import sqlalchemy as sa
 
 from studio_flows.emulator import EmulatorServer
 from tests.fixtures.cli_runs import (
+    REPO_ROOT,
     SECRET_TOKEN,
     STUDIO_FLOWS,
     cli_env,
@@ -179,3 +181,22 @@ def test_the_demo_writes_to_a_database_of_its_own_and_says_where(
         )
         assert models.all() == [("demo-model", 40)]
     engine.dispose()
+
+
+@pytest.mark.slow
+def test_the_own_flow_example_runs_on_the_shared_local_server_not_a_temporary_one(
+    emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    """As docs/own-flow.md runs it: no PREFECT_API_URL. Prefect's temporary in-process server
+    (its telemetry, its own SQLite under a busy machine) is what printed errors before."""
+    emulator.configure(tokens=[SECRET_TOKEN])
+    home = tmp_path / "prefect-home"
+    env = cli_env(emulator, home)  # a bare run
+    argv = [sys.executable, str(REPO_ROOT / "examples" / "own_flow.py"), "--model-id", "m"]
+
+    done = run_cli(argv, env, tmp_path)
+
+    assert done.returncode == 0, done
+    assert "  -> m answers: What is 12 times 12?" in done.stdout, done
+    assert "Traceback" not in done.output and "Starting temporary server" not in done.output
+    assert (home / "studio-flows" / "local-server.json").exists()  # the one `server stop` stops
