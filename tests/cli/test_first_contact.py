@@ -200,3 +200,38 @@ def test_the_own_flow_example_runs_on_the_shared_local_server_not_a_temporary_on
     assert "  -> m answers: What is 12 times 12?" in done.stdout, done
     assert "Traceback" not in done.output and "Starting temporary server" not in done.output
     assert (home / "studio-flows" / "local-server.json").exists()  # the one `server stop` stops
+
+
+LONG_MODELS = ["meta-llama/Llama-3.3-70B-Instruct", "meta-llama/Meta-Llama-3.1-8B-Instruct"]
+
+
+def _model_cells(stdout: str) -> list[str]:
+    """The model column of the "by model" table, each row's wrapped lines joined."""
+    table = stdout[stdout.index("by model") :].splitlines()
+    body = table[next(i for i, line in enumerate(table) if line.startswith("┡")) + 1 :]
+    cells: list[str] = []
+    for line in body:
+        if not line.startswith("│"):
+            break
+        model, completed = (cell.strip() for cell in line.split("│")[1:3])
+        if completed:  # a row's first line holds its numbers
+            cells.append(model)
+        else:
+            cells[-1] += model
+    return cells
+
+
+@pytest.mark.slow
+def test_the_by_model_table_keeps_long_model_names_whole_at_80_columns(
+    emulator: EmulatorServer, prefect_server: str, tmp_path: Path
+) -> None:
+    emulator.configure(tokens=[SECRET_TOKEN])
+    dataset = _rows(tmp_path / "prompts.jsonl", 3)
+    args = generate_args(dataset, f"sqlite:///{tmp_path}/r.db", "--model-id", LONG_MODELS[0])
+    args[args.index("--model-id") + 1] = LONG_MODELS[1]
+    env = cli_env(emulator, tmp_path / "h", api_url=prefect_server, COLUMNS="80")
+
+    result = run_cli(args, env, tmp_path)
+
+    assert result.returncode == 0, result
+    assert sorted(_model_cells(result.stdout)) == sorted(LONG_MODELS), result.stdout

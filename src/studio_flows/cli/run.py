@@ -51,7 +51,11 @@ def _print_models(summary: RunSummary) -> None:
     rows = summary.models_table()
     table = Table(title="by model")
     for name in rows[0]:
-        table.add_column(name, justify="left" if name == "model" else "right")
+        if name == "model":
+            # Folded, never cut: at 80 columns "meta-…" would name every Llama alike.
+            table.add_column(name, overflow="fold")
+        else:
+            table.add_column(name, justify="right")
     for row in rows:
         table.add_row(*(str(value) for value in row.values()))
     console.print(table)
