@@ -259,7 +259,9 @@ def test_make_demo_prints_what_the_readme_shows(tmp_path: Path) -> None:
     _lines_in_order(_shown_lines(shown), first.stdout)
     # "Run it twice: the second run finds every row already done and submits no job."
     assert second.returncode == 0, second
-    _lines_in_order([r"│ already done +│ +40 │", r"Emulator: 0 jobs created.*"], second.stdout)
+    _lines_in_order(
+        [r"│ answers already done +│ +40 │", r"Emulator: 0 jobs created.*"], second.stdout
+    )
     assert (tmp_path / "prefect" / "studio-flows" / "demo.db").is_file()
     assert not mine.exists()
 

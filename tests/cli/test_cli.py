@@ -98,10 +98,10 @@ def test_demo_answers_every_example_and_a_second_run_pays_nothing(
     assert "Emulator: 4 jobs created" in first.output
     # The value column is as wide as the widest value (the wall time varies): match loosely.
     assert re.search(r"│ completed +│ +40 │", first.output)
-    assert "40/40 rows done, 0 failed, jobs in flight: 0" in first.output
+    assert "40/40 answers done, 0 failed, jobs in flight: 0" in first.output
     assert second.exit_code == 0, second.output
     assert "Emulator: 0 jobs created" in second.output
-    assert re.search(r"│ already done +│ +40 │", second.output)
+    assert re.search(r"│ answers already done +│ +40 │", second.output)
     assert (tmp_path / "studio_flows.db").exists()
 
 

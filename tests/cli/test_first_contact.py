@@ -235,3 +235,57 @@ def test_the_by_model_table_keeps_long_model_names_whole_at_80_columns(
 
     assert result.returncode == 0, result
     assert sorted(_model_cells(result.stdout)) == sorted(LONG_MODELS), result.stdout
+
+
+def _four_rows_one_bad(path: Path) -> Path:
+    _rows(path, 3)
+    with path.open("a", encoding="utf-8") as out:
+        out.write('{"id": "bad", "prompt": 42}\n')
+    return path
+
+
+def _count(stdout: str, label: str) -> int:
+    """The value of the table row labelled exactly ``label``."""
+    match = re.search(rf"│ {re.escape(label)} +│ +(\d+) │", stdout)
+    assert match, (label, stdout)
+    return int(match.group(1))
+
+
+def test_a_dry_run_counts_every_row_read_and_labels_answers_as_answers(
+    emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    """Four rows, one bad, two models: 4 rows in source (1 bad), 6 answers to submit."""
+    dataset = _four_rows_one_bad(tmp_path / "prompts.jsonl")
+    args = generate_args(dataset, f"sqlite:///{tmp_path}/r.db", "--model-id", "second-model")
+    args += ["--id-column", "id", "--on-bad-rows", "skip", "--dry-run"]
+
+    result = run_cli(args, cli_env(emulator, tmp_path / "h"), tmp_path)
+
+    assert result.returncode == 0, result
+    assert _count(result.stdout, "rows in source") == 4
+    assert _count(result.stdout, "bad rows") == 1
+    assert _count(result.stdout, "models (an answer is a row and a model)") == 2
+    assert _count(result.stdout, "answers already done") == 0
+    assert _count(result.stdout, "answers that would be submitted") == 6
+
+
+@pytest.mark.slow
+def test_a_run_summary_counts_rows_read_and_answers_each_under_its_unit(
+    emulator: EmulatorServer, prefect_server: str, tmp_path: Path
+) -> None:
+    emulator.configure(tokens=[SECRET_TOKEN])
+    dataset = _four_rows_one_bad(tmp_path / "prompts.jsonl")
+    args = generate_args(dataset, f"sqlite:///{tmp_path}/r.db", "--model-id", "second-model")
+    args += ["--id-column", "id", "--on-bad-rows", "skip"]
+    env = cli_env(emulator, tmp_path / "h", api_url=prefect_server, COLUMNS="120")
+
+    first = run_cli(args, env, tmp_path)
+    again = run_cli(args, env, tmp_path)
+
+    assert first.returncode == 0, first
+    assert _count(first.stdout, "rows in source") == 4
+    assert _count(first.stdout, "bad rows skipped") == 1
+    assert _count(first.stdout, "answers submitted") == 6
+    assert _count(first.stdout, "answers completed") == 6
+    assert _count(again.stdout, "rows in source") == 4
+    assert _count(again.stdout, "answers already done") == 6
