@@ -1,5 +1,7 @@
-"""What a new user meets in the first minutes, run as typed through the installed CLI: a
-mistaken id column or file suffix, an upgrade hint run as printed, --help."""
+"""What a new user meets in the first minutes (issue 27's papercuts), run as typed through
+the installed CLI: a mistaken id column or file suffix, an upgrade hint run as printed,
+--help, the demo's own database, the own-flow example offline, long model names at 80
+columns, and counts that say whether they count rows or answers."""
 
 from __future__ import annotations
 
