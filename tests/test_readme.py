@@ -304,7 +304,7 @@ def test_the_use_it_block_generates_and_exports(
     by_file = _run(command("studio-flows results prompts.parquet"), env, tmp_path)
 
     assert generated.returncode == 0, generated
-    assert re.search(r"│ completed +│ +40 │", generated.stdout), generated
+    assert re.search(r"│ answers completed +│ +40 │", generated.stdout), generated
     assert by_name.returncode == 0, by_name
     assert by_name.stderr.strip() == "wrote 40 rows to answers.jsonl"
     assert len((tmp_path / "answers.jsonl").read_text(encoding="utf-8").splitlines()) == 40
@@ -359,7 +359,7 @@ def test_the_sql_block_dry_runs_generates_and_exports(
     assert re.search(r"│ jobs that would be submitted +│ +1 │", planned.stdout), planned
     assert emulator.stats()["jobs_created"] == 0
     generated = _run(run, env, tmp_path)
-    assert re.search(r"│ completed +│ +2 │", generated.stdout), generated  # WHERE id > 0
+    assert re.search(r"│ answers completed +│ +2 │", generated.stdout), generated  # WHERE id > 0
     exported = _run(command("studio-flows results --dataset faq"), env, tmp_path)
     assert exported.stderr.strip() == "wrote 2 rows to faq.csv", exported
     assert "Answer in one word: Largest planet?" in (tmp_path / "faq.csv").read_text()
