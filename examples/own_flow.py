@@ -22,7 +22,7 @@ import argparse
 
 from prefect import flow, task, unmapped
 
-from studio_flows import Generation, generate
+from studio_flows import Generation, generate, prefect_api
 
 PROMPTS = [
     "What is the capital of Portugal?",
@@ -55,7 +55,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Answer a few prompts from your own flow.")
     parser.add_argument("--model-id", required=True, help="the Model Studio model to ask")
     args = parser.parse_args()
-    for prompt, answer in answer_prompts(PROMPTS, model_id=args.model_id).items():
+    # The Prefect server of PREFECT_API_URL, else the local one `studio-flows` commands share
+    # (started on first use): not a temporary server inside this process, which Prefect
+    # would start with telemetry on and its own SQLite database on every run.
+    with prefect_api():
+        answers = answer_prompts(PROMPTS, model_id=args.model_id)
+    for prompt, answer in answers.items():
         print(f"{prompt}\n  -> {answer}")
 
 

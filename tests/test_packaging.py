@@ -126,10 +126,12 @@ def test_a_pip_installed_wheel_runs_the_demo_from_outside_the_clone(
     print(f"studio-flows demo from the installed wheel: {time.monotonic() - started:.1f} s")
 
     # Exit 0 means every row completed; the summary and the emulator's line say so too.
-    assert "rows in dataset" in output and "completed" in output, output
+    assert "rows in source" in output and "answers completed" in output, output
     assert "Emulator: 4 jobs created, at most 3 active at once." in output, output
     assert "Traceback" not in output and "Warning" not in output, output
-    assert (workdir / "studio_flows.db").is_file()  # the results landed where the user is
+    # The demo's rows are in its own database, not in the user's folder's studio_flows.db.
+    assert not (workdir / "studio_flows.db").exists()
+    assert (tmp_path / "prefect-home" / "studio-flows" / "demo.db").is_file()
 
 
 USERS_FLOW = """

@@ -58,6 +58,7 @@ _PUBLIC = {
     "export_training_set": "studio_flows.tasks.generation",
     "generate_dataset": "studio_flows.flows.generate",
     "generate_rows": "studio_flows.flows.rows",
+    "prefect_api": "studio_flows.cli.local_server",
 }
 
 __all__ = [
@@ -91,6 +92,7 @@ __all__ = [
     "generate",
     "generate_dataset",
     "generate_rows",
+    "prefect_api",
     "read_results",
     "read_scores",
     "submit_generation_job",
@@ -99,6 +101,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from studio_flows.blocks import ModelStudioCredentials
+    from studio_flows.cli.local_server import prefect_api
     from studio_flows.client import AsyncModelStudioClient, ModelStudioClient
     from studio_flows.emulator import EmulatorConfig, EmulatorServer
     from studio_flows.errors import (

@@ -28,7 +28,8 @@ from studio_flows.storage import make_engine
 
 @dataclass(frozen=True)
 class DryRunPlan:
-    """The counts a dry run prints."""
+    """The counts a dry run prints: rows of the source, then answers (one per row and
+    model) and jobs."""
 
     dataset: str
     model_id: str
@@ -42,20 +43,24 @@ class DryRunPlan:
     judge_rows_to_submit: int = 0
     judge_jobs_to_submit: int = 0
     judged: bool = False
+    models: int = 1
 
     def table(self) -> list[tuple[str, int]]:
-        """Label and value of each count, in the order a user reads them.
+        """Label and value of each count, in the order a user reads them, each naming its
+        unit; ``rows in source`` counts every row read, bad ones and duplicates included.
 
         Example:
             >>> DryRunPlan("d", "m", 3, 0, 0, 1, 2, 1, 0).table()[-2]
             ('jobs that would be submitted', 1)
         """
+        models = [("models (an answer is a row and a model)", self.models)]
         return [
             ("rows in source", self.rows_in_source),
             ("bad rows", self.bad_rows),
-            ("exact duplicates", self.duplicates),
-            ("already done", self.already_done),
-            ("rows that would be submitted", self.rows_to_submit),
+            ("exact duplicate rows", self.duplicates),
+            *(models if self.models > 1 else []),
+            ("answers already done", self.already_done),
+            ("answers that would be submitted", self.rows_to_submit),
             ("jobs that would be submitted", self.jobs_to_submit),
             ("recorded jobs to re-attach", self.jobs_to_reattach),
         ] + (
@@ -100,7 +105,8 @@ def plan_run(
     return DryRunPlan(
         dataset=report.source.dataset,
         model_id=", ".join(options.models),
-        rows_in_source=report.rows,
+        # Every row read: the good ones, the bad ones, the exact duplicates.
+        rows_in_source=report.rows + report.bad_count + report.duplicates,
         bad_rows=report.bad_count,
         duplicates=report.duplicates,
         already_done=planner.counts.already_done,
@@ -110,6 +116,7 @@ def plan_run(
         judge_rows_to_submit=judge_rows,
         judge_jobs_to_submit=judge_jobs,
         judged=options.judge is not None,
+        models=len(options.models),
     )
 
 

@@ -84,7 +84,9 @@ class JudgingSummary(BaseModel):
 class RunSummary(BaseModel):
     """Counts of one run; the flow's return value and the CLI's report.
 
-    The counts are of every (row, model) pair; ``models`` holds each model's share.
+    Two units: rows of the source (``rows_in_dataset``, ``bad_rows_skipped``,
+    ``duplicates``) and answers, one per (row, model) pair (the rest); ``models`` holds
+    each model's share. :meth:`table` names the unit of every count.
     """
 
     dataset: str
@@ -125,13 +127,25 @@ class RunSummary(BaseModel):
         return max(self.rows_in_dataset * max(len(self.models), 1) - self.already_done, 0)
 
     @property
+    def rows_in_source(self) -> int:
+        """Rows read from the source: the good ones, the bad ones skipped and the exact
+        duplicates left out.
+
+        Example:
+            >>> RunSummary(dataset="d", model_id="m", rows_in_dataset=3, bad_rows_skipped=1
+            ...            ).rows_in_source
+            4
+        """
+        return self.rows_in_dataset + self.bad_rows_skipped + self.duplicates
+
+    @property
     def rows_left(self) -> int:
         """Rows still without an answer, for the next run."""
         return max(self.rows_to_do - self.completed - self.failed, 0)
 
     def stopped_line(self) -> str:
         """One line for a run a signal stopped: what is done and what is left."""
-        noun = "rows" if len(self.models) < 2 else "answers (rows × models)"
+        noun = _answers(len(self.models))
         return (
             f"interrupted by {self.interrupted_by}: {self.completed + self.failed:,} of "
             f"{self.rows_to_do:,} {noun} done ({self.completed:,} completed, {self.failed:,} "
@@ -156,17 +170,32 @@ class RunSummary(BaseModel):
         return self.failed == 0 and self.unfinished == 0 and judged
 
     def table(self) -> list[dict[str, str | int | float]]:
-        """Rows for a two-column table (a Prefect table artifact, the CLI)."""
+        """Rows for a two-column table (a Prefect table artifact, the CLI), each label
+        naming its unit: rows of the source, or answers (one per row and model).
+
+        Example:
+            >>> summary = RunSummary(dataset="d", model_id="a, b", rows_in_dataset=3,
+            ...     bad_rows_skipped=1, already_done=6, models=[ModelSummary(model_id="a"),
+            ...     ModelSummary(model_id="b")])
+            >>> for row in summary.table()[:5]:
+            ...     print(f"{row['metric']}: {row['value']}")
+            rows in source: 4
+            bad rows skipped: 1
+            exact duplicate rows: 0
+            models (an answer is a row and a model): 2
+            answers already done: 6
+        """
         labels = {
-            "rows_in_dataset": "rows in dataset",
+            "rows_in_source": "rows in source",
             "bad_rows_skipped": "bad rows skipped",
-            "duplicates": "exact duplicates",
-            "already_done": "already done",
-            "rows_submitted": "rows submitted",
-            "completed": "completed",
-            "failed": "failed",
+            "duplicates": "exact duplicate rows",
+            "models_count": "models (an answer is a row and a model)",
+            "already_done": "answers already done",
+            "rows_submitted": "answers submitted",
+            "completed": "answers completed",
+            "failed": "answers failed",
             "invalid_answers": "invalid answers",
-            "unfinished": "unfinished",
+            "unfinished": "answers unfinished",
             "jobs": "jobs",
             "reattached": "jobs re-attached",
             "ambiguous_resubmitted": "ambiguous POSTs resubmitted",
@@ -174,7 +203,13 @@ class RunSummary(BaseModel):
             "requests_per_job": "requests a job",
             "wall_time_s": "wall time (s)",
         }
-        rows = [{"metric": label, "value": getattr(self, key)} for key, label in labels.items()]
+        if len(self.models) < 2:
+            del labels["models_count"]  # one model: an answer is a row
+        values = {"models_count": len(self.models)}
+        rows: list[dict[str, str | int | float]] = [
+            {"metric": label, "value": values[key] if key in values else getattr(self, key)}
+            for key, label in labels.items()
+        ]
         return rows + (self.judging.table() if self.judging is not None else [])
 
     def models_table(self) -> list[dict[str, str | int | float]]:
@@ -248,6 +283,16 @@ def _markdown_table(rows: list[dict[str, str | int | float]]) -> list[str]:
     header = list(rows[0])
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     return lines + ["| " + " | ".join(str(row[name]) for name in header) + " |" for row in rows]
+
+
+def _answers(models: int) -> str:
+    """The unit of answer counts: "answers", and with several models what one is.
+
+    Example:
+        >>> _answers(1), _answers(2)
+        ('answers', 'answers (rows × models)')
+    """
+    return "answers" if models < 2 else "answers (rows × models)"
 
 
 def _rate(value: float | None) -> str:

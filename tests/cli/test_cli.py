@@ -91,18 +91,21 @@ def test_demo_answers_every_example_and_a_second_run_pays_nothing(
     for name in ("TOKEN", "ORGANIZATION_ID", "BASE_URL"):
         monkeypatch.setenv(f"MODEL_STUDIO_{name}", "placeholder")
 
-    first = runner.invoke(app, ["demo"])
-    second = runner.invoke(app, ["demo"])
+    # Its own database by default is under PREFECT_HOME (test_first_contact.py); here a
+    # file of this test's, so no earlier session's rows are already done.
+    demo = ["demo", "--database-url", f"sqlite:///{tmp_path}/demo.db"]
+    first = runner.invoke(app, demo)
+    second = runner.invoke(app, demo)
 
     assert first.exit_code == 0, first.output
     assert "Emulator: 4 jobs created" in first.output
     # The value column is as wide as the widest value (the wall time varies): match loosely.
-    assert re.search(r"│ completed +│ +40 │", first.output)
-    assert "40/40 rows done, 0 failed, jobs in flight: 0" in first.output
+    assert re.search(r"│ answers completed +│ +40 │", first.output)
+    assert "40/40 answers done, 0 failed, jobs in flight: 0" in first.output
     assert second.exit_code == 0, second.output
     assert "Emulator: 0 jobs created" in second.output
-    assert re.search(r"│ already done +│ +40 │", second.output)
-    assert (tmp_path / "studio_flows.db").exists()
+    assert re.search(r"│ answers already done +│ +40 │", second.output)
+    assert (tmp_path / "demo.db").exists() and not (tmp_path / "studio_flows.db").exists()
 
 
 @pytest.mark.parametrize(

@@ -91,7 +91,7 @@ def test_generate_with_auto_upgrade_off_names_db_upgrade_then_runs_after_it(
     assert refused.returncode == 2, refused
     message = refused.stderr.strip()
     assert len(message.splitlines()) == 1 and "Traceback" not in refused.output
-    assert "is at schema 2" in message and "run `studio-flows db upgrade`" in message
+    assert "is at schema 2" in message and "run `studio-flows db upgrade --database-url " in message
     assert emulator.stats()["jobs_created"] == 0
     assert len(ledger(database_url)) == 1  # the old shard alone: nothing was written
 

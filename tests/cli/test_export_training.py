@@ -145,7 +145,7 @@ def test_the_training_export_is_the_stored_rows_split_stably_as_rows_are_added(
     write_dataset(dataset, 60)
     before = emulator.stats()["conversations"]
     grown = run_cli(args, env, tmp_path)
-    assert summary_value(grown.stdout, "rows submitted") == 20 + 6, grown
+    assert summary_value(grown.stdout, "answers submitted") == 20 + 6, grown
     assert emulator.stats()["conversations"] - before == 26
 
     new_train, new_held, new_manifest = export(tmp_path, env, database_url, "third")

@@ -71,7 +71,7 @@ def test_an_ambiguous_answer_fails_its_row_and_the_rerun_pays_for_it_alone(
     rerun = run_cli(args, env, tmp_path)
 
     assert rerun.returncode == 0, rerun
-    assert summary_value(rerun.stdout, "rows submitted") == len(failed_rows), rerun
+    assert summary_value(rerun.stdout, "answers submitted") == len(failed_rows), rerun
     assert emulator.stats()["jobs_created"] - jobs_before == len({n // SHARD for n in failed_rows})
     stored = {int(str(r["row_key"])[1:]): r["result"] for r in results_table(database_url)}
     assert stored == {number: _answer(number) for number in range(ROWS)}

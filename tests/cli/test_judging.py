@@ -109,7 +109,7 @@ def test_judges_score_every_answer_once_and_a_rerun_sends_only_the_failed_verdic
 
     # Every answer completed; 4 verdicts (2 rows x 2 models) failed: exit 1, retry later.
     assert first.returncode == 1, first
-    assert summary_value(first.stdout, "completed") == 12, first
+    assert summary_value(first.stdout, "answers completed") == 12, first
     assert summary_value(first.stdout, "verdicts completed") == 8, first
     assert summary_value(first.stdout, "verdicts failed") == 4, first
     assert summary_value(first.stdout, "judge jobs") == 6, first
@@ -138,7 +138,7 @@ def test_judges_score_every_answer_once_and_a_rerun_sends_only_the_failed_verdic
     assert "tuned wins " in first.stdout and " against base (p = " in first.stdout, first
 
     replanned = _generate(dataset, database_url, env, tmp_path, "--dry-run")
-    assert summary_value(replanned.stdout, "rows that would be submitted") == 0, replanned
+    assert summary_value(replanned.stdout, "answers that would be submitted") == 0, replanned
     assert summary_value(replanned.stdout, "verdicts that would be submitted") == 4, replanned
     assert summary_value(replanned.stdout, "judge jobs that would be submitted") == 2, replanned
 
@@ -255,7 +255,7 @@ def test_a_sigkill_during_the_verdicts_then_a_rerun_reattaches_and_pays_each_onc
 
     assert rerun.returncode == 1, rerun  # the invalid and no-json rows' verdicts
     assert created_at_kill >= 6 + 1  # every answer job, and a judge job, before the kill
-    assert summary_value(rerun.stdout, "rows submitted") == 0, rerun
+    assert summary_value(rerun.stdout, "answers submitted") == 0, rerun
     assert summary_value(rerun.stdout, "verdicts failed") == 4, rerun
     assert emulator.stats()["jobs_created"] == 6 + 6  # every job once, re-attached or new
     assert emulator.stats()["max_active_jobs"] <= 3

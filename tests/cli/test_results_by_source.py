@@ -92,7 +92,7 @@ def test_parquet_after_jsonl_finds_the_jsonl_results_in_order_with_line_numbers(
     assert first.returncode == 0, first
     assert again.returncode == 0, again
     assert summary_value(again.stdout, "already done") == 40
-    assert summary_value(again.stdout, "rows submitted") == 0
+    assert summary_value(again.stdout, "answers submitted") == 0
 
     assert STUDIO_FLOWS is not None
     by_name = run_cli(

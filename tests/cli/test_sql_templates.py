@@ -175,8 +175,8 @@ def test_a_dry_run_prints_what_would_be_paid_and_posts_nothing(
     assert cli.stats()["requests"] == {}  # not a POST, not even the access check
     for label, value in [
         ("rows in source", 14),
-        ("already done", 7),
-        ("rows that would be submitted", 7),
+        ("answers already done", 7),
+        ("answers that would be submitted", 7),
         ("jobs that would be submitted", 2),
     ]:
         assert any(label in line and line.rstrip(" │").endswith(f" {value}") for line in
@@ -197,5 +197,5 @@ def test_a_dry_run_needs_no_prefect_server_and_no_token(
     process = start_cli([*args, "--sql", QUERY, "--template", TEMPLATE], env, tmp_path)
     result = finish_cli(process, started)
     assert result.returncode == 0, result
-    assert "rows that would be submitted" in result.stdout and "Traceback" not in result.output
+    assert "answers that would be submitted" in result.stdout and "Traceback" not in result.output
     assert emulator.stats()["requests"] == {}

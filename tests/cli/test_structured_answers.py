@@ -127,7 +127,7 @@ def test_answers_are_checked_and_a_rerun_pays_for_the_invalid_rows_alone(
     rerun = run_cli(args, env, tmp_path)
 
     assert rerun.returncode == 1, rerun
-    assert summary_value(rerun.stdout, "rows submitted") == 2, rerun
+    assert summary_value(rerun.stdout, "answers submitted") == 2, rerun
     assert summary_value(rerun.stdout, "already done") == 3, rerun
     assert emulator.stats()["conversations"] - before == 2
 
@@ -135,7 +135,7 @@ def test_answers_are_checked_and_a_rerun_pays_for_the_invalid_rows_alone(
     before = emulator.stats()["conversations"]
     again = run_cli(args, env, tmp_path)
 
-    assert summary_value(again.stdout, "rows submitted") == len(PROMPTS), again
+    assert summary_value(again.stdout, "answers submitted") == len(PROMPTS), again
     assert emulator.stats()["conversations"] - before == len(PROMPTS)
     engine = make_engine(database_url)
     with engine.connect() as conn:

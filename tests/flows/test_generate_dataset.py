@@ -201,7 +201,7 @@ def test_the_run_reports_a_summary_table_markdown_and_full_progress(
         return found[0].data
 
     table = latest("generation-summary")
-    assert {"metric": "completed", "value": 7} in (
+    assert {"metric": "answers completed", "value": 7} in (
         table if isinstance(table, list) else json.loads(str(table))
     )
     report = str(latest("generation-report"))

@@ -165,7 +165,7 @@ def test_with_auto_upgrade_off_an_old_database_is_one_sentence_and_untouched(
         make_engine(database_url)
     message = str(caught.value)
     assert f"is at schema 2, this studio-flows needs schema {HEAD}" in message
-    assert "run `studio-flows db upgrade`" in message
+    assert "run `studio-flows db upgrade --database-url " in message
     password = sa.make_url(database_url).password
     assert password is None or password not in message
     assert _versions(database_url) == ([2], [])

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from studio_flows.cli.app import _clear_errors, app, console
+from studio_flows.cli.app import DATABASE_URL_DEFAULT, _clear_errors, app, console
 
 db_app = typer.Typer(
     name="db",
@@ -20,7 +20,7 @@ app.add_typer(db_app)
 @db_app.command("upgrade")
 def upgrade_command(
     database_url: Annotated[
-        str | None, typer.Option(help="SQLAlchemy URL (default: MODEL_STUDIO_DATABASE_URL)")
+        str | None, typer.Option(help="SQLAlchemy URL", show_default=DATABASE_URL_DEFAULT)
     ] = None,
 ) -> None:
     """Bring the results schema up to this release's, and say what was done.

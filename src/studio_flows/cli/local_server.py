@@ -143,9 +143,18 @@ def check_prefect_api(api_url: str, timeout_s: float = 10.0) -> None:
         ) from None
 
 
+def _to_stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
 @contextlib.contextmanager
-def prefect_api(notify: Callable[[str], None]) -> Iterator[str]:
+def prefect_api(notify: Callable[[str], None] = _to_stderr) -> Iterator[str]:
     """The Prefect API a command uses: ``PREFECT_API_URL`` if set (checked), else a local one.
+
+    Public as ``studio_flows.prefect_api`` for a user's own script that runs a flow with
+    no Prefect server named: without it Prefect starts a temporary server inside that
+    process on every run (seconds of start-up, its own SQLite, no lease repossessor),
+    where inside it the flow runs on the local server every ``studio-flows`` command shares.
 
     Example:
         >>> with prefect_api(notify=print) as api_url:  # doctest: +SKIP

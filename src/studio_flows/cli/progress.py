@@ -14,7 +14,7 @@ from studio_flows.summary import RunTally
 
 @contextmanager
 def progress_display(console: Console, *, enabled: bool = True) -> Iterator[None]:
-    """Show rows done / total, jobs in flight and failures while the flow runs."""
+    """Show answers done / total (one per row and model), jobs in flight and failures."""
     if not enabled:
         yield
         return
@@ -29,7 +29,7 @@ def progress_display(console: Console, *, enabled: bool = True) -> Iterator[None
 @contextmanager
 def _rich_bar(console: Console) -> Iterator[None]:
     progress = Progress(
-        TextColumn("[bold]rows"),
+        TextColumn("[bold]answers"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[detail]}"),
@@ -57,7 +57,9 @@ def _plain_lines(console: Console) -> Iterator[None]:
         if tenth > last_tenth:
             last_tenth = tenth
             failed = tally.failed + tally.unfinished
-            console.print(f"{done}/{total} rows done, {failed} failed, jobs in flight: {in_flight}")
+            console.print(
+                f"{done}/{total} answers done, {failed} failed, jobs in flight: {in_flight}"
+            )
 
     with reporting_progress(update):
         yield

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
-from studio_flows.cli.app import _clear_errors, app, console, err_console
+from studio_flows.cli.app import DATABASE_URL_DEFAULT, _clear_errors, app, console, err_console
 from studio_flows.cli.run import _notice
 from studio_flows.errors import ConfigurationError
 
@@ -25,7 +25,9 @@ def results(
             show_default=False,
         ),
     ] = None,
-    database_url: Annotated[str | None, typer.Option(help="SQLAlchemy URL")] = None,
+    database_url: Annotated[
+        str | None, typer.Option(help="SQLAlchemy URL", show_default=DATABASE_URL_DEFAULT)
+    ] = None,
     dataset: Annotated[
         str | None, typer.Option(help="Dataset name (the file name a run stored them under)")
     ] = None,
@@ -35,7 +37,9 @@ def results(
         str, typer.Option("--format", help="table | jsonl | csv | parquet")
     ] = "table",
     output: Annotated[Path | None, typer.Option(help="Write to this file")] = None,
-    limit: Annotated[int | None, typer.Option(help="At most this many rows")] = None,
+    limit: Annotated[
+        int | None, typer.Option(help="At most this many rows", show_default="all")
+    ] = None,
     wide: Annotated[
         bool, typer.Option("--wide", help="One line per row, an answer column per model")
     ] = False,

@@ -15,6 +15,7 @@ from rich.table import Table
 
 from studio_flows import interrupts
 from studio_flows.cli.app import (
+    DATABASE_URL_DEFAULT,
     DEMO_TOKEN,
     EXAMPLES,
     _clear_errors,
@@ -52,7 +53,11 @@ def _print_models(summary: RunSummary) -> None:
     rows = summary.models_table()
     table = Table(title="by model")
     for name in rows[0]:
-        table.add_column(name, justify="left" if name == "model" else "right")
+        if name == "model":
+            # Folded, never cut: at 80 columns "meta-…" would name every Llama alike.
+            table.add_column(name, overflow="fold")
+        else:
+            table.add_column(name, justify="right")
     for row in rows:
         table.add_row(*(str(value) for value in row.values()))
     console.print(table)
@@ -238,14 +243,18 @@ def generate(
     ] = None,
     sql: Annotated[str | None, typer.Option(help="A SQL query whose rows are the dataset")] = None,
     source_url: Annotated[
-        str | None, typer.Option(help="SQLAlchemy URL --sql runs on (default: the results DB)")
+        str | None,
+        typer.Option(help="SQLAlchemy URL --sql runs on", show_default="the results database"),
     ] = None,
     source_block: Annotated[
         str | None, typer.Option(help="SqlAlchemyConnector block --sql runs on")
     ] = None,
     dataset_name: Annotated[
         str | None,
-        typer.Option(help="Name the results are stored under (default: file name, sql:<hash>)"),
+        typer.Option(
+            help="Name the results are stored under",
+            show_default="the file name; sql:<hash> for --sql",
+        ),
     ] = None,
     template: Annotated[
         str | None, typer.Option(help="Jinja2 user message, e.g. 'Answer: {{ question }}'")
@@ -256,16 +265,37 @@ def generate(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Read, validate and plan; print; submit nothing")
     ] = False,
-    database_url: Annotated[str | None, typer.Option(help="SQLAlchemy URL")] = None,
-    shard_size: Annotated[int | None, typer.Option(help="Conversations per job (1-100)")] = None,
-    temperature: Annotated[float, typer.Option(min=0.0, max=2.0)] = 0.7,
-    max_tokens: Annotated[int, typer.Option(min=1)] = 512,
+    database_url: Annotated[
+        str | None, typer.Option(help="SQLAlchemy URL", show_default=DATABASE_URL_DEFAULT)
+    ] = None,
+    shard_size: Annotated[
+        int | None,
+        typer.Option(
+            help="Conversations per job (1-100)", show_default="MODEL_STUDIO_SHARD_SIZE, else 50"
+        ),
+    ] = None,
+    temperature: Annotated[
+        float, typer.Option(min=0.0, max=2.0, help="Sampling temperature")
+    ] = 0.7,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Longest answer, in tokens")] = 512,
     system_prompt: Annotated[str | None, typer.Option(help="Prepended to every row")] = None,
-    on_bad_rows: Annotated[str, typer.Option(help="fail | skip")] = "fail",
-    ambiguous_policy: Annotated[str, typer.Option(help="resubmit | stop")] = "resubmit",
-    prompt_column: str = "prompt",
-    messages_column: str = "messages",
-    id_column: Annotated[str | None, typer.Option(help="Column holding a row id")] = None,
+    on_bad_rows: Annotated[
+        str, typer.Option(metavar="fail|skip", help="Stop before any job, or skip bad rows")
+    ] = "fail",
+    ambiguous_policy: Annotated[
+        str,
+        typer.Option(
+            metavar="resubmit|stop", help="A POST of an earlier run whose outcome is unknown"
+        ),
+    ] = "resubmit",
+    prompt_column: Annotated[str, typer.Option(help="Column holding a row's prompt")] = "prompt",
+    messages_column: Annotated[
+        str, typer.Option(help="Column holding a row's conversation (JSON)")
+    ] = "messages",
+    id_column: Annotated[
+        str | None,
+        typer.Option(help="Column holding a row id", show_default="a hash of the conversation"),
+    ] = None,
     keep_columns: Annotated[
         str | None,
         typer.Option(
@@ -294,7 +324,10 @@ def generate(
             help="Jinja2 judge prompt over the row's columns, answer, expected and model_id"
         ),
     ] = None,
-    credentials_block: Annotated[str | None, typer.Option(help="Credentials block name")] = None,
+    credentials_block: Annotated[
+        str | None,
+        typer.Option(help="Credentials block name", show_default="MODEL_STUDIO_TOKEN etc."),
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar")] = True,
 ) -> None:
     """Generate an answer for every row of DATASET (or of --sql) and write them to the database."""
@@ -364,10 +397,16 @@ def _column_list(names: str | None) -> list[str]:
 
 @app.command()
 def demo(
-    database_url: Annotated[str | None, typer.Option(help="SQLAlchemy URL")] = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            help="SQLAlchemy URL", show_default="$PREFECT_HOME/studio-flows/demo.db, its own"
+        ),
+    ] = None,
     shard_size: Annotated[int, typer.Option(help="Conversations per job")] = 10,
 ) -> None:
-    """Run the generation flow offline: a local emulator, the examples, a SQLite file."""
+    """Run the generation flow offline: a local emulator, the examples, a SQLite file of its
+    own (never MODEL_STUDIO_DATABASE_URL: demo rows stay out of your results)."""
     from studio_flows.emulator import EmulatorConfig, EmulatorServer
 
     dataset = EXAMPLES / "prompts.jsonl"
@@ -376,9 +415,10 @@ def demo(
             "demo",
             dataset_path=str(dataset),
             model_id="demo-model",
-            database_url=database_url,
+            database_url=database_url or _demo_database_url(),
             shard_size=shard_size,
         )
+    assert options.database_url is not None  # given, or the demo's own
     config = EmulatorConfig(job_latency_s=1.0, task_latency_s=0.02, tokens=[DEMO_TOKEN])
     with EmulatorServer(config) as server, _clear_errors():
         os.environ.update(
@@ -386,7 +426,12 @@ def demo(
             MODEL_STUDIO_ORGANIZATION_ID="demo-organization",
             MODEL_STUDIO_BASE_URL=server.base_url,
         )
-        console.print(f"Emulator at {server.base_url}; dataset {dataset.name}")
+        console.print(
+            f"Emulator at {server.base_url}; dataset {dataset.name}; results in "
+            f"{options.database_url}",
+            highlight=False,
+            soft_wrap=True,
+        )
         summary = _run_flow(options, show_progress=True)
         stats = server.stats()
     _print_summary(summary)
@@ -394,22 +439,37 @@ def demo(
         f"Emulator: {stats['jobs_created']} jobs created, "
         f"at most {stats['max_active_jobs']} active at once."
     )
-    _print_samples(database_url, dataset, options.models[0])
+    _print_samples(options.database_url, dataset, options.models[0])
+    console.print(
+        f"Read them back: studio-flows results --database-url {options.database_url}",
+        highlight=False,
+        soft_wrap=True,
+    )
     if not summary.all_completed:
         raise typer.Exit(1)
 
 
-def _print_samples(database_url: str | None, dataset: Path, model_id: str, limit: int = 3) -> None:
+def _demo_database_url() -> str:
+    """The demo's own SQLite file, beside the local Prefect server's files: never the
+    user's results database, so a first real export holds no demo rows."""
+    from studio_flows.cli.local_server import prefect_home
+
+    folder = prefect_home() / "studio-flows"
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / 'demo.db'}"
+
+
+def _print_samples(database_url: str, dataset: Path, model_id: str, limit: int = 3) -> None:
     """The dataset's first rows and their answers: the same rows on every run."""
     import itertools
 
     from studio_flows.datasets import iter_good_rows
-    from studio_flows.settings import load_settings
     from studio_flows.storage import make_engine, results_of_rows
 
-    engine = make_engine(database_url or load_settings().database_url)
+    engine = make_engine(database_url)
     try:
-        table = Table(title=f"A few rows of generation_results ({engine.url.database})")
+        name = Path(engine.url.database or engine.url.render_as_string()).name
+        table = Table(title=f"A few rows of generation_results ({name})")
         table.add_column("prompt", overflow="fold")
         table.add_column("result", overflow="fold")
         first_rows = itertools.islice(iter_good_rows(dataset), limit)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from studio_flows.cli.app import _clear_errors, app, console
+from studio_flows.cli.app import DATABASE_URL_DEFAULT, _clear_errors, app, console
 
 
 @app.command("export-training")
@@ -20,9 +20,11 @@ def export_training_command(
     ] = None,
     eval_fraction: Annotated[
         float | None,
-        typer.Option(help="Share of rows held out, by a hash of the row key (default 0.1)"),
+        typer.Option(help="Share of rows held out, by a hash of the row key", show_default="0.1"),
     ] = None,
-    database_url: Annotated[str | None, typer.Option(help="SQLAlchemy URL")] = None,
+    database_url: Annotated[
+        str | None, typer.Option(help="SQLAlchemy URL", show_default=DATABASE_URL_DEFAULT)
+    ] = None,
 ) -> None:
     """Write one {"messages": [...]} line per completed row of --dataset answered by
     --model-id, in the dataset's order, split by a stable hash of the row key; and a

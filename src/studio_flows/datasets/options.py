@@ -93,10 +93,23 @@ def detect_format(path: PathLike) -> DatasetFormat:
     try:
         return _SUFFIXES[suffix]
     except KeyError:
+        # The command line has no format option: the suffix is the one way to say it.
+        found = f"the suffix {suffix!r}" if suffix else "a name without a suffix"
         raise DatasetError(
-            f"{os.fspath(path)}: cannot tell the dataset format from the suffix {suffix!r}; "
-            "use .jsonl/.ndjson, .csv or .parquet/.pq, or set the format explicitly"
+            f"{os.fspath(path)}: cannot tell the dataset format from {found}; "
+            f"give the file one of the suffixes {_suffix_list()}"
         ) from None
+
+
+def _suffix_list() -> str:
+    """The suffixes a dataset file may have, grouped by format: ``.jsonl or .ndjson (JSON
+    lines), .csv (CSV), .parquet or .pq (Parquet)``."""
+    names = {"jsonl": "JSON lines", "csv": "CSV", "parquet": "Parquet"}
+    groups = [
+        " or ".join(s for s, f in _SUFFIXES.items() if f == fmt) + f" ({name})"
+        for fmt, name in names.items()
+    ]
+    return ", ".join(groups)
 
 
 def dataset_name(path: PathLike) -> str:

@@ -7,13 +7,17 @@ A kept column missing from a CSV header or a Parquet schema is a DatasetError (t
 file lacks it); a JSONL row without it is a bad row (each object has its own keys). Kept
 values are JSON values: JSONL's as parsed, CSV's as text (an empty cell is null),
 Parquet's converted (timestamps and dates to ISO 8601 text, decimals to text, NaN to null).
+
+An id column (``id_column``) missing from a CSV header or a Parquet schema is a DatasetError
+at once; in JSONL (and a query's rows, read as JSONL) it is one when no object of the file
+has that key (:class:`IdColumnCheck`), rather than a "missing id" bad row per line.
 """
 
 from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +41,7 @@ def jsonl_records(
     id_column = options.id_column
     keep = options.keep_columns
     loads = orjson.loads
+    id_check = IdColumnCheck(file, id_column)
     with open(path, "rb") as handle:
         for line, raw in enumerate(handle, 1):
             if line == 1 and raw.startswith(_UTF8_BOM):
@@ -52,6 +57,7 @@ def jsonl_records(
             if type(obj) is not dict:
                 yield BadRow(file, line, f"expected a JSON object, got {_json_type(obj)}")
                 continue
+            id_check.saw(obj)
             kept = None
             if keep:
                 missing = [name for name in keep if name not in obj]
@@ -67,6 +73,49 @@ def jsonl_records(
                 obj if with_columns else None,
                 kept,
             )
+    id_check.finish()
+
+
+class IdColumnCheck:
+    """Whether any record of a source without a header has the id column; if none has it,
+    the column is missing from the source, one error instead of a bad row per record.
+
+    Example:
+        >>> check = IdColumnCheck("p.jsonl", "ID")
+        >>> check.saw({"id": "q1", "prompt": "Hi"})
+        >>> check.finish()
+        Traceback (most recent call last):
+        studio_flows.errors.DatasetError: p.jsonl: no id column 'ID' in any row (columns: id, \
+prompt)
+    """
+
+    _SHOWN = 20  # column names listed in the error, at most
+
+    def __init__(self, label: str, id_column: str | None) -> None:
+        self.label = label
+        self.id_column = id_column
+        self.found = id_column is None  # nothing to look for
+        self.columns: dict[str, None] = {}  # every key seen, in order (an ordered set)
+
+    def saw(self, record: Mapping[str, Any]) -> None:
+        """Note one record's keys (cheap once the id column was found)."""
+        if self.found:
+            return
+        if self.id_column in record:
+            self.found = True
+            self.columns.clear()
+        elif len(self.columns) < self._SHOWN + 1:
+            self.columns.update(dict.fromkeys(map(str, record)))
+
+    def finish(self) -> None:
+        """Raise :class:`DatasetError` if records were seen and none had the id column."""
+        if self.found or not self.columns:
+            return  # found, or no record at all (the bad rows say why)
+        names = list(self.columns)
+        shown = ", ".join(names[: self._SHOWN]) + (", …" if len(names) > self._SHOWN else "")
+        raise DatasetError(
+            f"{self.label}: no id column {self.id_column!r} in any row (columns: {shown})"
+        )
 
 
 def csv_records(

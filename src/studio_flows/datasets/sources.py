@@ -43,7 +43,12 @@ from studio_flows.datasets.options import (
     detect_format,
 )
 from studio_flows.datasets.queries import read_only, single_query
-from studio_flows.datasets.readers import READERS, jsonl_records, no_kept_column
+from studio_flows.datasets.readers import (
+    READERS,
+    IdColumnCheck,
+    jsonl_records,
+    no_kept_column,
+)
 from studio_flows.errors import DatasetError
 from studio_flows.rows import BadRow
 
@@ -232,7 +237,9 @@ class MemorySource(DatasetSource):
     ) -> Iterator[_Record | BadRow]:
         messages_column, prompt_column = options.messages_column, options.prompt_column
         id_column, keep = options.id_column, options.keep_columns
+        id_check = IdColumnCheck(self.label, id_column)
         for line, row in enumerate(_mappings(self.rows), 1):
+            id_check.saw(row)
             missing = [name for name in keep if name not in row]
             if missing:
                 yield BadRow(self.label, line, no_kept_column(missing[0]))
@@ -245,6 +252,7 @@ class MemorySource(DatasetSource):
                 {name: _plain(row.get(name)) for name in columns} if columns else None,
                 {name: _plain(row[name]) for name in keep} if keep else None,
             )
+        id_check.finish()
 
     def key(self) -> Hashable:
         return ("rows", id(self))

@@ -13,7 +13,7 @@ Alembic: a release older than the database reads it there and refuses to write.
 - Newer than this code: :class:`~studio_flows.errors.ConfigurationError`.
 
 Upgrading is automatic unless ``MODEL_STUDIO_DATABASE_AUTO_UPGRADE=false``; then an
-out-of-date database is an error naming ``studio-flows db upgrade``
+out-of-date database is an error naming ``studio-flows db upgrade --database-url URL``
 (:func:`upgrade_database`). Concurrent starters are safe: PostgreSQL upgrades under a
 transaction-level advisory lock, SQLite under its write lock (``BEGIN IMMEDIATE``), and
 the state is read again once the lock is held.
@@ -21,6 +21,7 @@ the state is read again once the lock is held.
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -96,9 +97,11 @@ def ensure_schema(engine: Engine, *, auto_upgrade: bool | None = None) -> Schema
         auto_upgrade = load_settings().database_auto_upgrade
     if not auto_upgrade:
         state = "has no studio-flows tables" if found is None else f"is at schema {found}"
+        # The URL in the command: without it, `db upgrade` would upgrade the default database.
         raise ConfigurationError(
             f"The database {shown} {state}, this studio-flows needs schema {SCHEMA_VERSION}, "
-            "and MODEL_STUDIO_DATABASE_AUTO_UPGRADE is off: run `studio-flows db upgrade`."
+            "and MODEL_STUDIO_DATABASE_AUTO_UPGRADE is off: run "
+            f"`{upgrade_command(engine.url)}`."
         )
     return SchemaUpgrade(shown, found, _upgrade(engine))
 
@@ -119,6 +122,18 @@ def upgrade_database(url: str) -> SchemaUpgrade:
             return ensure_schema(engine, auto_upgrade=True)
     finally:
         engine.dispose()
+
+
+def upgrade_command(url: sa.URL) -> str:
+    """The ``studio-flows db upgrade`` command line for the database at ``url``, quoted for
+    a shell, its password (if any) hidden.
+
+    Example:
+        >>> upgrade_command(sa.make_url("postgresql://app:secret@db/results"))
+        "studio-flows db upgrade --database-url 'postgresql://app:***@db/results'"
+    """
+    shown = url.render_as_string(hide_password=True)
+    return f"studio-flows db upgrade --database-url {shlex.quote(shown)}"
 
 
 def _schema_version(conn: Connection) -> int | None:
