@@ -42,10 +42,10 @@ def test_db_upgrade_upgrades_a_database_of_the_release_before_and_says_so(
 
     first = run_cli(command, env, tmp_path)
     assert first.returncode == 0, first
-    assert first.stdout.strip() == f"upgraded {_shown(database_url)} from schema 2 to 4"
+    assert first.stdout.strip() == f"upgraded {_shown(database_url)} from schema 2 to 5"
     second = run_cli(command, env, tmp_path)
     assert second.returncode == 0, second
-    assert second.stdout.strip() == f"{_shown(database_url)} is already at schema 4"
+    assert second.stdout.strip() == f"{_shown(database_url)} is already at schema 5"
     password = sa.make_url(database_url).password
     assert password is None or password not in first.output + second.output
     assert len(results_table(database_url)) == 5
@@ -68,7 +68,7 @@ def test_db_upgrade_of_a_newer_database_is_one_sentence_and_exit_2(
     assert result.returncode == 2, result
     assert result.stderr.strip() == (
         "error: The database schema is version 9, newer than this studio-flows understands "
-        "(4); upgrade studio-flows."
+        "(5); upgrade studio-flows."
     )
 
 

@@ -89,9 +89,9 @@ def test_a_database_written_before_alembic_is_upgraded_in_place(
         assert len(storage.get_shards(engine, ["s" * 32])) == 1
     finally:
         engine.dispose()
-    assert _versions(database_url) == (list(range(version, 5)), ["0004"])
-    make_engine(database_url).dispose()  # a second start finds schema 4: nothing to do
-    assert _versions(database_url) == (list(range(version, 5)), ["0004"])
+    assert _versions(database_url) == (list(range(version, 6)), ["0005"])
+    make_engine(database_url).dispose()  # a second start finds schema 5: nothing to do
+    assert _versions(database_url) == (list(range(version, 6)), ["0005"])
 
 
 def _not_the_version_table(name: str | None, kind: str, _parent: Any) -> bool:
@@ -126,16 +126,16 @@ def test_an_upgraded_database_has_the_declared_schema(database_url: str, version
 def test_a_new_database_has_the_declared_schema(database_url: str) -> None:
     make_engine(database_url).dispose()
     assert _schema_differences(database_url) == []
-    assert _versions(database_url) == ([storage.SCHEMA_VERSION], ["0004"])
+    assert _versions(database_url) == ([storage.SCHEMA_VERSION], ["0005"])
 
 
 def test_a_revision_newer_than_the_code_is_refused(database_url: str) -> None:
     make_engine(database_url).dispose()
     engine = sa.create_engine(database_url)
     with engine.begin() as conn:
-        conn.exec_driver_sql(f"UPDATE {VERSION_TABLE} SET version_num = '0005'")
+        conn.exec_driver_sql(f"UPDATE {VERSION_TABLE} SET version_num = '0006'")
     engine.dispose()
-    with pytest.raises(ConfigurationError, match=r"version 5, newer than this studio-flows"):
+    with pytest.raises(ConfigurationError, match=r"version 6, newer than this studio-flows"):
         make_engine(database_url)
 
 
@@ -160,17 +160,17 @@ def test_with_auto_upgrade_off_an_old_database_is_one_sentence_and_untouched(
     with pytest.raises(ConfigurationError) as caught:
         make_engine(database_url)
     message = str(caught.value)
-    assert "is at schema 2, this studio-flows needs schema 4" in message
+    assert "is at schema 2, this studio-flows needs schema 5" in message
     assert "run `studio-flows db upgrade`" in message
     password = sa.make_url(database_url).password
     assert password is None or password not in message
     assert _versions(database_url) == ([2], [])
 
     upgraded = upgrade_database(database_url)
-    assert (upgraded.before, upgraded.after) == (2, 4)
-    assert str(upgraded).startswith("upgraded ") and str(upgraded).endswith(" from schema 2 to 4")
+    assert (upgraded.before, upgraded.after) == (2, 5)
+    assert str(upgraded).startswith("upgraded ") and str(upgraded).endswith(" from schema 2 to 5")
     make_engine(database_url).dispose()  # up to date: the setting no longer matters
-    assert str(upgrade_database(database_url)).endswith("is already at schema 4")
+    assert str(upgrade_database(database_url)).endswith("is already at schema 5")
 
 
 def test_with_auto_upgrade_off_a_new_database_is_not_created(
@@ -182,13 +182,13 @@ def test_with_auto_upgrade_off_a_new_database_is_not_created(
     engine = sa.create_engine(database_url)
     assert "generation_results" not in sa.inspect(engine).get_table_names()
     engine.dispose()
-    assert str(upgrade_database(database_url)).startswith("created schema 4 in ")
+    assert str(upgrade_database(database_url)).startswith("created schema 5 in ")
 
 
 def test_concurrent_processes_upgrade_an_old_database_once(database_url: str) -> None:
     create_old_database(database_url, 1, _old_rows(300))
     assert make_engines_at_once(database_url) == [0, 0, 0, 0]
-    assert _versions(database_url) == ([1, 2, 3, 4], ["0004"])
+    assert _versions(database_url) == ([1, 2, 3, 4, 5], ["0005"])
     engine = make_engine(database_url)
     try:
         assert sum(count_results(engine).values()) == 300
@@ -205,4 +205,4 @@ def test_the_shipped_revisions_end_at_the_declared_schema_version() -> None:
 
     script = ScriptDirectory(str(_SCRIPTS))
     assert script.get_heads() == [f"{storage.SCHEMA_VERSION:04d}"]
-    assert [r.revision for r in script.walk_revisions()] == ["0004", "0003", "0002", "0001"]
+    assert [r.revision for r in script.walk_revisions()] == ["0005", "0004", "0003", "0002", "0001"]

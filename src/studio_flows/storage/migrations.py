@@ -111,7 +111,7 @@ def upgrade_database(url: str) -> SchemaUpgrade:
 
     Example:
         >>> print(upgrade_database("sqlite://"))
-        created schema 4 in sqlite://
+        created schema 5 in sqlite://
     """
     engine, parsed = _open_engine(url)
     try:
