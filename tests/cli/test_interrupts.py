@@ -290,8 +290,7 @@ def test_a_run_that_finds_every_slot_taken_says_so_and_gives_up_clearly(
     slow_emulator: EmulatorServer, prefect_api: str, tmp_path: Path
 ) -> None:
     """Another holder keeps all three slots of a real server; the run waits, then exits 2."""
-    from studio_flows.tasks.limits import ensure_concurrency_limit
-    from studio_flows.tasks.slots import PrefectSlotApi, SlotPool
+    from studio_flows.tasks.fair_use import PrefectSlotApi, SlotPool, ensure_concurrency_limit
 
     ensure_concurrency_limit(limit=3)
     other = SlotPool(api=PrefectSlotApi())
