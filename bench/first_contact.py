@@ -97,7 +97,7 @@ def render(
         "| --- | ---: | ---: | --- |",
     ]
     lines += [
-        f"| {name} | {code} | {sec:.2f} | {'yes' if server else 'no'} |"
+        f"| {name} | {code} | {sec:.2f} | {'yes' if started else 'no'} |"
         for name, (sec, code, started) in figures.items()
     ]
     lines += [

@@ -15,6 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from studio_flows.emulator import EmulatorServer
+from studio_flows.storage import SCHEMA_VERSION
 from tests.fixtures.cli_runs import (
     REPO_ROOT,
     SECRET_TOKEN,
@@ -104,7 +105,7 @@ def test_the_upgrade_hint_run_as_printed_upgrades_the_database_the_user_named(
     argv = shlex.split(hint.group(1))
     upgraded = run_cli([STUDIO_FLOWS, *argv[1:]], env, work)
     assert upgraded.returncode == 0, upgraded
-    assert upgraded.stdout.strip() == f"upgraded sqlite:///{mine} from schema 2 to 4"
+    assert upgraded.stdout.strip() == f"upgraded sqlite:///{mine} from schema 2 to {SCHEMA_VERSION}"
     assert not (work / "studio_flows.db").exists()  # the default database was not touched
     engine = sa.create_engine(f"sqlite:///{mine}")
     with engine.connect() as conn:
