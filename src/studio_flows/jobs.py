@@ -218,10 +218,8 @@ def submit_shard(
     policy: AmbiguousPolicy = "resubmit",
     sleep: Callable[[float], None] = interrupts.sleep,
     database_retry_s: float = DEFAULT_BOUND_S,
-    lease_id: str | None = None,
 ) -> tuple[str, int]:
-    """POST the shard's job, recording intent and job_id (and the fair-use ``lease_id`` it
-    runs under); return ``(job_id, resubmits)``.
+    """POST the shard's job, recording intent and job_id; return ``(job_id, resubmits)``.
 
     An ambiguous POST may have created a job that now runs on the account. Before
     resubmitting, and before giving up, wait about as long as such a job takes (the caller
@@ -276,15 +274,12 @@ def submit_shard(
             continue
         # The job runs and is paid for now: its job_id must reach the ledger even if the
         # database is restarting, or the next run would pay for the shard again.
-        record_job_id(engine, shard, created.job_id, bound_s=database_retry_s, lease_id=lease_id)
+        record_job_id(engine, shard, created.job_id, bound_s=database_retry_s)
         return created.job_id, resubmits
 
 
-def record_job_id(
-    engine: Engine, shard: Shard, job_id: str, *, bound_s: float, lease_id: str | None = None
-) -> None:
-    """Write ``job_id`` (and its ``lease_id``) as the shard's job, retrying a database that
-    does not answer.
+def record_job_id(engine: Engine, shard: Shard, job_id: str, *, bound_s: float) -> None:
+    """Write ``job_id`` as the shard's job, retrying a database that does not answer.
 
     Raises :class:`JobNotRecordedError` carrying ``job_id`` when it could not be written
     (and logs one sentence when a stop request cuts the wait short): the job is paid for,
@@ -293,7 +288,7 @@ def record_job_id(
     Example:
         >>> record_job_id(engine, shard, created.job_id, bound_s=60)  # doctest: +SKIP
     """
-    write = functools.partial(record_job_submitted, engine, shard.shard_key, job_id, lease_id)
+    write = functools.partial(record_job_submitted, engine, shard.shard_key, job_id)
     try:
         retry_while_unavailable(write, bound_s=bound_s, url=engine.url)
     except RunInterrupted:
@@ -426,10 +421,8 @@ def run_shard(
     deadline_s: float = 3600.0,
     policy: AmbiguousPolicy = "resubmit",
     database_retry_s: float = DEFAULT_BOUND_S,
-    lease_id: str | None = None,
 ) -> JobOutcome:
-    """Submit (or re-attach to) the shard's job and wait until it is terminal; ``lease_id``
-    (the fair-use lease the caller holds) is recorded beside the job_id.
+    """Submit (or re-attach to) the shard's job and wait until it is terminal.
 
     The results are returned, not written: :func:`studio_flows.storage.complete_shard`
     persists them in one transaction. ``database_retry_s`` bounds the wait for a database
@@ -439,18 +432,13 @@ def run_shard(
     job_id, resubmits = work.job_id or _recorded_job(engine, shard), 0
     if work.unrecorded and job_id is not None:
         # A job an earlier try of this run created: its job_id goes to the ledger first.
-        record_job_id(engine, shard, job_id, bound_s=database_retry_s, lease_id=lease_id)
+        record_job_id(engine, shard, job_id, bound_s=database_retry_s)
     reattached = job_id is not None
     try:
         if job_id is None:
             resubmits = _resume_unknown_outcome(client, engine, work, policy)
             job_id, more = submit_shard(
-                client,
-                engine,
-                shard,
-                policy=policy,
-                database_retry_s=database_retry_s,
-                lease_id=lease_id,
+                client, engine, shard, policy=policy, database_retry_s=database_retry_s
             )
             resubmits += more
             status = _wait(client, job_id, shard, deadline_s)
@@ -458,7 +446,7 @@ def run_shard(
             logger.info("shard %s: re-attaching to job %s", shard.shard_key, job_id)
             work = WorkItem(shard, job_id)
             status, resubmitted = _wait_reattached(
-                client, engine, work, deadline_s, policy, database_retry_s, lease_id
+                client, engine, work, deadline_s, policy, database_retry_s
             )
             job_id = status.job_id
             if resubmitted is not None:  # the service had forgotten the job: paid again
@@ -516,7 +504,6 @@ def _wait_reattached(
     deadline_s: float,
     policy: AmbiguousPolicy,
     database_retry_s: float = DEFAULT_BOUND_S,
-    lease_id: str | None = None,
 ) -> tuple[JobStatus, int | None]:
     """Poll a recorded job; if the service no longer knows it, submit the shard again.
 
@@ -533,11 +520,6 @@ def _wait_reattached(
             work.job_id,
         )
     job_id, resubmits = submit_shard(
-        client,
-        engine,
-        work.shard,
-        policy=policy,
-        database_retry_s=database_retry_s,
-        lease_id=lease_id,
+        client, engine, work.shard, policy=policy, database_retry_s=database_retry_s
     )
     return _wait(client, job_id, work.shard, deadline_s), resubmits
