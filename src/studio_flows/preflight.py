@@ -90,11 +90,9 @@ def check_run_inputs(
         DatasetReport(path=PosixPath('p.jsonl'), rows=40, ...)
     """
     settings = load_settings()
-    if require_credentials and options.credentials_block is None:
+    probe = require_credentials and options.credentials_block is None
+    if probe:
         settings.require_credentials()
-        # Token, organisation and base URL answer in a second, not after a Prefect start.
-        with ModelStudioClient.from_settings(settings, retry=RetryPolicy(max_retries=2)) as client:
-            check_access(client)
     results_url = options.database_url or settings.database_url
     if options.database_block is None:
         make_engine(results_url).dispose()
@@ -103,5 +101,14 @@ def check_run_inputs(
     elif options.source_url or not (options.source_block or options.database_block):
         source = options.source(options.source_url or results_url)
     else:
+        source = None
+    if source is not None:
+        source.check()  # a missing file is named as such, offline too, before the probe
+    if probe:
+        # After the local checks, before the rows are read: token, organisation and base
+        # URL answer in a second, not after a Prefect start.
+        with ModelStudioClient.from_settings(settings, retry=RetryPolicy(max_retries=2)) as client:
+            check_access(client)
+    if source is None:
         return None
     return validate_dataset_once(source, options.dataset_options(), on_bad_rows=options.on_bad_rows)

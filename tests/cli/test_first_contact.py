@@ -63,6 +63,22 @@ def test_an_id_column_the_source_lacks_is_one_sentence_naming_it_before_anything
     assert emulator.stats()["jobs_created"] == 0
 
 
+@pytest.mark.parametrize("mistake", ["missing file", "unknown suffix"])
+def test_a_file_mistake_is_named_offline_before_model_studio_is_asked(
+    emulator: EmulatorServer, tmp_path: Path, mistake: str
+) -> None:
+    # Offline (nothing listens at the base URL): the file is what is wrong, not the network.
+    dataset = tmp_path / ("nope.jsonl" if mistake == "missing file" else "prompts.txt")
+    if mistake == "unknown suffix":
+        _rows(tmp_path / "prompts.jsonl", 2).rename(dataset)
+    env = cli_env(emulator, tmp_path / "h", MODEL_STUDIO_BASE_URL="http://127.0.0.1:9/api/v1")
+
+    result = run_cli(generate_args(dataset, f"sqlite:///{tmp_path}/r.db"), env, tmp_path)
+
+    assert result.returncode == 2, result
+    assert _one_error_line(result.stderr).startswith(f"{dataset}: "), result.stderr
+
+
 def test_an_unknown_suffix_names_the_suffixes_to_use_and_no_option_that_does_not_exist(
     emulator: EmulatorServer, tmp_path: Path
 ) -> None:
