@@ -66,7 +66,7 @@ from studio_flows.planning import Planner, SharedIterator, for_each_model
 from studio_flows.scores import judge_report, latest_scores
 from studio_flows.settings import Settings
 from studio_flows.storage import read_scores, upsert_scores
-from studio_flows.summary import JudgingSummary, ModelSummary, RunSummary, RunTally
+from studio_flows.summary import JudgingSummary, RunSummary, RunTally
 
 # How long a lane that holds its slot waits for the others before starting alone, while
 # the server still grants slots (once it refuses one, another run holds the rest).
@@ -601,7 +601,7 @@ def _compare(
     comparison = compare_models(
         engine, rows, options.models, params_hash=params_hash, expected=options.expected_column
     )
-    _score(summary.models, comparison)
+    _score(summary, comparison)
     create_markdown_artifact(
         key="generation-comparison",
         markdown="# First rows, one answer per model\n\n"
@@ -609,14 +609,15 @@ def _compare(
     )
 
 
-def _score(models: list[ModelSummary], comparison: Comparison) -> None:
+def _score(summary: RunSummary, comparison: Comparison) -> None:
     if comparison.scores is None:
         return
-    for model in models:
+    for model in summary.models:
         score = comparison.scores[model.model_id]
         model.scored_rows = score.scored_rows
         model.exact_match = score.exact_match
         model.contains = score.contains
+    summary.exact_match_pairs = comparison.scores.mcnemar()
 
 
 def _report(summary: RunSummary) -> None:

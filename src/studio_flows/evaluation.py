@@ -10,7 +10,8 @@ from the results stored under a dataset name, and turned into
   (the answer equals the expected one once both are normalised) and *contains* (the
   normalised answer contains the normalised expected one). Normalised: case folded,
   punctuation dropped, whitespace collapsed. A row with no answer from a model counts as a
-  miss for it; a row without an expected value is not scored;
+  miss for it; a row without an expected value is not scored. With several models, each
+  after the first is paired with the first on exact match (:meth:`Scores.mcnemar`);
 - a markdown table of the first rows, one answer per model (:func:`side_by_side_markdown`);
 - judged scores (:func:`judged_scores`): a ``score:<model>`` column per judged model in the
   wide records.
@@ -38,6 +39,7 @@ from sqlalchemy.engine import Engine
 
 from studio_flows.kept_columns import kept_column_name
 from studio_flows.rows import Row
+from studio_flows.scores import PairedResult, mcnemar
 from studio_flows.statuses import RowStatus
 from studio_flows.storage import (
     iter_latest_by_row,
@@ -238,6 +240,9 @@ class ModelScore:
     scored_rows: int = 0
     exact: int = 0
     contained: int = 0
+    # Against the first model: rows only this one matches exactly, and the reverse.
+    exact_wins: int = 0
+    exact_losses: int = 0
 
     @property
     def exact_match(self) -> float:
@@ -275,11 +280,38 @@ class Scores:
         if value is None or str(value).strip() == "":
             return
         expected = normalise(str(value))
+        right: dict[str, bool] = {}
         for model, score in self.by_model.items():
             score.scored_rows += 1
             answer = normalise(row.answer(model) or "")
-            score.exact += int(bool(answer) and answer == expected)
+            right[model] = bool(answer) and answer == expected
+            score.exact += int(right[model])
             score.contained += int(bool(answer) and expected in answer)
+        # Paired with the first model on this row (counted as rows go: no row is kept).
+        first = right[self.models[0]]
+        for model in self.models[1:]:
+            score = self.by_model[model]
+            score.exact_wins += int(right[model] and not first)
+            score.exact_losses += int(first and not right[model])
+
+    def mcnemar(self) -> list[PairedResult]:
+        """Each model after the first against the first on exact match (McNemar's test).
+
+        Example:
+            >>> row = Answers("r1", "Capital?", {"expected": "Paris"},
+            ...     {"a": {"status": "failed"}, "b": {"status": "completed", "result": "Paris"}})
+            >>> Scores.of([row], ["a", "b"], expected="expected").mcnemar()[0].sentence()
+            'b wins 1, ties 0, loses 0 against a on exact match (p = 1.0000)'
+        """
+        pairs = []
+        for model in self.models[1:]:
+            score = self.by_model[model]
+            ties = score.scored_rows - score.exact_wins - score.exact_losses
+            found = mcnemar(
+                self.models[0], model, wins=score.exact_wins, ties=ties, losses=score.exact_losses
+            )
+            pairs.append(found)
+        return pairs
 
     def __getitem__(self, model: str) -> ModelScore:
         return self.by_model[model]

@@ -10,7 +10,9 @@ For one judge and template, over every stored verdict of a dataset's rows:
   score differences. Tied rows are dropped before the test (Wilcoxon's own treatment of
   zero differences); scipy computes the exact p-value for up to 50 rows without tied
   differences, a normal approximation otherwise. When every row is a tie there is nothing
-  to test: p is 1.
+  to test: p is 1;
+- on exact match against an expected column (:func:`mcnemar`): the rows where one model is
+  right and the other wrong, and an exact McNemar test.
 
 Example:
     >>> pair = paired("base", "tuned", {"a": 1, "b": 2, "c": 3}, {"a": 2, "b": 2, "c": 5})
@@ -23,12 +25,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 CONFIDENCE = 0.95
 RESAMPLES = 9999
 SEED = 20261130
 TEST_NAME = "Wilcoxon signed-rank (ties dropped)"
+MCNEMAR_NAME = "exact McNemar (two-sided binomial test, p = 0.5, on the rows where they differ)"
 
 
 class ModelMean(BaseModel):
@@ -61,13 +64,16 @@ class PairedResult(BaseModel):
     losses: int
     p_value: float
     test: str = TEST_NAME
+    measure: str = Field(default="", description="what is compared, if not a judge's score")
 
     def sentence(self) -> str:
-        """``tuned wins 18, ties 4, loses 2 against base (p = 0.0004)``."""
+        """``tuned wins 18, ties 4, loses 2 against base (p = 0.0004)``, with the measure
+        after the baseline if there is one (``against base on exact match (p = 0.0654)``)."""
         shown = "p < 0.0001" if self.p_value < 0.0001 else f"p = {self.p_value:.4f}"
+        on = f" on {self.measure}" if self.measure else ""
         return (
             f"{self.model_id} wins {self.wins}, ties {self.ties}, loses {self.losses} "
-            f"against {self.baseline} ({shown})"
+            f"against {self.baseline}{on} ({shown})"
         )
 
 
@@ -165,6 +171,36 @@ def paired(
     )
 
 
+def mcnemar(baseline: str, model_id: str, *, wins: int, ties: int, losses: int) -> PairedResult:
+    """``model_id`` against ``baseline`` on exact match, with an exact McNemar test.
+
+    ``wins`` counts the rows ``model_id`` gets right and ``baseline`` wrong, ``losses`` the
+    reverse, ``ties`` the rows both get right or both wrong. With no difference between the
+    models each row where they differ is a fair coin, so the exact McNemar p-value is that
+    of :func:`scipy.stats.binomtest` of ``wins`` in ``wins + losses`` trials, p = 0.5,
+    two-sided. With no such rows there is nothing to test: p is 1.
+
+    Example:
+        >>> mcnemar("base", "tuned", wins=9, ties=5, losses=2).sentence()
+        'tuned wins 9, ties 5, loses 2 against base on exact match (p = 0.0654)'
+    """
+    from scipy import stats
+
+    differ = wins + losses
+    p_value = float(stats.binomtest(wins, differ, p=0.5).pvalue) if differ else 1.0
+    return PairedResult(
+        model_id=model_id,
+        baseline=baseline,
+        rows=differ + ties,
+        wins=wins,
+        ties=ties,
+        losses=losses,
+        p_value=p_value,
+        test=MCNEMAR_NAME,
+        measure="exact match",
+    )
+
+
 def judge_report(
     judge_model: str,
     template_hash: str,
@@ -257,6 +293,7 @@ __all__ = [
     "PairedResult",
     "judge_report",
     "latest_scores",
+    "mcnemar",
     "mean_score",
     "paired",
     "score_history",

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel, Field
 
 from studio_flows.jobs import JobReport
-from studio_flows.scores import JudgeReport
+from studio_flows.scores import MCNEMAR_NAME, JudgeReport, PairedResult
 
 
 class ModelSummary(BaseModel):
@@ -113,6 +113,9 @@ class RunSummary(BaseModel):
     interrupted_by: str | None = Field(default=None, description="the signal that stopped it")
     models: list[ModelSummary] = Field(default_factory=list, description="counts by model")
     judging: JudgingSummary | None = Field(default=None, description="the judges' share")
+    exact_match_pairs: list[PairedResult] = Field(
+        default_factory=list, description="each later model against the first, on exact match"
+    )
 
     @property
     def rows_to_do(self) -> int:
@@ -268,6 +271,9 @@ class RunSummary(BaseModel):
         ]
         if len(self.models) > 1:
             lines += ["", "## By model", "", *_markdown_table(self.models_table())]
+        if self.exact_match_pairs:
+            lines += ["", *(f"- {pair.sentence()}" for pair in self.exact_match_pairs)]
+            lines += ["", f"Paired test on exact match: {MCNEMAR_NAME}."]
         sections = (("Bad rows skipped", self.bad_rows), ("Errors", self.errors))
         for title, items in sections:
             if items:

@@ -191,6 +191,9 @@ def test_scores_against_the_expected_column_match_a_hand_count(
     rows = {line.split("│")[1].strip(): line for line in done.stdout.splitlines() if "│" in line}
     assert re.search(r"│\s*25\.0 %\s*│\s*50\.0 %\s*│$", rows["base"]), done.stdout
     assert re.search(r"│\s*0\.0 %\s*│\s*50\.0 %\s*│$", rows["tuned"]), done.stdout
+    # Exact match paired: only base is right on q4, both are wrong on q1-q3 (McNemar, 0 of 1).
+    mcnemar = "tuned wins 0, ties 3, loses 1 against base on exact match (p = 1.0000)"
+    assert mcnemar in done.stdout, done.stdout
     assert STUDIO_FLOWS is not None
     export = run_cli(
         [STUDIO_FLOWS, "results", "--dataset", "eval.jsonl", "--wide", "--format", "jsonl",

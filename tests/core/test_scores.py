@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from studio_flows.scores import judge_report, latest_scores, mean_score, paired
+from studio_flows.scores import judge_report, latest_scores, mcnemar, mean_score, paired
 
 BASE = {"a": 1.0, "b": 2.0, "c": 3.0, "d": 4.0, "e": 3.0, "f": 5.0}
 TUNED = {"a": 5.0, "b": 5.0, "c": 5.0, "d": 3.0, "e": 3.0, "f": 5.0}
@@ -36,6 +36,23 @@ def test_only_ties_is_p_one_and_rows_scored_by_one_model_only_are_not_paired() -
 
     assert (result.wins, result.ties, result.losses, result.rows) == (0, 2, 0, 2)
     assert result.p_value == 1.0
+
+
+def test_mcnemar_on_exact_match_is_the_exact_binomial_p_value_computed_by_hand() -> None:
+    # 9 rows only tuned gets right, 2 only base: under no difference each of the 11 is a fair
+    # coin. Two-sided exact p = 2 * P(X <= 2), X ~ Bin(11, 1/2) = 2 * (1 + 11 + 55) / 2^11
+    # = 134 / 2048 = 0.0654296875. The 5 rows both get right or both wrong do not count.
+    result = mcnemar("base", "tuned", wins=9, ties=5, losses=2)
+
+    assert (result.wins, result.ties, result.losses, result.rows) == (9, 5, 2, 16)
+    assert result.p_value == pytest.approx(134 / 2048)
+    assert result.sentence() == (
+        "tuned wins 9, ties 5, loses 2 against base on exact match (p = 0.0654)"
+    )
+
+
+def test_mcnemar_without_rows_where_the_models_differ_is_p_one() -> None:
+    assert mcnemar("base", "same", wins=0, ties=4, losses=0).p_value == 1.0
 
 
 def test_the_mean_has_a_95_percent_bootstrap_interval_around_it() -> None:

@@ -40,6 +40,8 @@ def _print_summary(summary: RunSummary) -> None:
     console.print(table)
     if len(summary.models) > 1 or any(m.exact_match is not None for m in summary.models):
         _print_models(summary)
+    for pair in summary.exact_match_pairs:
+        console.print(pair.sentence(), highlight=False, soft_wrap=True)
     if summary.judging is not None:
         _print_scores(summary)
     for title, items in (("bad rows skipped", summary.bad_rows), ("errors", summary.errors)):
