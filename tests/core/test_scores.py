@@ -55,6 +55,26 @@ def test_mcnemar_without_rows_where_the_models_differ_is_p_one() -> None:
     assert mcnemar("base", "same", wins=0, ties=4, losses=0).p_value == 1.0
 
 
+def test_the_report_artifact_shows_mcnemar_below_the_exact_match_shares() -> None:
+    from studio_flows.summary import ModelSummary, RunSummary
+
+    summary = RunSummary(
+        dataset="eval.jsonl",
+        model_id="base, tuned",
+        models=[
+            ModelSummary(model_id="base", scored_rows=16, exact_match=0.25),
+            ModelSummary(model_id="tuned", scored_rows=16, exact_match=0.6875),
+        ],
+        exact_match_pairs=[mcnemar("base", "tuned", wins=9, ties=5, losses=2)],
+    )
+
+    by_model = summary.markdown().split("## By model")[1]
+    assert by_model.index("68.8 %") < by_model.index(
+        "- tuned wins 9, ties 5, loses 2 against base on exact match (p = 0.0654)"
+    )
+    assert "Paired test on exact match: exact McNemar" in by_model
+
+
 def test_the_mean_has_a_95_percent_bootstrap_interval_around_it() -> None:
     mean = mean_score("base", list(BASE.values()))
 
