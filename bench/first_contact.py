@@ -81,6 +81,16 @@ def measure() -> dict[str, tuple[float, int, bool]]:
     return figures
 
 
+def _error_table(figures: dict[str, tuple[float, int, bool]]) -> list[str]:
+    return [
+        "| input | exit code | median (s) | a Prefect server started |",
+        "| --- | ---: | ---: | --- |",
+    ] + [
+        f"| {name} | {code} | {sec:.2f} | {'yes' if started else 'no'} |"
+        for name, (sec, code, started) in figures.items()
+    ]
+
+
 def render(
     figures: dict[str, tuple[float, int, bool]],
     mistakes: dict[str, tuple[float, int, bool]],
@@ -93,26 +103,14 @@ def render(
         f"start to exit of `studio-flows generate`, median of {RUNS} runs, fresh PREFECT_HOME.",
         "Target: about a second, no Prefect server started.",
         "",
-        "| input | exit code | median (s) | a Prefect server started |",
-        "| --- | ---: | ---: | --- |",
-    ]
-    lines += [
-        f"| {name} | {code} | {sec:.2f} | {'yes' if started else 'no'} |"
-        for name, (sec, code, started) in figures.items()
-    ]
-    lines += [
+        *_error_table(figures),
         "",
         "## Mistakes only the API can show (an emulator running)",
         "",
         f"Median of {ad_hoc.RUNS} runs, fresh PREFECT_HOME each. Target: at most 2 s, exit 2,",
         "no Prefect server started.",
         "",
-        "| input | exit code | median (s) | a Prefect server started |",
-        "| --- | ---: | ---: | --- |",
-    ]
-    lines += [
-        f"| {name} | {code} | {sec:.2f} | {'yes' if started else 'no'} |"
-        for name, (sec, code, started) in mistakes.items()
+        *_error_table(mistakes),
     ]
     lines += [
         "",
