@@ -377,15 +377,22 @@ def test_the_sql_block_dry_runs_generates_and_exports(
     assert "France" not in (tmp_path / "faq.csv").read_text()
 
 
+def _eval_example_env(
+    emulator: EmulatorServer, prefect_server: str, tmp_path: Path
+) -> dict[str, str]:
+    """examples/eval.jsonl copied under ``tmp_path``, and a run's environment at the emulator."""
+    (tmp_path / "examples").mkdir()
+    shutil.copy(REPO_ROOT / "examples" / "eval.jsonl", tmp_path / "examples" / "eval.jsonl")
+    return _env(tmp_path / "prefect", PREFECT_API_URL=prefect_server, COLUMNS="200",
+                MODEL_STUDIO_BASE_URL=emulator.base_url, MODEL_STUDIO_TOKEN=emulator.token,
+                MODEL_STUDIO_ORGANIZATION_ID=TEST_ORGANIZATION)  # fmt: skip
+
+
 @pytest.mark.slow
 def test_the_compare_models_block_scores_and_exports_side_by_side(
     emulator: EmulatorServer, prefect_server: str, tmp_path: Path
 ) -> None:
-    (tmp_path / "examples").mkdir()
-    shutil.copy(REPO_ROOT / "examples" / "eval.jsonl", tmp_path / "examples" / "eval.jsonl")
-    env = _env(tmp_path / "prefect", PREFECT_API_URL=prefect_server, COLUMNS="200",
-               MODEL_STUDIO_BASE_URL=emulator.base_url, MODEL_STUDIO_TOKEN=emulator.token,
-               MODEL_STUDIO_ORGANIZATION_ID=TEST_ORGANIZATION)  # fmt: skip
+    env = _eval_example_env(emulator, prefect_server, tmp_path)
     emulator.reset()
 
     compared = _run(
@@ -414,11 +421,7 @@ def test_the_compare_models_block_scores_and_exports_side_by_side(
 def test_the_evaluation_block_judges_and_shows_the_scores(
     emulator: EmulatorServer, prefect_server: str, tmp_path: Path
 ) -> None:
-    (tmp_path / "examples").mkdir()
-    shutil.copy(REPO_ROOT / "examples" / "eval.jsonl", tmp_path / "examples" / "eval.jsonl")
-    env = _env(tmp_path / "prefect", PREFECT_API_URL=prefect_server, COLUMNS="200",
-               MODEL_STUDIO_BASE_URL=emulator.base_url, MODEL_STUDIO_TOKEN=emulator.token,
-               MODEL_STUDIO_ORGANIZATION_ID=TEST_ORGANIZATION)  # fmt: skip
+    env = _eval_example_env(emulator, prefect_server, tmp_path)
     emulator.reset()
     emulator.configure(json_answers=True)  # the judge answers its rubric in JSON
     models = {"<base-model-id>": "base", "<tuned-model-id>": "tuned", "<judge-model-id>": "judge"}

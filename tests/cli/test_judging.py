@@ -50,6 +50,16 @@ def _dataset(path: Path) -> Path:
     return path
 
 
+def _judged_run(
+    emulator: EmulatorServer, prefect_server: str, tmp_path: Path, job_latency_s: float
+) -> tuple[Path, str, dict[str, str]]:
+    """The dataset, results URL and environment of a judged run on the session's server."""
+    emulator.configure(tokens=[SECRET_TOKEN], json_answers=True, job_latency_s=job_latency_s)
+    database_url = f"sqlite:///{tmp_path / 'results.db'}"
+    env = cli_env(emulator, tmp_path / "prefect", api_url=prefect_server)
+    return _dataset(tmp_path / "eval.jsonl"), database_url, env
+
+
 def _generate(
     dataset: Path, database_url: str, env: dict[str, str], cwd: Path, *extra: str
 ) -> CliResult:
@@ -93,10 +103,7 @@ def _judge_rows(database_url: str) -> list[dict[str, Any]]:
 def test_judges_score_every_answer_once_and_a_rerun_sends_only_the_failed_verdicts(
     emulator: EmulatorServer, prefect_server: str, tmp_path: Path
 ) -> None:
-    emulator.configure(tokens=[SECRET_TOKEN], json_answers=True, job_latency_s=0.3)
-    dataset = _dataset(tmp_path / "eval.jsonl")
-    database_url = f"sqlite:///{tmp_path / 'results.db'}"
-    env = cli_env(emulator, tmp_path / "prefect", api_url=prefect_server)
+    dataset, database_url, env = _judged_run(emulator, prefect_server, tmp_path, 0.3)
 
     planned = _generate(dataset, database_url, env, tmp_path, "--dry-run")
     assert planned.returncode == 0, planned
@@ -160,10 +167,7 @@ def test_judges_score_every_answer_once_and_a_rerun_sends_only_the_failed_verdic
 def test_a_judge_template_sees_the_row_and_a_changed_template_is_new_paid_work(
     emulator: EmulatorServer, prefect_server: str, tmp_path: Path
 ) -> None:
-    emulator.configure(tokens=[SECRET_TOKEN], json_answers=True, job_latency_s=0.1)
-    dataset = _dataset(tmp_path / "eval.jsonl")
-    database_url = f"sqlite:///{tmp_path / 'results.db'}"
-    env = cli_env(emulator, tmp_path / "prefect", api_url=prefect_server)
+    dataset, database_url, env = _judged_run(emulator, prefect_server, tmp_path, 0.1)
     template = (
         'Row {{ id }}, {{ model_id }} said: {{ answer }}. JSON {"score": 1-5, "reason": "..."}'
     )
@@ -231,10 +235,7 @@ def _judge_job_in_flight(database_url: str) -> bool:
 def test_a_sigkill_during_the_verdicts_then_a_rerun_reattaches_and_pays_each_once(
     emulator: EmulatorServer, prefect_server: str, tmp_path: Path
 ) -> None:
-    emulator.configure(tokens=[SECRET_TOKEN], json_answers=True, job_latency_s=3.0)
-    dataset = _dataset(tmp_path / "eval.jsonl")
-    database_url = f"sqlite:///{tmp_path / 'results.db'}"
-    env = cli_env(emulator, tmp_path / "prefect", api_url=prefect_server)
+    dataset, database_url, env = _judged_run(emulator, prefect_server, tmp_path, 3.0)
     assert STUDIO_FLOWS is not None
     args = [STUDIO_FLOWS, "generate", str(dataset), "--database-url", database_url]
     for model in MODELS:
