@@ -172,6 +172,9 @@ def test_a_users_project_with_its_own_flows_and_tasks_packages_imports_both(
             MODEL_STUDIO_ORGANIZATION_ID="team",
             MODEL_STUDIO_BASE_URL=emulator.base_url,
             PREFECT_SERVER_ALLOW_EPHEMERAL_MODE="true",
+            # Prefect gives its temporary server 20 s to start; a loaded CI machine has
+            # taken longer, and this test is about imports, not that start.
+            PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180",
         )
         output = run(
             [str(installed_wheel / "bin" / "python"), "pipeline.py"],
