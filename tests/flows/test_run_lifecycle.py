@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from prefect import flow, unmapped
 from prefect.states import State
+from studio_flows.tasks.fair_use import slot_pool
 from studio_flows.tasks.generation import generate
-from studio_flows.tasks.slots import slot_pool
 
 from studio_flows import generate_rows
 from studio_flows.emulator import EmulatorServer
