@@ -58,6 +58,7 @@ WAIT_NOTICE_EVERY_S = 30.0
 # tens of ms of its submit, a plain loop that submits too many never does.
 PARKED_DEADLOCK_S = 5.0
 LIMIT_READ_EVERY_S = 5.0
+RENEW_TICK_S = 1.0
 
 logger = logging.getLogger("studio_flows.slots")
 
@@ -518,11 +519,18 @@ class SlotPool:
             self._renewer.start()
 
     def _renew_forever(self) -> None:
+        # Short ticks, each lease on its own schedule: a lease taken just after a renewal
+        # round is not left a whole interval older, and a changed interval applies at once.
         while True:
-            time.sleep(self.renew_every_s)
+            time.sleep(min(self.renew_every_s, RENEW_TICK_S))
+            now = self.clock()
             with self._cond:
-                leases = list(self._held.values())
-            for lease in leases:
+                due = [
+                    lease
+                    for lease in self._held.values()
+                    if now - lease.renewed_at >= self.renew_every_s
+                ]
+            for lease in due:
                 self._renew(lease)
 
     def _renew(self, lease: Lease) -> None:
@@ -548,11 +556,32 @@ class SlotPool:
         logger.error("fair-use lease %s lost (%s): no new job starts on it", lease.lease_id, why)
 
 
-@functools.cache
+# One pool per Prefect API and limit per process: every task of the process shares its
+# leases (as Prefect's own client caches are per process).
+_POOLS: dict[tuple[str, str], SlotPool] = {}
+_POOLS_LOCK = threading.Lock()
+
+
 def _pool(api_url: str, limit_name: str) -> SlotPool:
-    """One pool per Prefect API and limit per process: every task of it shares the leases."""
-    del api_url  # the key: a pool talks to the API its client was made for
-    return SlotPool(limit_name, api=PrefectSlotApi())
+    with _POOLS_LOCK:
+        if (api_url, limit_name) not in _POOLS:  # a pool talks to the API its client knows
+            _POOLS[api_url, limit_name] = SlotPool(limit_name, api=PrefectSlotApi())
+        return _POOLS[api_url, limit_name]
+
+
+def release_every_lease() -> int:
+    """Give back every lease of every pool of this process; return how many.
+
+    For a process that is done with studio-flows (a test's teardown, a service shutting
+    down): a watched job's lease goes back too, so call it once no job of it may run.
+
+    Example:
+        >>> release_every_lease()
+        0
+    """
+    with _POOLS_LOCK:
+        pools = list(_POOLS.values())
+    return sum(pool.release_all() for pool in pools if pool.held)
 
 
 def slot_pool(

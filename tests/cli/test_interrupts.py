@@ -4,7 +4,7 @@ Every run here is the installed ``studio-flows generate`` as a subprocess in its
 process group, with no ``PREFECT_API_URL`` (so it uses the one local Prefect server of
 the shared ``PREFECT_HOME``, which no signal to a run stops), against the emulator over
 loopback. Between runs the state
-a user's machine keeps (``prefect.db``, lease files, slot-holder files) is kept too.
+a user's machine keeps (``prefect.db``, its lease files) is kept too.
 
 Figures (signal to exit, rerun start to first POST) go to bench/CHAOS.md.
 """

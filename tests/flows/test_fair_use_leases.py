@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from prefect import flow
 from prefect.client.orchestration import get_client
-from studio_flows.tasks.fair_use import PrefectSlotApi, SlotPool, slot_pool
+from studio_flows.tasks.fair_use import PrefectSlotApi, SlotPool
 from studio_flows.tasks.generation import submit_generation_job, wait_for_generation_job
 
 from studio_flows import generate_rows
@@ -22,6 +22,7 @@ from studio_flows.errors import FairUseError
 from studio_flows.models import GenerateRequest, Message
 from studio_flows.settings import load_settings
 from tests.fixtures.cli_runs import wait_for
+from tests.fixtures.harness import running_limit_name, running_pool
 
 MODEL = "lease-model"
 
@@ -29,7 +30,7 @@ MODEL = "lease-model"
 @pytest.fixture
 def pool(flow_env: EmulatorServer) -> Iterator[SlotPool]:
     """This process's pool, renewing its leases every 0.2 s; every slot back afterwards."""
-    pool = slot_pool()
+    pool = running_pool()
     renew_every_s, pool.renew_every_s = pool.renew_every_s, 0.2
     yield pool
     pool.renew_every_s = renew_every_s
@@ -50,13 +51,14 @@ def test_a_slot_names_the_task_run_holding_it_as_prefect_concurrency_limit_inspe
     task_run_id = state.state_details.task_run_id
 
     # What `prefect concurrency-limit inspect model-studio` prints as its active slots.
+    tag = running_limit_name().removeprefix("tag:")
     with get_client(sync_client=True) as client:
-        holders = client.read_concurrency_limit_by_tag("model-studio").active_slots
+        holders = client.read_concurrency_limit_by_tag(tag).active_slots
     assert task_run_id in holders
 
     wait_for_generation_job(job)
     with get_client(sync_client=True) as client:
-        assert task_run_id not in client.read_concurrency_limit_by_tag("model-studio").active_slots
+        assert task_run_id not in client.read_concurrency_limit_by_tag(tag).active_slots
 
 
 def test_a_lease_revoked_on_the_server_mid_job_starts_no_new_job_on_it(
@@ -78,7 +80,7 @@ def test_a_lease_revoked_on_the_server_mid_job_starts_no_new_job_on_it(
     runner.start()
     wait_for(lambda: flow_env.stats()["active_jobs"] == 3, 60, "three jobs in flight")
     revoked = next(iter(pool.lease_ids()))
-    other = SlotPool(api=PrefectSlotApi())
+    other = SlotPool(running_limit_name(), api=PrefectSlotApi())
     other.api.release(revoked)  # the server forgets it (as a repossessor would)
     other_lease = other.acquire()  # another process takes the freed slot ...
     with ModelStudioClient.from_settings(load_settings()) as client:

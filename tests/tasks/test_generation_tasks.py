@@ -14,7 +14,6 @@ from typing import Any
 import httpx
 import pytest
 from prefect import flow, unmapped
-from studio_flows.tasks.fair_use import slot_pool
 from studio_flows.tasks.generation import (
     await_generation,
     generate,
@@ -36,7 +35,7 @@ from studio_flows.errors import (
 from studio_flows.generation import Generation, GenerationJob, GenerationResult
 from studio_flows.options import GenerateOptions
 from tests.fixtures.cli_runs import wait_for
-from tests.fixtures.harness import write_prompts
+from tests.fixtures.harness import running_limit_name, running_pool, write_prompts
 
 MODEL = "lib-model"
 
@@ -46,7 +45,7 @@ def env(flow_env: EmulatorServer) -> Iterator[EmulatorServer]:
     """The emulator, allowing 50 active jobs; every slot of this process back afterwards."""
     flow_env.configure(fair_use_limit=50)
     yield flow_env
-    slot_pool().release_all()
+    running_pool().release_all()
 
 
 def batches_of(count: int, size: int, prefix: str = "q") -> list[list[str]]:
@@ -54,7 +53,7 @@ def batches_of(count: int, size: int, prefix: str = "q") -> list[list[str]]:
 
 
 def held_slots() -> int:
-    return slot_pool().held
+    return running_pool().held
 
 
 def assert_answers(batches: list[list[str]], answered: list[list[Generation]]) -> None:
@@ -143,7 +142,7 @@ def test_a_loop_that_submits_more_than_the_limit_before_waiting_gets_a_clear_err
         submit_all_then_wait(batches_of(4, 1))
 
     message = str(caught.value)
-    assert "'tag:model-studio'" in message
+    assert f"'{running_limit_name()}'" in message
     assert "before submitting more" in message and "generate" in message
     assert isinstance(caught.value, FairUseError)
     assert env.stats()["jobs_created"] == 3  # the fourth was never posted
