@@ -55,8 +55,8 @@ class Timers:
 def instrument(timers: Timers) -> None:
     """Wrap the flow's parts where the flow looks them up (module globals, methods)."""
     import studio_flows.flows.generate as generate
+    import studio_flows.tasks.fair_use as slots
     import studio_flows.tasks.jobs as task_jobs
-    import studio_flows.tasks.slots as slots
 
     import studio_flows.client as client
     import studio_flows.datasets.scan as datasets

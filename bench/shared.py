@@ -110,8 +110,7 @@ class Timeline:
     def recording(self) -> Iterator[None]:
         """Wrap the pool and client methods a ``generate`` task run calls."""
         import studio_flows.tasks.generation as generation
-        from studio_flows.tasks.slot_api import PrefectSlotApi
-        from studio_flows.tasks.slots import SlotPool
+        from studio_flows.tasks.fair_use import PrefectSlotApi, SlotPool
 
         from studio_flows.client import ModelStudioClient
 
@@ -147,10 +146,10 @@ class Timeline:
             timeline.add(f"poll:{status.job_status}", job_id)
             return status
 
-        def ask(api: Any, limit_name: str, lease_s: float) -> Any:
+        def ask(api: Any, limit_name: str, lease_s: float, holder: Any = None) -> Any:
             timeline.add("ask")
             try:
-                lease_id = originals[(PrefectSlotApi, "acquire")](api, limit_name, lease_s)
+                lease_id = originals[(PrefectSlotApi, "acquire")](api, limit_name, lease_s, holder)
             except Exception as err:
                 timeline.add(f"refused:{type(err).__name__}")
                 raise

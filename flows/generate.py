@@ -4,7 +4,7 @@
 2. Make sure the ``model-studio`` concurrency limit exists.
 3. Plan lazily: skip rows already completed, re-attach recorded jobs.
 4. Run one lane per slot of the limit. A lane holds its fair-use slot across consecutive
-   jobs (see :mod:`studio_flows.tasks.slots`), so the next shard starts the moment one ends.
+   jobs (see :mod:`studio_flows.tasks.fair_use`), so the next shard starts the moment one ends.
 5. Persist each job as it ends; report a summary, a table, markdown and progress.
 
 Example:
@@ -35,10 +35,15 @@ from prefect.utilities.annotations import opaque
 from sqlalchemy.engine import Engine
 from studio_flows.tasks.database import results_database
 from studio_flows.tasks.datasets import validate_dataset_task
+from studio_flows.tasks.fair_use import (
+    POLL_S,
+    Lease,
+    SlotPool,
+    ensure_concurrency_limit,
+    slot_pool,
+)
 from studio_flows.tasks.jobs import FATAL_ERRORS, engine_for, run_generation_jobs
-from studio_flows.tasks.limits import ensure_concurrency_limit
 from studio_flows.tasks.preflight import check_model_studio_access
-from studio_flows.tasks.slots import POLL_S, Lease, SlotPool, slot_pool
 
 from studio_flows import interrupts
 from studio_flows.blocks import (
@@ -49,7 +54,7 @@ from studio_flows.blocks import (
 )
 from studio_flows.client import ClientStats
 from studio_flows.datasets import DatasetReport, DatasetSource, iter_good_rows, iter_shards
-from studio_flows.errors import RunInterrupted
+from studio_flows.errors import FairUseError, RunInterrupted
 from studio_flows.evaluation import Comparison, compare_models, side_by_side_markdown
 from studio_flows.interrupts import RunControl
 from studio_flows.jobs import JobReport, WorkItem
@@ -175,6 +180,7 @@ class _Lane:
     def run(self) -> None:
         """Hold a fair-use slot and run jobs until the work is done, a stop or a fatal error."""
         pool = slot_pool(
+            self.settings.concurrency_limit_name,
             turn_s=self.settings.slot_turn_s,
             wait_limit_s=self.settings.slot_wait_limit_s,
             unavailable_limit_s=self.settings.prefect_unavailable_limit_s,
@@ -192,7 +198,7 @@ class _Lane:
                 if self.stop.is_set() or self.control.stop_requested():
                     return
                 lease = self._take_turn(pool, lease)
-                self._run_task(jobs_of_one_task_run(first, self.work, self.stop))
+                self._run_task(jobs_of_one_task_run(first, self.work, self.stop), lease)
         finally:
             pool.release(lease)
 
@@ -204,26 +210,28 @@ class _Lane:
         self.control.sleep(TURN_PAUSE_S)  # a waiting run asks first (see TURN_PAUSE_S)
         return pool.acquire(self.control)
 
-    def _run_task(self, items: Iterator[WorkItem]) -> None:
+    def _run_task(self, items: Iterator[WorkItem], lease: Lease) -> None:
         try:
             # opaque(): Prefect resolves the parameter without walking into it (its default
             # walk, visit_collection, over a 100-row shard cost ~15 ms per task call, bench/).
             # Each job: submit or re-attach, wait, persist in one transaction.
             run_generation_jobs(  # type: ignore[call-overload]
-                opaque(self._started(items)),
+                opaque(self._started(items, lease)),
                 database=self.database,
                 on_report=opaque(self._job_done),
                 policy=self.options.ambiguous_policy,
                 stats=self.stats,
                 credentials=self.credentials,
                 flow_run_id=self.flow_run_id,
+                lease_id=str(lease.lease_id),
             )
-        except FATAL_ERRORS:
+        except (*FATAL_ERRORS, FairUseError):  # a lost slot stops the run's new work too
             self.stop.set()
             raise
 
-    def _started(self, items: Iterator[WorkItem]) -> Iterator[WorkItem]:
+    def _started(self, items: Iterator[WorkItem], lease: Lease) -> Iterator[WorkItem]:
         for item in items:
+            lease.check()  # strict: no new job on a slot the server no longer counts
             self.tally.started(item.shard.params.model_id)
             self.progress.job_started()
             yield item
@@ -302,7 +310,9 @@ def _run_lanes(lane: _Lane, count: int) -> None:
     before it goes on; other runs of the process keep theirs.
     """
     refusals = slot_pool(
-        turn_s=lane.settings.slot_turn_s, wait_limit_s=lane.settings.slot_wait_limit_s
+        lane.settings.concurrency_limit_name,
+        turn_s=lane.settings.slot_turn_s,
+        wait_limit_s=lane.settings.slot_wait_limit_s,
     ).refusals
     lane.start = _LaneStart(lanes=count, refusals_before=refusals)
     pool = ThreadPoolExecutor(max_workers=count, thread_name_prefix="lane")
@@ -392,7 +402,7 @@ def _run_generation(
     assert report.source is not None  # every validation pass names what it read
     dataset = report.source.dataset
     check_model_studio_access(credentials)
-    limit = ensure_concurrency_limit(settings.concurrency_limit)
+    limit = ensure_concurrency_limit(settings.concurrency_limit, settings.concurrency_limit_name)
 
     models = options.models
     params = options.generation_params()

@@ -1,10 +1,11 @@
 """Tasks a user's own flow composes: submit a job, wait for it, or both in one task run.
 
-Every job holds a fair-use slot of this process's pool (:mod:`studio_flows.tasks.slots`)
-from before its POST until it is terminal, so mapping these tasks over any number of
-batches keeps at most the limit's jobs active, and a freed slot goes straight to the next
-local job. Retries live in the HTTP client only (transport errors, 429, 5xx): a task retry
-of a POST could pay twice, and one of a wait would only repeat the client's own.
+Every job holds a fair-use slot of this process's pool (:mod:`studio_flows.tasks.fair_use`)
+from before its POST until it is terminal (past a caller's deadline: a watcher keeps it),
+so mapping these tasks over any number of batches keeps at most the limit's jobs active,
+and a freed slot goes straight to the next local job. Retries live in the HTTP client only
+(transport errors, 429, 5xx): a task retry of a POST could pay twice, and one of a wait
+would only repeat the client's own.
 
 Example:
     >>> from prefect import flow, unmapped
@@ -15,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -23,9 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from studio_flows.tasks.fair_use import Lease, SlotPool, api_url, ensure_limit_once, slot_pool
 from studio_flows.tasks.jobs import engine_for, job_client
-from studio_flows.tasks.limits import ensure_limit_once
-from studio_flows.tasks.slots import Lease, SlotPool, slot_pool
 
 from studio_flows import interrupts
 from studio_flows.blocks import ModelStudioCredentials, ResultsDatabase
@@ -115,14 +116,11 @@ def wait_for_generation_job(
     """
     settings = _settings(credentials)
     pool = _pool(settings)
-    if job.lease_id is not None:
-        pool.claim(job.lease_id)  # first thing: the pool must see this job is waited on
-    try:
-        with job_client(settings) as client:
-            result = await_generation(client, job, deadline_s or settings.job_deadline_s)
-    finally:
-        if job.lease_id is not None:
-            pool.release_id(job.lease_id)
+    # First thing: the pool must see this job is waited on. A lease another process took
+    # (a task runner of processes) is adopted: renewed here, released here.
+    lease = None if job.lease_id is None else pool.adopt(job.lease_id)
+    with job_client(settings) as client:
+        result = _await_holding(pool, lease, client, job, settings, deadline_s)
     _log_result(result)
     return result
 
@@ -168,12 +166,7 @@ def generate(
     with job_client(settings) as client:
         lease = pool.acquire()
         job = _post(client, pool, lease, request)  # gives the slot back if the POST fails
-        try:
-            result = await_generation(
-                client, job, deadline_s or settings.job_deadline_s, response_schema=schema
-            )
-        finally:
-            pool.release(lease)
+        result = _await_holding(pool, lease, client, job, settings, deadline_s, schema)
     _log_result(result)
     return result.generations
 
@@ -302,6 +295,47 @@ def await_generation(
     )
 
 
+def _await_holding(
+    pool: SlotPool,
+    lease: Lease | None,
+    client: ModelStudioClient,
+    job: GenerationJob,
+    settings: Settings,
+    deadline_s: float | None,
+    schema: ResponseSchema | None = None,
+) -> GenerationResult:
+    """:func:`await_generation` under ``lease``: released once the job is terminal; if the
+    caller gives up first, a watcher polls the job to its end, then releases."""
+    try:
+        result = await_generation(
+            client, job, deadline_s or settings.job_deadline_s, response_schema=schema
+        )
+    except GenerationJobTimedOut:
+        if lease is not None:
+            pool.watch_until_done(lease, lambda: _wait_out(job, settings))
+        raise
+    except BaseException:
+        if lease is not None:
+            pool.release(lease)
+        raise
+    if lease is not None:
+        pool.release(lease)
+    return result
+
+
+def _wait_out(job: GenerationJob, settings: Settings) -> None:
+    """Poll a job its caller gave up on until it ends (at most ``slot_watch_limit_s``)."""
+    with job_client(settings) as client:
+        age_s = max((datetime.now(UTC) - job.submitted_at).total_seconds(), 0.0)
+        with contextlib.suppress(JobFailedError):  # ended: that is all the watcher needs
+            client.wait_for_job(
+                job.job_id,
+                deadline_s=age_s + settings.slot_watch_limit_s,
+                total_tasks=job.size,
+                submitted_at=time.monotonic() - age_s,
+            )
+
+
 def _post(
     client: ModelStudioClient, pool: SlotPool, lease: Lease, request: GenerateRequest
 ) -> GenerationJob:
@@ -350,8 +384,9 @@ def _settings(credentials: ModelStudioCredentials | None) -> Settings:
 
 def _pool(settings: Settings, *, ensure: bool = False) -> SlotPool:
     if ensure:  # a slot is about to be taken: the limit must exist (never overwritten)
-        ensure_limit_once(settings.concurrency_limit)
+        ensure_limit_once(settings.concurrency_limit, settings.concurrency_limit_name, api_url())
     return slot_pool(
+        settings.concurrency_limit_name,
         turn_s=settings.slot_turn_s,
         wait_limit_s=settings.slot_wait_limit_s,
         unavailable_limit_s=settings.prefect_unavailable_limit_s,

@@ -1,7 +1,9 @@
-"""Thin Prefect tasks over the core: run one job or several in a row, persist results.
+"""Thin Prefect tasks over the core: run a lane's jobs one after another, persist results.
 
 Retries live in one layer per failure kind: the HTTP client retries transport errors and
-429/5xx; these tasks retry what the client gave up on. Status reads are never cached.
+429/5xx; the database calls wait out an outage (``database_retry_s``); a job is retried
+here only for what neither covers (a job_id to re-attach, a job that failed to be read).
+Status reads are never cached.
 """
 
 from __future__ import annotations
@@ -76,63 +78,8 @@ FATAL_ERRORS = (
     RequestRejectedError,
     ConfigurationError,
 )
-# Retrying cannot help these: bad credentials, a bad request, a configuration error, or an
-# ambiguous POST the policy forbids resubmitting. Nor may a Prefect retry follow a job whose
-# job_id was not recorded: it would POST again (run_generation_jobs re-attaches instead).
-NOT_RETRYABLE = (*FATAL_ERRORS, AmbiguousShardError, RunInterrupted, JobNotRecordedError)
 JOB_RETRIES = 2
 JOB_RETRY_DELAY_S = 5.0
-
-
-def _worth_retrying(task: object, task_run: object, state: object) -> bool:
-    """Retry a job task unless retrying cannot help (bad credentials, bad request, policy)."""
-    try:
-        state.result()  # type: ignore[attr-defined]
-    except NOT_RETRYABLE:
-        return False
-    except Exception:
-        return True
-    return False
-
-
-@task(
-    name="run-generation-job",
-    cache_policy=NO_CACHE,
-    retries=JOB_RETRIES,
-    retry_delay_seconds=JOB_RETRY_DELAY_S,
-    retry_condition_fn=_worth_retrying,
-    task_run_name="job {work.shard.shard_key}",
-)
-def run_generation_job(
-    work: WorkItem,
-    *,
-    deadline_s: float | None = None,
-    database: ResultsDatabase,
-    policy: AmbiguousPolicy = "resubmit",
-    stats: ClientStats | None = None,
-    credentials: ModelStudioCredentials | None = None,
-    flow_run_id: str | None = None,
-) -> JobReport:
-    """Submit the shard's job (or re-attach to its recorded job_id), wait, and persist it.
-
-    The caller holds the fair-use slot for the whole call. The job_id is written to the
-    ledger the moment the POST returns; the results and the shard's end are written in one
-    transaction before the task returns its :class:`JobReport`. Persisting here
-    rather than in a second task run halves the Prefect API traffic per job (the ephemeral
-    API server was the bottleneck at 10,000 jobs, bench/RESULTS.md), and is safe: a retry
-    of this task re-attaches to the recorded job instead of paying again.
-
-    Example:
-        >>> report = run_generation_job(WorkItem(shard), database=ResultsDatabase(url=url))
-        ... # doctest: +SKIP
-        >>> report.job_status, report.completed  # doctest: +SKIP
-        ('FINISHED', 50)
-    """
-    # Blocks, read here: a Block parameter shows its secrets as "**********".
-    settings = resolve_settings(credentials)
-    with job_client(settings, stats) as client:
-        runner = _JobRunner(client, settings, database.get_url(), policy, flow_run_id)
-        return runner.run(work, deadline_s=deadline_s)
 
 
 @task(name="run-generation-jobs", cache_policy=NO_CACHE)
@@ -145,8 +92,9 @@ def run_generation_jobs(
     stats: ClientStats | None = None,
     credentials: ModelStudioCredentials | None = None,
     flow_run_id: str | None = None,
+    lease_id: str | None = None,
 ) -> int:
-    """Run consecutive jobs, one after another, as :func:`run_generation_job` runs one.
+    """Run consecutive jobs, one after another: submit (or re-attach), wait, persist each.
 
     For jobs of milliseconds, where a task run per job would cost more than the job: the
     flow hands a task run its lane's next jobs until the task run has lasted a second
@@ -154,7 +102,8 @@ def run_generation_jobs(
     Each job is retried on its own (``JOB_RETRIES`` times, ``JOB_RETRY_DELAY_S`` apart,
     re-attaching to its recorded job_id); a job that still fails is reported given up (its
     rows stay for the next run) and the others go on. Errors retrying cannot help with
-    (bad credentials) stop the task. ``on_report`` gets each job's :class:`JobReport` as
+    (bad credentials) stop the task. ``lease_id`` (the lane's fair-use lease) is recorded
+    beside each job_id. ``on_report`` gets each job's :class:`JobReport` as
     the job is persisted. Returns the number of rows completed.
 
     Example:
@@ -164,7 +113,7 @@ def run_generation_jobs(
     settings = resolve_settings(credentials)
     completed = 0
     with job_client(settings, stats) as client:  # one client for the task run's jobs
-        runner = _JobRunner(client, settings, database.get_url(), policy, flow_run_id)
+        runner = _JobRunner(client, settings, database.get_url(), policy, flow_run_id, lease_id)
         for work in works:
             interrupts.check()  # a stopping run starts no new job
             report = runner.run_with_retries(work)
@@ -182,16 +131,23 @@ class _JobRunner:
     database_url: str
     policy: AmbiguousPolicy
     flow_run_id: str | None
+    lease_id: str | None = None
 
-    def run(self, work: WorkItem, *, deadline_s: float | None = None) -> JobReport:
-        """Submit (or re-attach), wait and persist ``work``'s job; return its report."""
+    def run(self, work: WorkItem) -> JobReport:
+        """Submit (or re-attach), wait and persist ``work``'s job; return its report.
+
+        The job_id is written to the ledger the moment the POST returns; the results and
+        the shard's end are written in one transaction (a retry re-attaches, never pays
+        again).
+        """
         outcome = run_shard(
             self.client,
             engine_for(self.database_url),
             work,
-            deadline_s=deadline_s or self.settings.job_deadline_s,
+            deadline_s=self.settings.job_deadline_s,
             policy=self.policy,
             database_retry_s=self.settings.database_retry_s,
+            lease_id=self.lease_id,
         )
         _persist(
             outcome, self.database_url, self.flow_run_id, bound_s=self.settings.database_retry_s
@@ -213,6 +169,8 @@ class _JobRunner:
             except AmbiguousShardError as err:
                 return JobReport.gave_up(work.shard, str(err), ambiguous_resubmits=err.resubmits)
             except Exception as err:
+                if is_unavailable(err):  # waited out for database_retry_s already
+                    return _given_up(work, describe_unavailable(err, self.database_url))
                 work = _to_retry(work, err)
                 # A driver's error spans lines; the summary shows one sentence per shard.
                 said = describe_unavailable(err, self.database_url) if is_unavailable(err) else err
@@ -283,7 +241,8 @@ def _persist(
     )
 
 
-@task(name="persist-job-results", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=1)
+# No task retries: _persist already waits out a database outage (one layer per failure kind).
+@task(name="persist-job-results", cache_policy=NO_CACHE)
 def persist_job_results(
     outcome: JobOutcome, *, database: ResultsDatabase, flow_run_id: str | None = None
 ) -> int:

@@ -51,6 +51,12 @@ class ModelStudioCredentials(Block):
     token: SecretStr = Field(description="Bearer token made in Model Studio")
     organization_id: str = Field(min_length=1, description="Model Studio organisation id")
     base_url: str = Field(default=DEFAULT_BASE_URL, description="API base, up to /api/v1")
+    concurrency_limit_name: str = Field(
+        default="tag:model-studio",
+        min_length=1,
+        description="The Prefect concurrency limit of this account's fair-use slots (a "
+        "second organisation names its own; a limit IONOS raised is that limit's size)",
+    )
 
     def get_client(self, **kwargs: Any) -> ModelStudioClient:
         """A synchronous client for this account; ``kwargs`` go to the client (timeouts...).
@@ -71,7 +77,7 @@ class ModelStudioCredentials(Block):
         return AsyncModelStudioClient(**{**self._client_kwargs(), **kwargs})
 
     def apply_to(self, settings: Settings) -> Settings:
-        """A copy of ``settings`` with this block's token, organisation and base URL.
+        """A copy of ``settings`` with this block's token, organisation, base URL and limit.
 
         Example:
             >>> block = ModelStudioCredentials(token="t", organization_id="org")
@@ -83,6 +89,7 @@ class ModelStudioCredentials(Block):
                 "token": self.token,
                 "organization_id": self.organization_id,
                 "base_url": self.base_url,
+                "concurrency_limit_name": self.concurrency_limit_name,
             }
         )
 

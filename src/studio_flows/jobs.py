@@ -218,8 +218,10 @@ def submit_shard(
     policy: AmbiguousPolicy = "resubmit",
     sleep: Callable[[float], None] = interrupts.sleep,
     database_retry_s: float = DEFAULT_BOUND_S,
+    lease_id: str | None = None,
 ) -> tuple[str, int]:
-    """POST the shard's job, recording intent and job_id; return ``(job_id, resubmits)``.
+    """POST the shard's job, recording intent and job_id (and the fair-use ``lease_id`` it
+    runs under); return ``(job_id, resubmits)``.
 
     An ambiguous POST may have created a job that now runs on the account. Before
     resubmitting, and before giving up, wait about as long as such a job takes (the caller
@@ -274,12 +276,15 @@ def submit_shard(
             continue
         # The job runs and is paid for now: its job_id must reach the ledger even if the
         # database is restarting, or the next run would pay for the shard again.
-        record_job_id(engine, shard, created.job_id, bound_s=database_retry_s)
+        record_job_id(engine, shard, created.job_id, bound_s=database_retry_s, lease_id=lease_id)
         return created.job_id, resubmits
 
 
-def record_job_id(engine: Engine, shard: Shard, job_id: str, *, bound_s: float) -> None:
-    """Write ``job_id`` as the shard's job, retrying a database that does not answer.
+def record_job_id(
+    engine: Engine, shard: Shard, job_id: str, *, bound_s: float, lease_id: str | None = None
+) -> None:
+    """Write ``job_id`` (and its ``lease_id``) as the shard's job, retrying a database that
+    does not answer.
 
     Raises :class:`JobNotRecordedError` carrying ``job_id`` when it could not be written
     (and logs one sentence when a stop request cuts the wait short): the job is paid for,
@@ -288,7 +293,7 @@ def record_job_id(engine: Engine, shard: Shard, job_id: str, *, bound_s: float) 
     Example:
         >>> record_job_id(engine, shard, created.job_id, bound_s=60)  # doctest: +SKIP
     """
-    write = functools.partial(record_job_submitted, engine, shard.shard_key, job_id)
+    write = functools.partial(record_job_submitted, engine, shard.shard_key, job_id, lease_id)
     try:
         retry_while_unavailable(write, bound_s=bound_s, url=engine.url)
     except RunInterrupted:
@@ -421,8 +426,10 @@ def run_shard(
     deadline_s: float = 3600.0,
     policy: AmbiguousPolicy = "resubmit",
     database_retry_s: float = DEFAULT_BOUND_S,
+    lease_id: str | None = None,
 ) -> JobOutcome:
-    """Submit (or re-attach to) the shard's job and wait until it is terminal.
+    """Submit (or re-attach to) the shard's job and wait until it is terminal; ``lease_id``
+    (the fair-use lease the caller holds) is recorded beside the job_id.
 
     The results are returned, not written: :func:`studio_flows.storage.complete_shard`
     persists them in one transaction. ``database_retry_s`` bounds the wait for a database
@@ -432,13 +439,18 @@ def run_shard(
     job_id, resubmits = work.job_id or _recorded_job(engine, shard), 0
     if work.unrecorded and job_id is not None:
         # A job an earlier try of this run created: its job_id goes to the ledger first.
-        record_job_id(engine, shard, job_id, bound_s=database_retry_s)
+        record_job_id(engine, shard, job_id, bound_s=database_retry_s, lease_id=lease_id)
     reattached = job_id is not None
     try:
         if job_id is None:
             resubmits = _resume_unknown_outcome(client, engine, work, policy)
             job_id, more = submit_shard(
-                client, engine, shard, policy=policy, database_retry_s=database_retry_s
+                client,
+                engine,
+                shard,
+                policy=policy,
+                database_retry_s=database_retry_s,
+                lease_id=lease_id,
             )
             resubmits += more
             status = _wait(client, job_id, shard, deadline_s)
@@ -446,7 +458,7 @@ def run_shard(
             logger.info("shard %s: re-attaching to job %s", shard.shard_key, job_id)
             work = WorkItem(shard, job_id)
             status, resubmitted = _wait_reattached(
-                client, engine, work, deadline_s, policy, database_retry_s
+                client, engine, work, deadline_s, policy, database_retry_s, lease_id
             )
             job_id = status.job_id
             if resubmitted is not None:  # the service had forgotten the job: paid again
@@ -504,6 +516,7 @@ def _wait_reattached(
     deadline_s: float,
     policy: AmbiguousPolicy,
     database_retry_s: float = DEFAULT_BOUND_S,
+    lease_id: str | None = None,
 ) -> tuple[JobStatus, int | None]:
     """Poll a recorded job; if the service no longer knows it, submit the shard again.
 
@@ -520,6 +533,11 @@ def _wait_reattached(
             work.job_id,
         )
     job_id, resubmits = submit_shard(
-        client, engine, work.shard, policy=policy, database_retry_s=database_retry_s
+        client,
+        engine,
+        work.shard,
+        policy=policy,
+        database_retry_s=database_retry_s,
+        lease_id=lease_id,
     )
     return _wait(client, job_id, work.shard, deadline_s), resubmits

@@ -41,6 +41,11 @@ class Settings(BaseSettings):
         "out-of-date database is an error until `studio-flows db upgrade` runs",
     )
     concurrency_limit: int = Field(default=3, ge=1, description="Jobs in flight per account")
+    concurrency_limit_name: str = Field(
+        default="tag:model-studio",
+        min_length=1,
+        description="The Prefect concurrency limit of this account's fair-use slots",
+    )
     shard_size: int = Field(default=50, ge=1, le=100, description="Conversations per job")
     request_timeout_s: float = Field(
         default=30.0, gt=0, description="Give up on one Model Studio request (connect, read) after"
@@ -62,6 +67,11 @@ class Settings(BaseSettings):
     )
     slot_wait_limit_s: float = Field(
         default=600.0, gt=0, description="Give up when no fair-use slot comes free in this time"
+    )
+    slot_watch_limit_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Hold the slot of a job a caller gave up on until it ends, at most this long",
     )
     # psycopg counts whole seconds and waits at least 2 s whatever it is given.
     database_connect_timeout_s: int = Field(

@@ -111,8 +111,7 @@ def test_status_names_the_leases_that_hold_fair_use_slots(
     emulator: EmulatorServer, tmp_path: Path
 ) -> None:
     from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
-    from studio_flows.tasks.limits import ensure_concurrency_limit
-    from studio_flows.tasks.slots import PrefectSlotApi, SlotPool
+    from studio_flows.tasks.fair_use import PrefectSlotApi, SlotPool, ensure_concurrency_limit
 
     runs = Runs(emulator, tmp_path, tmp_path / "home")
     runs.run()

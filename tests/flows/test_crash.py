@@ -1,10 +1,9 @@
 """Crash: the `studio-flows generate` process is SIGKILLed, then run again to completion.
 
 The CLI runs as a real subprocess in its own process group; the emulator serves from a
-thread of the test process, so it outlives the killed flow process. Each killed child runs
-Prefect's ephemeral server (a fresh PREFECT_HOME, the server is a child in the same process
-group, so the group SIGKILL takes both): a killed process then leaks no fair-use slot into
-the real Prefect server that later tests share.
+thread of the test process, so it outlives the killed flow process. The runs use the
+session's shared local Prefect server (no signal to a run stops it); a killed run's leases
+stay counted there until they expire, so each next run waits for them before its POSTs.
 
 Kill points, without any hook in the product code:
 

@@ -18,12 +18,12 @@ import pytest
 from prefect import flow, unmapped
 from prefect.states import State
 from studio_flows.tasks.generation import generate
-from studio_flows.tasks.slots import slot_pool
 
 from studio_flows import generate_rows
 from studio_flows.emulator import EmulatorServer
 from studio_flows.generation import Generation
 from tests.fixtures.cli_runs import wait_for
+from tests.fixtures.harness import running_pool
 
 MODEL = "lifecycle-model"
 TIMEOUT_S = 10  # the flow's set-up takes seconds on a loaded machine
@@ -51,7 +51,7 @@ def generate_one(batch: list[str]) -> list[Generation]:
 @pytest.fixture
 def slots_back() -> Iterator[None]:
     yield
-    slot_pool().release_all()  # whatever a failed test left, for the next test
+    running_pool().release_all()  # whatever a failed test left, for the next test
 
 
 def timed_out(rows: list[dict[str, Any]]) -> State[Any]:
@@ -95,7 +95,7 @@ def test_a_flow_run_timing_out_beside_another_leaves_it_its_slots_and_every_row(
 
     other = threading.Thread(target=other_run, name="other-run", daemon=True)
     other.start()
-    pool = slot_pool()
+    pool = running_pool()
     wait_for(lambda: pool.held == 3, 60, "the other run to hold every slot")
 
     timed_out([{"prompt": "never answered"}])  # it waits for a slot the whole time

@@ -21,7 +21,6 @@ from studio_flows.tasks.generation import (
     submit_generation_job,
     wait_for_generation_job,
 )
-from studio_flows.tasks.slots import slot_pool
 
 from studio_flows.client import ModelStudioClient
 from studio_flows.emulator import EmulatorServer
@@ -35,7 +34,8 @@ from studio_flows.errors import (
 )
 from studio_flows.generation import Generation, GenerationJob, GenerationResult
 from studio_flows.options import GenerateOptions
-from tests.fixtures.harness import write_prompts
+from tests.fixtures.cli_runs import wait_for
+from tests.fixtures.harness import running_limit_name, running_pool, write_prompts
 
 MODEL = "lib-model"
 
@@ -45,7 +45,7 @@ def env(flow_env: EmulatorServer) -> Iterator[EmulatorServer]:
     """The emulator, allowing 50 active jobs; every slot of this process back afterwards."""
     flow_env.configure(fair_use_limit=50)
     yield flow_env
-    slot_pool().release_all()
+    running_pool().release_all()
 
 
 def batches_of(count: int, size: int, prefix: str = "q") -> list[list[str]]:
@@ -53,7 +53,7 @@ def batches_of(count: int, size: int, prefix: str = "q") -> list[list[str]]:
 
 
 def held_slots() -> int:
-    return slot_pool().held
+    return running_pool().held
 
 
 def assert_answers(batches: list[list[str]], answered: list[list[Generation]]) -> None:
@@ -142,7 +142,7 @@ def test_a_loop_that_submits_more_than_the_limit_before_waiting_gets_a_clear_err
         submit_all_then_wait(batches_of(4, 1))
 
     message = str(caught.value)
-    assert "'tag:model-studio'" in message
+    assert f"'{running_limit_name()}'" in message
     assert "before submitting more" in message and "generate" in message
     assert isinstance(caught.value, FairUseError)
     assert env.stats()["jobs_created"] == 3  # the fourth was never posted
@@ -175,15 +175,19 @@ def test_a_lost_post_response_keeps_its_slot_while_the_job_it_made_may_run(
     assert held_slots() == 0
 
 
-def test_a_job_past_its_deadline_is_a_typed_error_and_its_slot_comes_back(
+def test_a_job_past_its_deadline_is_a_typed_error_and_keeps_its_slot_until_it_ends(
     env: EmulatorServer,
 ) -> None:
-    env.configure(job_latency_s=30.0)
+    env.configure(job_latency_s=4.0)
 
     with pytest.raises(GenerationJobTimedOut, match="deadline_s"):
         submit_and_wait(["slow"], deadline_s=0.5)
 
-    assert held_slots() == 0
+    # Given up by its caller, the job still runs at the service: its slot stays taken.
+    assert env.stats()["active_jobs"] == 1
+    assert held_slots() == 1
+    wait_for(lambda: held_slots() == 0, 30, "the watcher to give the slot back")
+    assert env.stats()["active_jobs"] == 0
 
 
 def test_conversations_may_be_strings_or_turns(env: EmulatorServer) -> None:

@@ -10,8 +10,7 @@ from collections.abc import Iterator
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
-from studio_flows.tasks.limits import ensure_concurrency_limit
-from studio_flows.tasks.slots import PrefectSlotApi, SlotPool
+from studio_flows.tasks.fair_use import PrefectSlotApi, SlotPool, ensure_concurrency_limit
 
 from studio_flows.errors import FairUseError
 from tests.fixtures.cli_runs import wait_for
@@ -32,7 +31,7 @@ def limit_of(tag: str) -> int:
 
 
 def test_a_missing_limit_is_created_with_the_settings_value(tag: str) -> None:
-    assert ensure_concurrency_limit(limit=3, tag=tag) == 3
+    assert ensure_concurrency_limit(limit=3, limit_name=f"tag:{tag}") == 3
     assert limit_of(tag) == 3
 
 
@@ -40,13 +39,13 @@ def test_an_operators_limit_is_kept_not_overwritten(tag: str) -> None:
     with get_client(sync_client=True) as client:
         client.create_concurrency_limit(tag=tag, concurrency_limit=5)
 
-    assert ensure_concurrency_limit(limit=3, tag=tag) == 5
+    assert ensure_concurrency_limit(limit=3, limit_name=f"tag:{tag}") == 5
     assert limit_of(tag) == 5
 
 
 def test_a_second_process_pool_waits_for_the_slot_and_gets_it_when_freed(tag: str) -> None:
     """Two pools (as two processes would have) on a limit of 1, against a Prefect API."""
-    ensure_concurrency_limit(limit=1, tag=tag)
+    ensure_concurrency_limit(limit=1, limit_name=f"tag:{tag}")
     first = SlotPool(f"tag:{tag}", api=PrefectSlotApi(), poll_s=0.05)
     second = SlotPool(f"tag:{tag}", api=PrefectSlotApi(), poll_s=0.05)
     held = first.acquire()

@@ -4,24 +4,21 @@ from __future__ import annotations
 
 import itertools
 import logging
-import multiprocessing
-import os
-import signal
 import threading
 import time
 import uuid
-from pathlib import Path
 
 import pytest
-from studio_flows.tasks.slot_holders import (
-    HolderFile,
-    PeerWatch,
-    live_holders,
-    reclaim_dead_holders,
+from studio_flows.tasks.fair_use import (
+    Lease,
+    LeaseGone,
+    SlotPool,
+    SlotRefused,
+    SlotServerUnavailable,
 )
-from studio_flows.tasks.slots import Lease, SlotPool, SlotRefused, SlotServerUnavailable
 
 from studio_flows.errors import (
+    FairUseError,
     PrefectUnavailableError,
     RunInterrupted,
     SlotDeadlockError,
@@ -45,7 +42,7 @@ class FakeLimit:
         self.unavailable = unavailable
         self._lock = threading.Lock()
 
-    def acquire(self, limit_name: str, lease_s: float) -> uuid.UUID:
+    def acquire(self, limit_name: str, lease_s: float, holder: object = None) -> uuid.UUID:
         with self._lock:
             if self.unavailable:
                 self.unavailable -= 1
@@ -58,7 +55,9 @@ class FakeLimit:
             return lease
 
     def renew(self, lease_id: uuid.UUID, lease_s: float) -> None:
-        pass
+        with self._lock:
+            if lease_id not in self.leases:
+                raise LeaseGone("HTTP 410")
 
     def release(self, lease_id: uuid.UUID) -> None:
         with self._lock:
@@ -111,17 +110,14 @@ def test_a_lease_held_for_a_turn_goes_back_to_the_server_not_to_a_local_waiter()
     assert got and got[0] != first and limit.acquired == 2
 
 
-def test_release_all_gives_every_lease_back_and_the_holder_file_empties(tmp_path: Path) -> None:
+def test_release_all_gives_every_lease_back() -> None:
     limit = FakeLimit(3)
-    holders = HolderFile(tmp_path, server="fake")
-    pool = SlotPool(api=limit, holders=holders)
+    pool = SlotPool(api=limit)
     leases = [pool.acquire() for _ in range(3)]
-    assert set(_recorded(holders)) == {str(lease.lease_id) for lease in leases}
 
     assert pool.release_all() == 3
 
     assert limit.leases == set() and pool.held == 0
-    assert _recorded(holders) == []
     pool.release(leases[0])  # a job ending after the stop gives nothing back twice
     assert len(limit.released) == 3
 
@@ -182,55 +178,6 @@ def test_a_stop_request_ends_a_wait_at_once() -> None:
     assert not waiter.is_alive() and len(errors) == 1
 
 
-def _hold_and_die(directory: str, lease: str, ready: multiprocessing.synchronize.Event) -> None:
-    holder = HolderFile(Path(directory), server="local")
-    holder.record([uuid.UUID(lease)])
-    ready.set()
-    time.sleep(60)  # killed long before
-
-
-def test_the_leases_of_a_killed_process_are_given_back_and_a_live_ones_are_not(
-    tmp_path: Path,
-) -> None:
-    mine = HolderFile(tmp_path, server="local")
-    my_lease, dead_lease = uuid.uuid4(), uuid.uuid4()
-    mine.record([my_lease])
-    ready = multiprocessing.get_context("fork").Event()
-    child = multiprocessing.get_context("fork").Process(
-        target=_hold_and_die, args=(str(tmp_path), str(dead_lease), ready)
-    )
-    child.start()
-    assert ready.wait(10)
-    assert live_holders(tmp_path, exclude=mine.path) == 1
-    released: list[uuid.UUID] = []
-
-    assert reclaim_dead_holders(tmp_path, "local", released.append) == 0  # alive: kept
-    os.kill(child.pid, signal.SIGKILL)  # type: ignore[arg-type]
-    child.join()
-    assert reclaim_dead_holders(tmp_path, "local", released.append) == 1
-
-    assert released == [dead_lease]
-    assert live_holders(tmp_path, exclude=mine.path) == 0
-    assert [p.name for p in tmp_path.glob("*.json")] == [mine.path.name]
-
-
-def test_leases_of_another_server_are_left_to_that_server(tmp_path: Path) -> None:
-    other = HolderFile(tmp_path, server="http://elsewhere/api")
-    other.record([uuid.uuid4()])
-    other._file.close()  # type: ignore[union-attr]  # as if its process died
-    released: list[uuid.UUID] = []
-
-    assert reclaim_dead_holders(tmp_path, "local", released.append) == 0
-    assert released == [] and other.path.exists()
-
-
-def _recorded(holders: HolderFile) -> list[str]:
-    import json
-
-    leases: list[str] = json.loads(holders.path.read_text())["leases"]
-    return leases
-
-
 def test_jobs_parked_beyond_the_limit_are_a_deadlock_error_naming_the_limit() -> None:
     limit = FakeLimit(2)
     pool = SlotPool(api=limit, poll_s=0.01)
@@ -259,7 +206,7 @@ def test_a_parked_job_whose_wait_starts_is_not_a_deadlock() -> None:
     claimed = pool.claim(parked.lease_id)  # the wait task starts
     assert claimed is parked and pool.parked == 0
     time.sleep(0.5)  # the job runs for longer than a deadlock takes to be called one
-    pool.release_id(parked.lease_id)
+    pool.release(claimed)
     waiter.join(timeout=10)
 
     assert got == [parked] and limit.acquired == 1
@@ -267,7 +214,7 @@ def test_a_parked_job_whose_wait_starts_is_not_a_deadlock() -> None:
 
 def test_a_lease_freed_while_the_server_is_slow_goes_to_the_waiter_at_once() -> None:
     class SlowLimit(FakeLimit):
-        def acquire(self, limit_name: str, lease_s: float) -> uuid.UUID:
+        def acquire(self, limit_name: str, lease_s: float, holder: object = None) -> uuid.UUID:
             if self.leases:
                 time.sleep(2.0)  # a busy Prefect server
             return super().acquire(limit_name, lease_s)
@@ -298,7 +245,7 @@ def test_a_prefect_api_that_never_answers_fails_the_wait_naming_the_api_and_the_
         PREFECT_CLIENT_MAX_RETRIES,
         temporary_settings,
     )
-    from studio_flows.tasks.slot_api import PrefectSlotApi
+    from studio_flows.tasks.fair_use import PrefectSlotApi
 
     api_url = f"http://{hung_server.address}/api"
     updates = {PREFECT_API_URL: api_url, PREFECT_API_REQUEST_TIMEOUT: 0.3}
@@ -320,51 +267,32 @@ def test_a_prefect_api_that_never_answers_fails_the_wait_naming_the_api_and_the_
     assert hung_server.accepted >= 1
 
 
-def test_a_refused_pool_asks_again_as_soon_as_a_peer_on_this_machine_gives_a_slot_back(
-    tmp_path: Path,
-) -> None:
+def test_a_lease_the_server_lost_is_never_handed_on_and_its_holder_starts_nothing() -> None:
     limit = FakeLimit(1)
-    peer = HolderFile(tmp_path, "fake")  # another process's record, on the same server
-    peer_lease = limit.acquire("tag:x", 60)
-    peer.record([peer_lease])
-    mine = HolderFile(tmp_path, "fake")
-    # Polls a minute apart: only the peer's holder file can make it ask again in time.
-    pool = SlotPool(
-        api=limit, poll_s=60.0, holders=mine, peers=PeerWatch(tmp_path, mine.path, "fake")
-    )
-    pool.peers_hold_poll_s = 60.0
-    got: list[object] = []
-    waiter = threading.Thread(target=lambda: got.append(pool.acquire()), daemon=True)
-    waiter.start()
-    wait_for(lambda: pool.refusals == 1, 10, "the first refusal")
+    pool = SlotPool(api=limit, poll_s=0.01, renew_every_s=0.05)
+    lease = pool.acquire()
+    limit.release(lease.lease_id)  # revoked on the server (or expired)
 
-    limit.release(peer_lease)
-    peer.record([])
-    waiter.join(timeout=10)
-
-    assert got, "the pool waited for its next poll, not for the peer's release"
-    assert pool.refusals == 1
+    wait_for(lambda: lease.lost is not None, 10, "the renewal to find the lease gone")
+    with pytest.raises(FairUseError, match="was lost"):
+        lease.check()
+    assert pool.held == 0
+    pool.release(lease)  # its job ended: nothing to hand on, nothing to give back
+    assert limit.released == [lease.lease_id]
 
 
-def test_an_ask_the_server_holds_is_doubled_and_the_extra_lease_goes_back() -> None:
-    limit = FakeLimit(3)
-    stuck, unstick = threading.Event(), threading.Event()
-    inner = limit.acquire
+def test_a_watched_lease_is_held_until_the_given_up_job_ends() -> None:
+    limit = FakeLimit(1)
+    pool = SlotPool(api=limit, poll_s=0.01)
+    run = RunControl()
+    lease = pool.acquire(run)
+    job_ended = threading.Event()
 
-    def first_ask_hangs(limit_name: str, lease_s: float) -> uuid.UUID:
-        if not stuck.is_set():
-            stuck.set()
-            unstick.wait(timeout=30)  # a busy server holding the request
-        return inner(limit_name, lease_s)
+    watcher = pool.watch_until_done(lease, lambda: job_ended.wait(10))
+    run.request_stop("GenerationJobTimedOut")
+    assert run.release_all() == 0  # the caller's run no longer owns the slot
+    assert lease.lease_id in limit.leases and pool.held == 1
 
-    limit.acquire = first_ask_hangs  # type: ignore[method-assign]
-    # A second hedge would come only after a second without any answer.
-    pool = SlotPool(api=limit, poll_s=1.0, hedge_after_s=0.05)
-
-    lease = pool.acquire()  # answered by the doubled ask while the first still hangs
-    assert stuck.is_set() and not unstick.is_set()
-    unstick.set()
-    wait_for(lambda: limit.acquired == 2, 10, "the held ask to be granted late")
-    wait_for(lambda: limit.leases == {lease.lease_id}, 10, "the late lease to go back")
-
-    assert pool.held == 1
+    job_ended.set()
+    watcher.join(timeout=10)
+    assert limit.leases == set() and pool.held == 0

@@ -40,7 +40,6 @@ import httpx
 
 from studio_flows import interrupts
 from studio_flows.errors import PrefectUnavailableError
-from studio_flows.tasks.slots import LOCAL_SERVER_ENV
 
 START_TIMEOUT_S = 300.0
 SLOW_START_NOTICE_S = 15.0
@@ -193,13 +192,11 @@ def local_prefect_api(notify: Callable[[str], None]) -> Iterator[str]:
             files, notify, settings.local_server_idle_s, settings.prefect_check_timeout_s
         )
         _touch(users)
-        os.environ[LOCAL_SERVER_ENV] = server.api_url
         try:
             with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
                 yield server.api_url
         finally:
             _drain_prefect_workers()
-            os.environ.pop(LOCAL_SERVER_ENV, None)
             _touch(users)
 
 

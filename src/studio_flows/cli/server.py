@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 import typer
 
@@ -60,7 +58,7 @@ def status_command() -> None:
             highlight=False,
             soft_wrap=True,
         )
-        for line in _limit_lines(server.api_url, home):
+        for line in _limit_lines(server.api_url):
             console.print(line, highlight=False, soft_wrap=True)
 
 
@@ -85,7 +83,7 @@ def stop_command() -> None:
         )
 
 
-def _limit_lines(api_url: str, home: Path) -> list[str]:
+def _limit_lines(api_url: str) -> list[str]:
     """A line per global concurrency limit, then a line per lease that holds its slots."""
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -94,15 +92,14 @@ def _limit_lines(api_url: str, home: Path) -> list[str]:
         limits = c.read_global_concurrency_limits(limit=100)
     if not limits:
         return ["No concurrency limit yet (the first run creates tag:model-studio)."]
-    holders = _holder_pids(home)
     lines = []
     for limit in limits:
         lines.append(f"{limit.name}: {limit.active_slots} of {limit.limit} slots taken")
-        lines += [f"  {lease}" for lease in _leases_of(limit.id, holders)]
+        lines += [f"  {lease}" for lease in _leases_of(limit.id)]
     return lines
 
 
-def _leases_of(limit_id: uuid.UUID, holder_pids: dict[str, int]) -> list[LeaseLine]:
+def _leases_of(limit_id: uuid.UUID) -> list[LeaseLine]:
     """The live leases of ``limit_id`` in the local server's lease files."""
     from prefect.server.concurrency.lease_storage.filesystem import ConcurrencyLeaseStorage
     from prefect.utilities.asyncutils import run_coro_as_sync
@@ -119,7 +116,7 @@ def _leases_of(limit_id: uuid.UUID, holder_pids: dict[str, int]) -> list[LeaseLi
                     lease_id=lease_id,
                     slots=lease.metadata.slots if lease.metadata else 0,
                     expires_in_s=lease.expiration.timestamp() - time.time(),
-                    holder=_holder(lease, holder_pids.get(str(lease_id))),
+                    holder=_holder(lease),
                 )
             )
         return found
@@ -127,23 +124,7 @@ def _leases_of(limit_id: uuid.UUID, holder_pids: dict[str, int]) -> list[LeaseLi
     return run_coro_as_sync(read()) or []
 
 
-def _holder(lease: object, pid: int | None) -> str:
-    metadata = getattr(lease, "metadata", None)
-    held_by = getattr(metadata, "holder", None)
-    parts = [f"{held_by.type} {held_by.id}"] if held_by is not None else []
-    if pid is not None:
-        parts.append(f"process {pid}")
-    return "held by " + ", ".join(parts) if parts else "holder not recorded"
-
-
-def _holder_pids(home: Path) -> dict[str, int]:
-    """Lease id to the pid of the process on this machine that records holding it."""
-    pids: dict[str, int] = {}
-    for file in (home / "studio-flows" / "slot-holders").glob("*.json"):
-        try:
-            leases = json.loads(file.read_text(encoding="utf-8")).get("leases", [])
-            pid = int(file.name.split("-", 1)[0])
-        except (OSError, ValueError, AttributeError):
-            continue
-        pids.update(dict.fromkeys(leases, pid))
-    return pids
+def _holder(lease: object) -> str:
+    """Who the lease's taker named (the task run, else the flow run), as the server keeps it."""
+    held_by = getattr(getattr(lease, "metadata", None), "holder", None)
+    return f"held by {held_by.type} {held_by.id}" if held_by is not None else "holder not recorded"

@@ -206,6 +206,7 @@ _SUBMITTED: Final = (
     .values(
         status=SUBMITTED,
         job_id=sa.bindparam("new_job_id"),
+        lease_id=sa.bindparam("new_lease_id"),
         submitted_at=sa.bindparam("new_now"),
         updated_at=sa.bindparam("new_now"),
         error=None,
@@ -250,8 +251,11 @@ def record_rejected(engine: Engine, shard_key: str, reason: str) -> None:
         _update_shard(conn, _REJECTED, shard_key, new_error=reason, new_now=utcnow())
 
 
-def record_job_submitted(engine: Engine, shard_key: str, job_id: str) -> None:
-    """Record the job created for ``shard_key`` at once after its POST returned.
+def record_job_submitted(
+    engine: Engine, shard_key: str, job_id: str, lease_id: str | None = None
+) -> None:
+    """Record the job created for ``shard_key`` at once after its POST returned, and the
+    fair-use lease it runs under (``lease_id``).
 
     Raises LookupError if no intent was recorded for the shard.
 
@@ -259,7 +263,14 @@ def record_job_submitted(engine: Engine, shard_key: str, job_id: str) -> None:
         >>> record_job_submitted(engine, shard.shard_key, created.job_id)  # doctest: +SKIP
     """
     with _writing(engine) as conn:
-        _update_shard(conn, _SUBMITTED, shard_key, new_job_id=job_id, new_now=utcnow())
+        _update_shard(
+            conn,
+            _SUBMITTED,
+            shard_key,
+            new_job_id=job_id,
+            new_lease_id=lease_id,
+            new_now=utcnow(),
+        )
 
 
 def record_ambiguous(engine: Engine, shard_key: str, cause: str) -> None:

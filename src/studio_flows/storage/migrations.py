@@ -114,7 +114,7 @@ def upgrade_database(url: str) -> SchemaUpgrade:
 
     Example:
         >>> print(upgrade_database("sqlite://"))
-        created schema 6 in sqlite://
+        created schema 7 in sqlite://
     """
     engine, parsed = _open_engine(url)
     try:

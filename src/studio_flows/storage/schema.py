@@ -16,7 +16,7 @@ from studio_flows.rows import (
 from studio_flows.statuses import RowStatus, ShardStatus
 
 # The Alembic head (revision 000N is schema N, storage/_migrations/versions/).
-SCHEMA_VERSION: Final = 6
+SCHEMA_VERSION: Final = 7
 
 # Plain strings of the enums: SQLAlchemy renders them into CHECK constraints and SQL.
 COMPLETED: Final = RowStatus.COMPLETED.value
@@ -169,6 +169,8 @@ generation_jobs = sa.Table(
     sa.Column("shard_key", sa.String(_HASH), nullable=False, unique=True),
     sa.Column("dataset", sa.String(_DATASET), nullable=False),
     sa.Column("job_id", sa.String(_JOB_ID), nullable=True),
+    # The fair-use lease the job runs under (a Prefect concurrency lease id), for re-attach.
+    sa.Column("lease_id", sa.String(36), nullable=True),
     sa.Column("model_id", sa.String(_MODEL_ID), nullable=False),
     sa.Column("status", sa.String(_STATUS), nullable=False),
     sa.Column("row_count", sa.Integer, nullable=False),
