@@ -212,7 +212,7 @@ def test_a_rerun_with_nothing_to_submit_needs_no_fair_use_slot(
     """Another process holds every slot: a rerun whose rows are all done still ends at once,
     exit 0, instead of waiting for a slot it would not use."""
     from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
-    from studio_flows.tasks.slots import PrefectSlotApi, SlotPool
+    from studio_flows.tasks.fair_use import PrefectSlotApi, SlotPool
 
     runs = Runs(emulator, tmp_path, tmp_path / "home", MODEL_STUDIO_SLOT_WAIT_LIMIT_S="20")
     runs.run()
