@@ -436,10 +436,15 @@ def _run_generation(
     judges = _Judges.of(options, report, lane, params[0].params_hash)
     interrupted: RunInterrupted | None = None
     try:
-        _run_lanes(lane, limit)
+        # Lanes only for work: a rerun with nothing to submit takes no fair-use slot
+        # (it neither waits for one nor keeps another run from one).
+        if lane.work.has_work():
+            _run_lanes(lane, limit)
         if judges is not None:
             # After the answers, through the same lanes and slots: judge rows are paid work.
-            _run_lanes(judges.lane(options.shard_size or settings.shard_size), limit)
+            judge_lane = judges.lane(options.shard_size or settings.shard_size)
+            if judge_lane.work.has_work():
+                _run_lanes(judge_lane, limit)
     except RunInterrupted as err:
         interrupted = err
     except BaseException:

@@ -11,13 +11,10 @@ engine. The rendered URL carries the password because the engine needs it: log
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from prefect.exceptions import ObjectNotFound
 from prefect.logging import get_logger
-from prefect_sqlalchemy import (  # type: ignore[import-untyped]
-    ConnectionComponents,
-    SqlAlchemyConnector,
-)
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -25,6 +22,9 @@ from studio_flows.blocks import ResultsDatabase
 from studio_flows.errors import ConfigurationError
 from studio_flows.redaction import MASK, is_redacted, redact_url
 from studio_flows.settings import Settings
+
+if TYPE_CHECKING:  # imported where a connector block is named: a third of a second a run
+    from prefect_sqlalchemy import SqlAlchemyConnector  # type: ignore[import-untyped]
 
 logger = get_logger("studio_flows.database")
 
@@ -37,12 +37,14 @@ def connector_url(connector: SqlAlchemyConnector) -> URL:
     """The SQLAlchemy URL a ``SqlAlchemyConnector`` block describes (password included).
 
     Example:
-        >>> from prefect_sqlalchemy import SyncDriver
+        >>> from prefect_sqlalchemy import ConnectionComponents, SqlAlchemyConnector, SyncDriver
         >>> info = ConnectionComponents(driver=SyncDriver.SQLITE_PYSQLITE, database="r.db")
         >>> block = SqlAlchemyConnector(connection_info=info)
         >>> connector_url(block).render_as_string()
         'sqlite+pysqlite:///r.db'
     """
+    from prefect_sqlalchemy import ConnectionComponents
+
     info = connector.connection_info
     if isinstance(info, ConnectionComponents):
         url: URL = info.create_url()
@@ -60,6 +62,8 @@ def load_connector_url(block_name: str) -> str:
         >>> load_connector_url("results-db")  # doctest: +SKIP
         'postgresql+psycopg://app:...@db:5432/results'
     """
+    from prefect_sqlalchemy import SqlAlchemyConnector
+
     name = block_name.removeprefix(SqlAlchemyConnector.get_block_type_slug() + "/")
     try:
         # _sync=True: stay synchronous even when an event loop runs in this thread.

@@ -59,6 +59,7 @@ WAIT_NOTICE_EVERY_S = 30.0
 PARKED_DEADLOCK_S = 5.0
 LIMIT_READ_EVERY_S = 5.0
 RENEW_TICK_S = 1.0
+REPOSSESSOR_LOOP_S = 15.0  # how often Prefect's server reclaims expired leases
 
 logger = logging.getLogger("studio_flows.slots")
 
@@ -399,9 +400,11 @@ class SlotPool:
             if now >= next_notice:
                 next_notice = now + WAIT_NOTICE_EVERY_S
                 logger.warning(
-                    "waiting for a fair-use slot since %s: %s",
+                    "waiting for a fair-use slot since %s: %s (a killed run's slots come "
+                    "back when their leases expire, within %.0f s)",
                     f"{since_wall:%H:%M:%S}",
                     self._who_holds(),
+                    self.lease_s + REPOSSESSOR_LOOP_S,
                 )
             if now - max(since, self._last_freed) >= self.wait_limit_s:
                 raise SlotWaitTimeoutError(

@@ -134,7 +134,23 @@ class SharedIterator(Iterator[WorkItem]):
     def __init__(self, items: Iterator[WorkItem]) -> None:
         self._items = items
         self._lock = threading.Lock()
+        self._peeked: list[WorkItem] = []
 
     def __next__(self) -> WorkItem:
         with self._lock:
-            return next(self._items)
+            return self._peeked.pop() if self._peeked else next(self._items)
+
+    def has_work(self) -> bool:
+        """True if an item is left (planned now and kept for the next ``next``).
+
+        Example:
+            >>> SharedIterator(iter([])).has_work()
+            False
+        """
+        with self._lock:
+            if not self._peeked:
+                item = next(self._items, None)
+                if item is None:
+                    return False
+                self._peeked.append(item)
+            return True

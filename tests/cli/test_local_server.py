@@ -204,3 +204,31 @@ def test_an_idle_server_stops_by_itself(emulator: EmulatorServer, tmp_path: Path
     wait_for(lambda: not server_pids(runs.home), 60, "the idle server to stop", poll_s=0.5)
 
     assert not (runs.home / "studio-flows/local-server.json").exists()
+
+
+def test_a_rerun_with_nothing_to_submit_needs_no_fair_use_slot(
+    emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    """Another process holds every slot: a rerun whose rows are all done still ends at once,
+    exit 0, instead of waiting for a slot it would not use."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+    from studio_flows.tasks.fair_use import PrefectSlotApi, SlotPool
+
+    runs = Runs(emulator, tmp_path, tmp_path / "home", MODEL_STUDIO_SLOT_WAIT_LIMIT_S="20")
+    runs.run()
+    jobs = emulator.stats()["jobs_created"]
+    api_url = f"http://127.0.0.1:{recorded(runs.home)['port']}/api"
+    with temporary_settings({PREFECT_API_URL: api_url, PREFECT_HOME: runs.home}):
+        other = SlotPool(api=PrefectSlotApi())
+        leases = [other.acquire() for _ in range(3)]
+        try:
+            rerun = run_cli(runs.args(), runs.env, runs.folder, timeout_s=120)
+        finally:
+            for lease in leases:
+                other.release(lease)
+
+    assert rerun.returncode == 0, str(rerun)
+    assert summary_value(rerun.stdout, "already done") == 4
+    assert summary_value(rerun.stdout, "submitted") == 0
+    assert "slot" not in rerun.stderr, rerun.stderr
+    assert emulator.stats()["jobs_created"] == jobs

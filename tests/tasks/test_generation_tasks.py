@@ -121,8 +121,9 @@ def test_mapping_generate_over_20_batches_keeps_three_jobs_active_and_answers_in
 def test_mapped_submit_then_wait_is_never_refused_and_keeps_three_active(
     env: EmulatorServer,
 ) -> None:
-    # Jobs of 1 s: twelve task runs starting at once on a loaded machine still overlap.
-    env.configure(job_latency_s=1.0)
+    # Jobs of 2 s: twelve task runs starting at once on a loaded machine still overlap
+    # (with 1 s jobs the first ended before the third slot was granted in one suite run).
+    env.configure(job_latency_s=2.0)
     batches = batches_of(12, 3, prefix="s")
 
     results = mapped_submit_then_wait(batches)

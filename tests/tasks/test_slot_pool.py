@@ -147,6 +147,7 @@ def test_a_waiting_pool_says_so_within_seconds(caplog: pytest.LogCaptureFixture)
     notices = [r.getMessage() for r in caplog.records if "waiting for a fair-use slot" in r.message]
     assert len(notices) == 1  # at 3 ticks; the next is due after 30
     assert "0 of 0 slots are taken" in notices[0]
+    assert "a killed run's slots come back when their leases expire" in notices[0]
 
 
 def test_a_busy_prefect_api_is_asked_again_not_a_failed_run() -> None:
