@@ -213,6 +213,7 @@ class SlotPool:
         self._ask_error: Exception | None = None
         self._unavailable: tuple[float, str] | None = None  # since when, and why
         self._last_freed = float("-inf")
+        self._quiet_until = float("-inf")  # no waiting notice before this (see _notice_due)
         self._limit_read: tuple[int, float] | None = None
         self._renewer: threading.Thread | None = None
 
@@ -397,7 +398,7 @@ class SlotPool:
                 self._cond.wait(timeout=self.poll_s)
             self._check_available()
             now = self.clock()
-            if now >= next_notice:
+            if now >= next_notice and self._notice_due(now):
                 next_notice = now + WAIT_NOTICE_EVERY_S
                 logger.warning(
                     "waiting for a fair-use slot since %s: %s (a killed run's slots come "
@@ -414,6 +415,15 @@ class SlotPool:
                     "MODEL_STUDIO_SLOT_WAIT_LIMIT_S."
                 )
             deadlocked_since = self._check_not_deadlocked(deadlocked_since)
+
+    def _notice_due(self, now: float) -> bool:
+        """One waiting notice per pool every ``WAIT_NOTICE_EVERY_S``, however many wait (a
+        run's three lanes waiting together are one wait to the user)."""
+        with self._cond:
+            if now < self._quiet_until:
+                return False
+            self._quiet_until = now + WAIT_NOTICE_EVERY_S
+            return True
 
     def _ask(self, holder: Any) -> None:
         """Ask the server for one lease for the waiters; a refusal pauses the next ask."""

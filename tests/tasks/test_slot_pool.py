@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import itertools
 import logging
 import threading
@@ -148,6 +150,43 @@ def test_a_waiting_pool_says_so_within_seconds(caplog: pytest.LogCaptureFixture)
     assert len(notices) == 1  # at 3 ticks; the next is due after 30
     assert "0 of 0 slots are taken" in notices[0]
     assert "a killed run's slots come back when their leases expire" in notices[0]
+
+
+def test_three_lanes_waiting_together_give_one_notice(caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    reads: collections.Counter[int] = collections.Counter()
+
+    def clock() -> float:
+        reads[threading.get_ident()] += 1
+        return now[0]
+
+    pool = SlotPool(api=FakeLimit(0), poll_s=0.001, wait_limit_s=8, clock=clock)
+    waiters = [threading.Thread(target=_waits_out, args=(pool,)) for _ in range(3)]
+    with caplog.at_level(logging.WARNING, "studio_flows.slots"):
+        for waiter in waiters:
+            waiter.start()
+        now[0] = 3.5  # every waiter's first notice is due
+        _each_reads_the_clock_again(reads, waiters)
+        now[0] = 20.0  # past the wait limit, before the next notice is due
+        for waiter in waiters:
+            waiter.join(timeout=10)
+
+    notices = [r for r in caplog.records if "waiting for a fair-use slot" in r.message]
+    assert len(notices) == 1
+
+
+def _waits_out(pool: SlotPool) -> None:
+    with contextlib.suppress(SlotWaitTimeoutError):
+        pool.acquire()
+
+
+def _each_reads_the_clock_again(
+    reads: collections.Counter[int], threads: list[threading.Thread]
+) -> None:
+    """Return once every thread has read the clock twice more: a whole turn of its loop."""
+    before = {t.ident: reads[t.ident or 0] for t in threads}
+    while any(reads[t.ident or 0] < before[t.ident] + 2 for t in threads):
+        time.sleep(0.001)
 
 
 def test_a_busy_prefect_api_is_asked_again_not_a_failed_run() -> None:
