@@ -66,7 +66,9 @@ def test_a_lease_revoked_on_the_server_mid_job_starts_no_new_job_on_it(
 ) -> None:
     """The server forgets one of a run's three leases while its job runs, and another
     holder takes that slot at once and POSTs: the run must not POST on the lost lease."""
-    flow_env.configure(job_latency_s=3.0)  # the account's own limit: 3 active jobs
+    # The account's own limit: 3 active jobs. The other process's POST is refused (429)
+    # until the revoked lease's job ends: its retries (Retry-After 0.5 s) outlast that job.
+    flow_env.configure(job_latency_s=3.0, retry_after_s=0.5)
     rows = [{"prompt": f"revoked {i}"} for i in range(12)]
     outcome: dict[str, BaseException] = {}
 
@@ -83,15 +85,18 @@ def test_a_lease_revoked_on_the_server_mid_job_starts_no_new_job_on_it(
     other = SlotPool(running_limit_name(), api=PrefectSlotApi())
     other.api.release(revoked)  # the server forgets it (as a repossessor would)
     other_lease = other.acquire()  # another process takes the freed slot ...
-    with ModelStudioClient.from_settings(load_settings()) as client:
-        other_request = GenerateRequest(
-            model_id=MODEL, messages=[[Message(role="user", content="another process")]]
-        )
-        other_job = client.create_job(other_request)  # ... and runs a job on it
-        other_429 = client.stats.rate_limited  # the run's in-flight job still counts
-        runner.join(timeout=120)
-        client.wait_for_job(other_job.job_id, deadline_s=60)
-    other.release(other_lease)
+    try:
+        with ModelStudioClient.from_settings(load_settings()) as client:
+            other_request = GenerateRequest(
+                model_id=MODEL, messages=[[Message(role="user", content="another process")]]
+            )
+            other_job = client.create_job(other_request)  # ... and runs a job on it
+            other_429 = client.stats.rate_limited  # the run's in-flight job still counts
+            runner.join(timeout=120)
+            client.wait_for_job(other_job.job_id, deadline_s=60)
+    finally:
+        other.release(other_lease)
+        runner.join(timeout=120)  # a failed test leaves no run posting into the next one
 
     assert not runner.is_alive()
     assert isinstance(outcome.get("error"), FairUseError), outcome
