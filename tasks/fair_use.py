@@ -328,13 +328,15 @@ class SlotPool:
     def release_all(self) -> int:
         """Give every lease of every run back; return how many (tests; a process that ends)."""
         with self._cond:
-            leases = list(self._held)
+            leases = list(self._held.values())
             self._held.clear()
             self._idle.clear()
             self._parked.clear()
             self._cond.notify_all()
-        for lease_id in leases:
-            self._give_back(lease_id)
+        for lease in leases:
+            # A run still on it stops: the server may grant the slot to another at once.
+            lease.lost = lease.lost or "given back by release_all()"
+            self._give_back(lease.lease_id)
         return len(leases)
 
     @contextlib.contextmanager

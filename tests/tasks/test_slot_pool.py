@@ -124,6 +124,18 @@ def test_release_all_gives_every_lease_back() -> None:
     assert len(limit.released) == 3
 
 
+def test_a_lease_given_back_by_release_all_starts_no_new_job() -> None:
+    # A service shutting down gives every lease back while a run still holds one: the
+    # server may grant that slot to another process at once, so the run must stop.
+    pool = SlotPool(api=FakeLimit(3))
+    lease = pool.acquire()
+
+    pool.release_all()
+
+    with pytest.raises(FairUseError, match="given back"):
+        lease.check()
+
+
 def test_a_wait_past_the_limit_is_a_clear_error_naming_the_limit() -> None:
     pool = SlotPool(api=FakeLimit(0), poll_s=0.01, wait_limit_s=0.1)
 
