@@ -30,10 +30,12 @@ import random
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import httpx
 from prefect import get_run_logger, task
@@ -43,7 +45,6 @@ from studio_flows import interrupts
 from studio_flows.errors import (
     FairUseError,
     PrefectUnavailableError,
-    SlotDeadlockError,
     SlotWaitTimeoutError,
 )
 from studio_flows.interrupts import RunControl
@@ -54,14 +55,12 @@ LEASE_S = 60.0  # the server's shortest lease
 POLL_S = 0.25  # a refused waiter asks again this often (jittered)
 FIRST_WAIT_NOTICE_S = 3.0
 WAIT_NOTICE_EVERY_S = 30.0
-# Parked jobs filling the limit this long is a deadlock: a mapped wait task starts within
-# tens of ms of its submit, a plain loop that submits too many never does.
-PARKED_DEADLOCK_S = 5.0
 LIMIT_READ_EVERY_S = 5.0
 RENEW_TICK_S = 1.0
 REPOSSESSOR_LOOP_S = 15.0  # how often Prefect's server reclaims expired leases
 
 logger = logging.getLogger("studio_flows.slots")
+T = TypeVar("T")
 
 
 class SlotRefused(Exception):
@@ -202,12 +201,12 @@ class SlotPool:
         self.turn_s, self.poll_s, self.lease_s = turn_s, poll_s, lease_s
         self.renew_every_s = renew_every_s or lease_s / 3  # two tries to spare
         self.wait_limit_s, self.unavailable_limit_s = wait_limit_s, unavailable_limit_s
-        self.deadlock_after_s = PARKED_DEADLOCK_S
         self.refusals = 0
         self._cond = threading.Condition()
         self._held: dict[uuid.UUID, Lease] = {}
         self._idle: list[Lease] = []  # handed back, for the next local waiter
-        self._parked: set[uuid.UUID] = set()
+        # The job each watcher polls, while it polls or a wait holds it (watch()).
+        self._watched: weakref.WeakValueDictionary[str, Future[Any]] = weakref.WeakValueDictionary()
         self._waiters = 0
         self._asking = False  # one ask of the server at a time
         self._ask_error: Exception | None = None
@@ -234,17 +233,11 @@ class SlotPool:
         with self._cond:
             return self._waiters
 
-    @property
-    def parked(self) -> int:
-        """Leases of submitted jobs nobody waits on yet."""
-        with self._cond:
-            return len(self._parked)
-
     def acquire(self, run: RunControl | None = None) -> Lease:
         """A slot for one job of ``run`` (default: the current run), booked on it.
 
-        Raises :class:`RunInterrupted` when ``run`` stops, :class:`SlotWaitTimeoutError`,
-        :class:`SlotDeadlockError` or :class:`PrefectUnavailableError`.
+        Raises :class:`RunInterrupted` when ``run`` stops, :class:`SlotWaitTimeoutError`
+        or :class:`PrefectUnavailableError`.
 
         Example:
             >>> lease = pool.acquire()  # before the POST  # doctest: +SKIP
@@ -263,43 +256,6 @@ class SlotPool:
                 self._waiters -= 1
             self._give_back_extra()
 
-    def adopt(self, lease_id: uuid.UUID, run: RunControl | None = None) -> Lease:
-        """The recorded lease of a job another process submitted, renewed and held here; a
-        new one if the server no longer knows it (re-attach, a wait in another process).
-
-        Example:
-            >>> lease = pool.adopt(job.lease_id)  # doctest: +SKIP
-        """
-        local = self.claim(lease_id, run)
-        if local is not None:
-            return local
-        try:
-            self.api.renew(lease_id, self.lease_s)
-        except LeaseGone:
-            return self.acquire(run)
-        lease = Lease(lease_id, self.clock(), renewed_at=self.clock())
-        with self._cond:
-            self._held[lease_id] = lease
-            self._start_renewer()
-        return self._booked(lease, run if run is not None else interrupts.current())
-
-    def park(self, lease: Lease) -> None:
-        """``lease``'s job was submitted: keep it (renewed) for whoever waits on the job."""
-        with self._cond:
-            if self._held.get(lease.lease_id) is lease:
-                self._parked.add(lease.lease_id)
-
-    def claim(self, lease_id: uuid.UUID, run: RunControl | None = None) -> Lease | None:
-        """The parked lease ``lease_id``, now held by ``run``; None if this process lacks it."""
-        with self._cond:
-            self._parked.discard(lease_id)
-            lease = self._held.get(lease_id)
-        if lease is None:
-            return None
-        if lease.run is not None:
-            lease.run.let_go(lease)
-        return self._booked(lease, run if run is not None else interrupts.current())
-
     def release(self, lease: Lease) -> None:
         """Done with ``lease``: hand it to a local waiter, or give it back to the server.
 
@@ -311,7 +267,6 @@ class SlotPool:
         with self._cond:
             if self._held.get(lease.lease_id) is not lease:
                 return  # given back already, handed on, or lost
-            self._parked.discard(lease.lease_id)
             self._last_freed = self.clock()
             fresh = self.clock() - lease.since < self.turn_s
             if fresh and self._waiters > len(self._idle):
@@ -331,7 +286,6 @@ class SlotPool:
             leases = list(self._held.values())
             self._held.clear()
             self._idle.clear()
-            self._parked.clear()
             self._cond.notify_all()
         for lease in leases:
             # A run still on it stops: the server may grant the slot to another at once.
@@ -348,30 +302,39 @@ class SlotPool:
         finally:
             self.release(lease)
 
-    def watch_until_done(self, lease: Lease, poll: Callable[[], object]) -> threading.Thread:
-        """Keep ``lease`` until ``poll()`` returns (the job a caller gave up on is terminal,
-        or the poll's own bound passed), then release it: the job counts until it ends.
+    def watch(self, lease: Lease, key: str, poll: Callable[[], T]) -> Future[T]:
+        """Keep ``lease`` until ``poll()`` returns or raises (the job ``key`` is terminal,
+        or the poll's own bound passed), then release it: a job counts until it ends, past
+        its caller's deadline, stop or thread. Returns the poll's outcome, which
+        :meth:`watching` finds by ``key`` while the watcher runs or a caller holds it.
 
         Example:
-            >>> pool.watch_until_done(lease, lambda: wait_for(job, deadline_s=3600))
-            ... # doctest: +SKIP
+            >>> outcome = pool.watch(lease, job_id, lambda: wait_for(job_id))  # doctest: +SKIP
+            >>> outcome.result()  # doctest: +SKIP
         """
         if lease.run is not None:
             lease.run.let_go(lease)  # no longer the run's: its stop must not free it
             lease.run = None
+        outcome: Future[T] = Future()
+        self._watched[key] = outcome
 
         def watch() -> None:
             try:
                 with interrupts.running(RunControl()):  # nothing of the caller's run
-                    poll()
-            except Exception as err:  # the job's end is unknown: its lease still goes back
-                logger.warning("watched a given-up job for its slot: %s", err)
-            finally:
+                    value = poll()
+            except BaseException as err:  # handed to whoever waits on the job
                 self.release(lease)
+                outcome.set_exception(err)
+            else:
+                self.release(lease)  # first: the next job may start as this one ends
+                outcome.set_result(value)
 
-        thread = threading.Thread(target=watch, name="fair-use-watcher", daemon=True)
-        thread.start()
-        return thread
+        threading.Thread(target=watch, name="fair-use-watcher", daemon=True).start()
+        return outcome
+
+    def watching(self, key: str) -> Future[Any] | None:
+        """The outcome of this process's watcher of ``key``; None once nobody holds it."""
+        return self._watched.get(key)
 
     # ----------------------------------------------------------------- waiting
 
@@ -385,7 +348,6 @@ class SlotPool:
         in a thread of its own, so a lease handed back meanwhile is taken at once)."""
         since, since_wall = self.clock(), datetime.now()
         next_notice = since + FIRST_WAIT_NOTICE_S
-        deadlocked_since: float | None = None
         while True:
             run.check()
             full = self._holds_every_slot()  # outside the lock: it may ask the server
@@ -416,7 +378,6 @@ class SlotPool:
                     f"`prefect gcl inspect {self.limit_name}`; wait longer with "
                     "MODEL_STUDIO_SLOT_WAIT_LIMIT_S."
                 )
-            deadlocked_since = self._check_not_deadlocked(deadlocked_since)
 
     def _notice_due(self, now: float) -> bool:
         """One waiting notice per pool every ``WAIT_NOTICE_EVERY_S``, however many wait (a
@@ -478,26 +439,6 @@ class SlotPool:
                 f"{self.unavailable_limit_s:g} s ({cause}); check PREFECT_API_URL "
                 "(MODEL_STUDIO_PREFECT_UNAVAILABLE_LIMIT_S bounds this wait)."
             )
-
-    def _check_not_deadlocked(self, since: float | None) -> float | None:
-        """Raise :class:`SlotDeadlockError` once only parked jobs hold slots for long: a
-        parked job's slot comes back only when a task waits on it, and nobody will."""
-        with self._cond:
-            parked, held = len(self._parked), len(self._held)
-        stuck = 0 < parked == held and self._holds_every_slot()
-        if not stuck:
-            return None
-        since = since if since is not None else self.clock()
-        if self.clock() - since >= self.deadlock_after_s:
-            raise SlotDeadlockError(
-                f"All {held} slots of the Prefect concurrency limit {self.limit_name!r} are "
-                "held by jobs this flow submitted and has not started waiting for, so the "
-                "next job would wait forever. Wait for those jobs (wait_for_generation_job) "
-                "before submitting more, map submit_generation_job and then "
-                "wait_for_generation_job over the jobs, or use generate, which submits and "
-                "waits in one task."
-            )
-        return since
 
     def _holds_every_slot(self) -> bool:
         """This process holds the whole limit (read every few seconds): asking is useless."""
@@ -563,7 +504,6 @@ class SlotPool:
             why = f"not renewed for {self.lease_s:g} s: {err}"
         with self._cond:
             current = self._held.pop(lease.lease_id, None)
-            self._parked.discard(lease.lease_id)
             if current is not None:
                 current.lost = why
                 if current in self._idle:

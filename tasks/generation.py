@@ -1,11 +1,14 @@
 """Tasks a user's own flow composes: submit a job, wait for it, or both in one task run.
 
 Every job holds a fair-use slot of this process's pool (:mod:`studio_flows.tasks.fair_use`)
-from before its POST until it is terminal (past a caller's deadline: a watcher keeps it),
-so mapping these tasks over any number of batches keeps at most the limit's jobs active,
-and a freed slot goes straight to the next local job. Retries live in the HTTP client only
-(transport errors, 429, 5xx): a task retry of a POST could pay twice, and one of a wait
-would only repeat the client's own.
+from before its POST until it is terminal: the process that POSTs it hands the slot to a
+watcher thread that polls the job to its end, then gives the slot back. A slot so never
+waits for a task to be scheduled, a caller's deadline or stop: mapping these tasks over any
+number of batches, on any number of runner threads or processes, keeps at most the limit's
+jobs active and never deadlocks, and a freed slot goes straight to the next local job. A
+wait in the submitting process reads the watcher's outcome (no second poller). Retries
+live in the HTTP client only (transport errors, 429, 5xx): a task retry of a POST could
+pay twice, and one of a wait would only repeat the client's own.
 
 Example:
     >>> from prefect import flow, unmapped
@@ -16,9 +19,11 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent import futures
+from concurrent.futures import Future
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,7 +55,7 @@ from studio_flows.generation import (
     generations_of,
 )
 from studio_flows.jobs import orphan_wait_s
-from studio_flows.models import GenerateRequest
+from studio_flows.models import GenerateRequest, JobStatus
 from studio_flows.result_table import results_table, wide_table
 from studio_flows.settings import Settings, load_settings
 from studio_flows.storage import iter_results
@@ -62,6 +67,8 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
 CANCELLED_STATUSES = frozenset({"CANCELLED", "CANCELED"})
+STOP_CHECK_S = 0.25  # how soon a wait on the watcher sees its run asked to stop
+logger = logging.getLogger("studio_flows.jobs")
 
 
 @task(name="submit-generation-job", cache_policy=NO_CACHE)
@@ -75,9 +82,10 @@ def submit_generation_job(
 ) -> GenerationJob:
     """Take a fair-use slot, POST one job of ``conversations``, return the job.
 
-    The slot stays held, for :func:`wait_for_generation_job`, until the job is terminal;
-    it is given back at once if the POST fails. Submitting more jobs than the limit before
-    waiting on any is refused within seconds with :class:`SlotDeadlockError`.
+    The slot stays held until the job is terminal, by a watcher of this process, whether
+    or not anything waits on the job; it is given back at once if the POST fails. So any
+    number of jobs may be submitted before waiting on any: a submit past the limit waits
+    for the first job to end.
 
     Example:
         >>> job = submit_generation_job(["Hi", "Name a colour"], "my-model")  # doctest: +SKIP
@@ -87,11 +95,7 @@ def submit_generation_job(
         conversations, model_id, temperature=temperature, max_tokens=max_tokens
     )
     settings = _settings(credentials)
-    pool = _pool(settings, ensure=True)
-    with job_client(settings) as client:
-        lease = pool.acquire()
-        job = _post(client, pool, lease, request)
-    pool.park(lease)  # held for the wait task, which claims it
+    job, _ = _submit(_pool(settings, ensure=True), request, settings)
     get_run_logger().info("job %s submitted: %d conversation(s)", job.job_id, job.size)
     return job
 
@@ -103,11 +107,13 @@ def wait_for_generation_job(
     credentials: ModelStudioCredentials | None = None,
     deadline_s: float | None = None,
 ) -> GenerationResult:
-    """Poll ``job`` until it is terminal, give its slot back, return its answers.
+    """Wait until ``job`` is terminal and return its answers.
 
+    In the process that submitted it, the answers are the watcher's (which gives the slot
+    back as the job ends); in another (a task runner of processes) the job is polled here.
     Raises :class:`GenerationJobFailed`, :class:`GenerationJobCancelled` or
     :class:`GenerationJobTimedOut` (``deadline_s`` after the POST; default
-    ``MODEL_STUDIO_JOB_DEADLINE_S``). The slot is given back whatever happens.
+    ``MODEL_STUDIO_JOB_DEADLINE_S``); the job keeps its slot until it ends regardless.
 
     Example:
         >>> result = wait_for_generation_job(job, deadline_s=600)  # doctest: +SKIP
@@ -115,12 +121,13 @@ def wait_for_generation_job(
         ('FINISHED', ['Hello!', 'Blue'])
     """
     settings = _settings(credentials)
-    pool = _pool(settings)
-    # First thing: the pool must see this job is waited on. A lease another process took
-    # (a task runner of processes) is adopted: renewed here, released here.
-    lease = None if job.lease_id is None else pool.adopt(job.lease_id)
-    with job_client(settings) as client:
-        result = _await_holding(pool, lease, client, job, settings, deadline_s)
+    deadline = deadline_s or settings.job_deadline_s
+    watcher = _pool(settings).watching(job.job_id)
+    if watcher is not None:
+        result = _answered(job, lambda: _outcome(watcher, job, deadline), deadline)
+    else:  # submitted by another process (or ended already): its watcher holds the slot
+        with job_client(settings) as client:
+            result = await_generation(client, job, deadline)
     _log_result(result)
     return result
 
@@ -162,11 +169,9 @@ def generate(
         response_schema=schema,
     )
     settings = _settings(credentials)
-    pool = _pool(settings, ensure=True)
-    with job_client(settings) as client:
-        lease = pool.acquire()
-        job = _post(client, pool, lease, request)  # gives the slot back if the POST fails
-        result = _await_holding(pool, lease, client, job, settings, deadline_s, schema)
+    job, watcher = _submit(_pool(settings, ensure=True), request, settings)
+    deadline = deadline_s or settings.job_deadline_s
+    result = _answered(job, lambda: _outcome(watcher, job, deadline), deadline, schema)
     _log_result(result)
     return result.generations
 
@@ -272,15 +277,18 @@ def await_generation(
         >>> await_generation(client, job, deadline_s=60).job_status  # doctest: +SKIP
         'FINISHED'
     """
-    # The poller dates the job on the monotonic clock; the job carries wall time.
-    age_s = max((datetime.now(UTC) - job.submitted_at).total_seconds(), 0.0)
+    return _answered(job, lambda: _poll(client, job, deadline_s), deadline_s, response_schema)
+
+
+def _answered(
+    job: GenerationJob,
+    status_of: Callable[[], JobStatus],
+    deadline_s: float,
+    schema: ResponseSchema | None = None,
+) -> GenerationResult:
+    """The answers of ``job`` from its terminal ``status_of()``, or its typed error."""
     try:
-        status = client.wait_for_job(
-            job.job_id,
-            deadline_s=deadline_s,
-            total_tasks=job.size,
-            submitted_at=time.monotonic() - age_s,
-        )
+        status = status_of()
     except JobFailedError as err:
         raise _failed(job, err.job_status) from None
     except JobDeadlineExceededError:
@@ -289,51 +297,62 @@ def await_generation(
             "submitted (deadline_s)",
             job_id=job.job_id,
         ) from None
-    generations = generations_of(status, job.size, response_schema)
+    generations = generations_of(status, job.size, schema)
     return GenerationResult(
         job_id=job.job_id, job_status=status.job_status, generations=generations
     )
 
 
-def _await_holding(
-    pool: SlotPool,
-    lease: Lease | None,
-    client: ModelStudioClient,
-    job: GenerationJob,
-    settings: Settings,
-    deadline_s: float | None,
-    schema: ResponseSchema | None = None,
-) -> GenerationResult:
-    """:func:`await_generation` under ``lease``: released once the job is terminal; if the
-    caller gives up first, a watcher polls the job to its end, then releases."""
-    try:
-        result = await_generation(
-            client, job, deadline_s or settings.job_deadline_s, response_schema=schema
-        )
-    except GenerationJobTimedOut:
-        if lease is not None:
-            pool.watch_until_done(lease, lambda: _wait_out(job, settings))
-        raise
-    except BaseException:
-        if lease is not None:
-            pool.release(lease)
-        raise
-    if lease is not None:
-        pool.release(lease)
-    return result
-
-
-def _wait_out(job: GenerationJob, settings: Settings) -> None:
-    """Poll a job its caller gave up on until it ends (at most ``slot_watch_limit_s``)."""
+def _submit(
+    pool: SlotPool, request: GenerateRequest, settings: Settings
+) -> tuple[GenerationJob, Future[JobStatus]]:
+    """POST ``request`` under a slot of ``pool``, then hand the slot to a watcher that
+    polls the job to its end; return the job and the watcher's outcome."""
     with job_client(settings) as client:
-        age_s = max((datetime.now(UTC) - job.submitted_at).total_seconds(), 0.0)
-        with contextlib.suppress(JobFailedError):  # ended: that is all the watcher needs
-            client.wait_for_job(
-                job.job_id,
-                deadline_s=age_s + settings.slot_watch_limit_s,
-                total_tasks=job.size,
-                submitted_at=time.monotonic() - age_s,
-            )
+        lease = pool.acquire()
+        job = _post(client, pool, lease, request)  # gives the slot back if the POST fails
+    return job, pool.watch(lease, job.job_id, lambda: _poll_to_end(job, settings))
+
+
+def _poll_to_end(job: GenerationJob, settings: Settings) -> JobStatus:
+    """The watcher's poll: ``job`` until terminal, at most the job deadline and
+    ``slot_watch_limit_s`` after its POST (then its slot goes back, its end unknown)."""
+    bound_s = settings.job_deadline_s + settings.slot_watch_limit_s
+    with job_client(settings) as client:
+        try:
+            return _poll(client, job, bound_s)
+        except JobFailedError:
+            raise
+        except Exception as err:
+            logger.warning("job %s: end unknown (%s); its fair-use slot goes back", job.job_id, err)
+            raise
+
+
+def _poll(client: ModelStudioClient, job: GenerationJob, deadline_s: float) -> JobStatus:
+    """Poll ``job`` until terminal, ``deadline_s`` after its POST at the latest."""
+    return client.wait_for_job(
+        job.job_id,
+        deadline_s=deadline_s,
+        total_tasks=job.size,
+        submitted_at=time.monotonic() - _age_s(job),  # the poller dates jobs monotonically
+    )
+
+
+def _outcome(watcher: Future[JobStatus], job: GenerationJob, deadline_s: float) -> JobStatus:
+    """The watcher's terminal status of ``job``, waited for until ``deadline_s`` after its
+    POST; the caller's stop ends the wait (the watcher keeps the slot)."""
+    end = time.monotonic() + deadline_s - _age_s(job)
+    while not watcher.done():
+        remaining = end - time.monotonic()
+        if remaining <= 0:
+            raise JobDeadlineExceededError(f"job {job.job_id} still running", job_id=job.job_id)
+        futures.wait([watcher], timeout=min(remaining, STOP_CHECK_S))
+        interrupts.check()
+    return watcher.result()
+
+
+def _age_s(job: GenerationJob) -> float:
+    return max((datetime.now(UTC) - job.submitted_at).total_seconds(), 0.0)
 
 
 def _post(

@@ -10,7 +10,7 @@ The whole tree::
     ├── RunInterrupted                a signal asked this process to stop (CLI exit 130/143)
     ├── FairUseError                  the fair-use slots of the Prefect concurrency limit
     │   ├── SlotWaitTimeoutError          no slot came free within the wait limit (exit 2)
-    │   ├── SlotDeadlockError             every slot is held by jobs nobody waits on yet
+    │   ├── SlotDeadlockError             (no longer raised)
     │   └── PrefectUnavailableError       the Prefect API cannot be started or reached (exit 2)
     └── ModelStudioError              anything that went wrong talking to Model Studio
         ├── APIConnectionError        no HTTP response at all
@@ -89,11 +89,8 @@ class SlotWaitTimeoutError(FairUseError):
 
 
 class SlotDeadlockError(FairUseError):
-    """Every slot is held by jobs this process submitted and nobody waits on yet.
-
-    A flow that submits more jobs than the limit before it waits on any would wait forever;
-    the message names the limit and what to do instead.
-    """
+    """No longer raised: a submitted job's slot is kept by a watcher, not by its wait, so
+    submitting past the limit before waiting completes. Kept so code naming it imports."""
 
 
 class PrefectUnavailableError(FairUseError):

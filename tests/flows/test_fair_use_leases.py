@@ -45,7 +45,7 @@ def submit_one(batch: list[str]) -> Any:
 def test_a_slot_names_the_task_run_holding_it_as_prefect_concurrency_limit_inspect_shows(
     flow_env: EmulatorServer, pool: SlotPool
 ) -> None:
-    flow_env.configure(fair_use_limit=50, job_latency_s=0.5)
+    flow_env.configure(fair_use_limit=50, job_latency_s=5.0)  # held while it runs
     state = submit_one(["who holds me?"])
     job = state.result()
     task_run_id = state.state_details.task_run_id

@@ -23,7 +23,6 @@ from studio_flows.errors import (
     FairUseError,
     PrefectUnavailableError,
     RunInterrupted,
-    SlotDeadlockError,
     SlotWaitTimeoutError,
 )
 from studio_flows.interrupts import RunControl
@@ -230,40 +229,6 @@ def test_a_stop_request_ends_a_wait_at_once() -> None:
     assert not waiter.is_alive() and len(errors) == 1
 
 
-def test_jobs_parked_beyond_the_limit_are_a_deadlock_error_naming_the_limit() -> None:
-    limit = FakeLimit(2)
-    pool = SlotPool(api=limit, poll_s=0.01)
-    pool.deadlock_after_s = 0.2
-    for _ in range(2):
-        pool.park(pool.acquire())  # submitted, nobody waits on them
-
-    with pytest.raises(SlotDeadlockError, match="'tag:model-studio'") as caught:
-        pool.acquire()
-
-    assert "before submitting more" in str(caught.value)
-    assert pool.parked == 2 and limit.acquired == 2
-
-
-def test_a_parked_job_whose_wait_starts_is_not_a_deadlock() -> None:
-    limit = FakeLimit(1)
-    pool = SlotPool(api=limit, poll_s=0.01)
-    pool.deadlock_after_s = 0.2
-    parked = pool.acquire()
-    pool.park(parked)
-    got: list[object] = []
-    waiter = threading.Thread(target=lambda: got.append(pool.acquire()))
-    waiter.start()
-    wait_for(lambda: pool.waiting == 1, 10, "the pool to get there")
-
-    claimed = pool.claim(parked.lease_id)  # the wait task starts
-    assert claimed is parked and pool.parked == 0
-    time.sleep(0.5)  # the job runs for longer than a deadlock takes to be called one
-    pool.release(claimed)
-    waiter.join(timeout=10)
-
-    assert got == [parked] and limit.acquired == 1
-
-
 def test_a_lease_freed_while_the_server_is_slow_goes_to_the_waiter_at_once() -> None:
     class SlowLimit(FakeLimit):
         def acquire(self, limit_name: str, lease_s: float, holder: object = None) -> uuid.UUID:
@@ -333,18 +298,19 @@ def test_a_lease_the_server_lost_is_never_handed_on_and_its_holder_starts_nothin
     assert limit.released == [lease.lease_id]
 
 
-def test_a_watched_lease_is_held_until_the_given_up_job_ends() -> None:
+def test_a_watched_lease_is_held_until_the_job_ends_whatever_its_run_does() -> None:
     limit = FakeLimit(1)
     pool = SlotPool(api=limit, poll_s=0.01)
     run = RunControl()
     lease = pool.acquire(run)
     job_ended = threading.Event()
 
-    watcher = pool.watch_until_done(lease, lambda: job_ended.wait(10))
+    outcome = pool.watch(lease, "job-1", lambda: job_ended.wait(10))
     run.request_stop("GenerationJobTimedOut")
     assert run.release_all() == 0  # the caller's run no longer owns the slot
     assert lease.lease_id in limit.leases and pool.held == 1
+    assert pool.watching("job-1") is outcome
 
     job_ended.set()
-    watcher.join(timeout=10)
+    assert outcome.result(timeout=10) is True
     assert limit.leases == set() and pool.held == 0
