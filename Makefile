@@ -17,7 +17,7 @@ MODULES := $(sort $(shell find src tasks flows deployments examples -name '*.py'
 $(STAMP): pyproject.toml $(MODULES)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]' --config-settings editable_mode=strict
+	$(BIN)/python -m pip install --quiet -e '.[dev,dask]' --config-settings editable_mode=strict
 	touch $(STAMP)
 
 demo: $(STAMP)
