@@ -87,17 +87,11 @@ def test_mapped_generate_on_dask_processes_answers_in_order_with_three_jobs_acti
     assert_three_jobs_at_most_and_reached(env)
 
 
-# Today all four threads sit in submit_generation_job waiting for a slot while the three
-# submitted jobs' waits, which would free one, get no thread: a hang. Bounded at 60 s (the
-# scenario itself takes about 25 s) so the xfail does not cost the suite 3 minutes; remove
-# both marks with the fix.
-@pytest.mark.xfail(reason="issue 28: submit holds its thread while no slot is free", strict=False)
-@pytest.mark.timeout(60)
 def test_mapped_submit_then_wait_on_dask_processes_completes_with_three_jobs_active(
     env: EmulatorServer,
 ) -> None:
     # Twelve submits on four threads: a submit without a free slot must not keep its thread
-    # from the waits that would free one.
+    # from the waits that would free one (all four sat in submit before the watchers).
     answered = mapped_submit_then_wait.with_options(task_runner=dask_runner())(BATCHES)
 
     assert_answers_in_order(answered)
