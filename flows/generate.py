@@ -40,7 +40,7 @@ from studio_flows.tasks.fair_use import (
     Lease,
     SlotPool,
     ensure_concurrency_limit,
-    slot_pool,
+    settings_pool,
 )
 from studio_flows.tasks.jobs import FATAL_ERRORS, engine_for, run_generation_jobs
 from studio_flows.tasks.preflight import check_model_studio_access
@@ -179,12 +179,7 @@ class _Lane:
 
     def run(self) -> None:
         """Hold a fair-use slot and run jobs until the work is done, a stop or a fatal error."""
-        pool = slot_pool(
-            self.settings.concurrency_limit_name,
-            turn_s=self.settings.slot_turn_s,
-            wait_limit_s=self.settings.slot_wait_limit_s,
-            unavailable_limit_s=self.settings.prefect_unavailable_limit_s,
-        )
+        pool = settings_pool(self.settings)
         # Take the slot before the first job and wait (briefly) for the other lanes to
         # take theirs, so the first jobs start together.
         try:
@@ -309,11 +304,9 @@ def _run_lanes(lane: _Lane, count: int) -> None:
     timeout of an enclosing flow run) stops this run's lanes and gives this run's slots back
     before it goes on; other runs of the process keep theirs.
     """
-    refusals = slot_pool(
-        lane.settings.concurrency_limit_name,
-        turn_s=lane.settings.slot_turn_s,
-        wait_limit_s=lane.settings.slot_wait_limit_s,
-    ).refusals
+    if not lane.work.has_work():
+        return  # a rerun with nothing to submit takes no slot, nor keeps another run from one
+    refusals = settings_pool(lane.settings).refusals
     lane.start = _LaneStart(lanes=count, refusals_before=refusals)
     pool = ThreadPoolExecutor(max_workers=count, thread_name_prefix="lane")
     # Each thread runs in a copy of this context, so task calls belong to the flow run (and
@@ -436,15 +429,10 @@ def _run_generation(
     judges = _Judges.of(options, report, lane, params[0].params_hash)
     interrupted: RunInterrupted | None = None
     try:
-        # Lanes only for work: a rerun with nothing to submit takes no fair-use slot
-        # (it neither waits for one nor keeps another run from one).
-        if lane.work.has_work():
-            _run_lanes(lane, limit)
+        _run_lanes(lane, limit)
         if judges is not None:
             # After the answers, through the same lanes and slots: judge rows are paid work.
-            judge_lane = judges.lane(options.shard_size or settings.shard_size)
-            if judge_lane.work.has_work():
-                _run_lanes(judge_lane, limit)
+            _run_lanes(judges.lane(options.shard_size or settings.shard_size), limit)
     except RunInterrupted as err:
         interrupted = err
     except BaseException:

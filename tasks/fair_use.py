@@ -48,6 +48,7 @@ from studio_flows.errors import (
     SlotWaitTimeoutError,
 )
 from studio_flows.interrupts import RunControl
+from studio_flows.settings import Settings
 
 FAIR_USE_TAG = "model-studio"
 FAIR_USE_LIMIT_NAME = f"tag:{FAIR_USE_TAG}"
@@ -556,6 +557,21 @@ def slot_pool(
     pool.turn_s, pool.wait_limit_s = turn_s, wait_limit_s
     pool.unavailable_limit_s = unavailable_limit_s
     return pool
+
+
+def settings_pool(settings: Settings) -> SlotPool:
+    """:func:`slot_pool` for the settings' limit, with their turn and wait limits.
+
+    Example:
+        >>> settings_pool(load_settings()).limit_name  # doctest: +SKIP
+        'tag:model-studio'
+    """
+    return slot_pool(
+        settings.concurrency_limit_name,
+        turn_s=settings.slot_turn_s,
+        wait_limit_s=settings.slot_wait_limit_s,
+        unavailable_limit_s=settings.prefect_unavailable_limit_s,
+    )
 
 
 def api_url() -> str:

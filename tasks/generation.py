@@ -30,7 +30,13 @@ from typing import TYPE_CHECKING, Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from studio_flows.tasks.fair_use import Lease, SlotPool, api_url, ensure_limit_once, slot_pool
+from studio_flows.tasks.fair_use import (
+    Lease,
+    SlotPool,
+    api_url,
+    ensure_limit_once,
+    settings_pool,
+)
 from studio_flows.tasks.jobs import engine_for, job_client
 
 from studio_flows import interrupts
@@ -404,12 +410,7 @@ def _settings(credentials: ModelStudioCredentials | None) -> Settings:
 def _pool(settings: Settings, *, ensure: bool = False) -> SlotPool:
     if ensure:  # a slot is about to be taken: the limit must exist (never overwritten)
         ensure_limit_once(settings.concurrency_limit, settings.concurrency_limit_name, api_url())
-    return slot_pool(
-        settings.concurrency_limit_name,
-        turn_s=settings.slot_turn_s,
-        wait_limit_s=settings.slot_wait_limit_s,
-        unavailable_limit_s=settings.prefect_unavailable_limit_s,
-    )
+    return settings_pool(settings)
 
 
 def _log_result(result: GenerationResult) -> None:

@@ -99,7 +99,7 @@ def test_two_processes_share_three_slots_and_a_killed_ones_slots_come_back(
     killed_at = time.monotonic()
     survivor_at_kill = _in_flight(survivor_url)
     assert survivor_at_kill + held_at_kill <= 3
-    recovered_s = wait_for(
+    wait_for(
         lambda: _in_flight(survivor_url) == 3, LEASE_S + 2 * REPOSSESSOR_LOOP_S + 30, "3 slots back"
     )
     recovered_s = time.monotonic() - killed_at
