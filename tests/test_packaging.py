@@ -116,13 +116,15 @@ def test_a_pip_installed_wheel_runs_the_demo_from_outside_the_clone(
 ) -> None:
     workdir = tmp_path / "somewhere-else"
     workdir.mkdir()
-    started = time.monotonic()
-    output = run(
-        [str(installed_wheel / "bin" / "studio-flows"), "demo"],
-        cwd=workdir,
-        env=user_env(tmp_path / "prefect-home"),
-        timeout_s=600,
+    studio_flows, env = (
+        str(installed_wheel / "bin" / "studio-flows"),
+        user_env(tmp_path / "prefect-home"),
     )
+    started = time.monotonic()
+    try:
+        output = run([studio_flows, "demo"], cwd=workdir, env=env, timeout_s=600)
+    finally:  # the local Prefect server the demo started must not outlive the test
+        run([studio_flows, "server", "stop"], cwd=workdir, env=env, timeout_s=120)
     print(f"studio-flows demo from the installed wheel: {time.monotonic() - started:.1f} s")
 
     # Exit 0 means every row completed; the summary and the emulator's line say so too.
