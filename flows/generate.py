@@ -218,7 +218,7 @@ class _Lane:
                 stats=self.stats,
                 credentials=self.credentials,
                 flow_run_id=self.flow_run_id,
-                lease_id=str(lease.lease_id),
+                slot=opaque(lease),
             )
         except (*FATAL_ERRORS, FairUseError):  # a lost slot stops the run's new work too
             self.stop.set()

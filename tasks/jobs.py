@@ -23,6 +23,7 @@ from studio_flows.errors import (
     AmbiguousShardError,
     AuthenticationError,
     ConfigurationError,
+    FairUseError,
     JobNotRecordedError,
     PermissionDeniedError,
     RequestRejectedError,
@@ -31,6 +32,7 @@ from studio_flows.errors import (
 )
 from studio_flows.jobs import (
     AmbiguousPolicy,
+    HeldSlot,
     JobOutcome,
     JobReport,
     WorkItem,
@@ -92,7 +94,7 @@ def run_generation_jobs(
     stats: ClientStats | None = None,
     credentials: ModelStudioCredentials | None = None,
     flow_run_id: str | None = None,
-    lease_id: str | None = None,
+    slot: HeldSlot | None = None,
 ) -> int:
     """Run consecutive jobs, one after another: submit (or re-attach), wait, persist each.
 
@@ -102,8 +104,8 @@ def run_generation_jobs(
     Each job is retried on its own (``JOB_RETRIES`` times, ``JOB_RETRY_DELAY_S`` apart,
     re-attaching to its recorded job_id); a job that still fails is reported given up (its
     rows stay for the next run) and the others go on. Errors retrying cannot help with
-    (bad credentials) stop the task. ``lease_id`` (the lane's fair-use lease) is recorded
-    beside each job_id. ``on_report`` gets each job's :class:`JobReport` as
+    (bad credentials) stop the task. ``slot`` (the lane's fair-use lease) is checked before
+    each POST and recorded beside each job_id. ``on_report`` gets each job's :class:`JobReport` as
     the job is persisted. Returns the number of rows completed.
 
     Example:
@@ -113,7 +115,7 @@ def run_generation_jobs(
     settings = resolve_settings(credentials)
     completed = 0
     with job_client(settings, stats) as client:  # one client for the task run's jobs
-        runner = _JobRunner(client, settings, database.get_url(), policy, flow_run_id, lease_id)
+        runner = _JobRunner(client, settings, database.get_url(), policy, flow_run_id, slot)
         for work in works:
             interrupts.check()  # a stopping run starts no new job
             report = runner.run_with_retries(work)
@@ -131,7 +133,7 @@ class _JobRunner:
     database_url: str
     policy: AmbiguousPolicy
     flow_run_id: str | None
-    lease_id: str | None = None
+    slot: HeldSlot | None = None
 
     def run(self, work: WorkItem) -> JobReport:
         """Submit (or re-attach), wait and persist ``work``'s job; return its report.
@@ -147,7 +149,7 @@ class _JobRunner:
             deadline_s=self.settings.job_deadline_s,
             policy=self.policy,
             database_retry_s=self.settings.database_retry_s,
-            lease_id=self.lease_id,
+            slot=self.slot,
         )
         _persist(
             outcome, self.database_url, self.flow_run_id, bound_s=self.settings.database_retry_s
@@ -164,7 +166,7 @@ class _JobRunner:
         for attempt in range(JOB_RETRIES + 1):
             try:
                 return self.run(work)
-            except (*FATAL_ERRORS, RunInterrupted):
+            except (*FATAL_ERRORS, FairUseError, RunInterrupted):
                 raise  # a stop while a job_id is recorded says so itself (record_job_id)
             except AmbiguousShardError as err:
                 return JobReport.gave_up(work.shard, str(err), ambiguous_resubmits=err.resubmits)

@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import functools
 import logging
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Literal, Protocol
 
 from sqlalchemy.engine import Engine
 
@@ -62,6 +63,21 @@ from studio_flows.structured import check_answer, is_invalid_answer
 logger = logging.getLogger("studio_flows.jobs")
 
 AmbiguousPolicy = Literal["resubmit", "stop"]
+
+
+class HeldSlot(Protocol):
+    """The fair-use slot a job runs under (a lease of :mod:`studio_flows.tasks.fair_use`)."""
+
+    @property
+    def lease_id(self) -> uuid.UUID:
+        """Recorded beside the job_id."""
+        ...
+
+    def check(self) -> None:
+        """Raise :class:`FairUseError` if the slot was lost: no POST may start on it."""
+        ...
+
+
 MAX_AMBIGUOUS_RESUBMITS = 3
 
 
@@ -218,10 +234,10 @@ def submit_shard(
     policy: AmbiguousPolicy = "resubmit",
     sleep: Callable[[float], None] = interrupts.sleep,
     database_retry_s: float = DEFAULT_BOUND_S,
-    lease_id: str | None = None,
+    slot: HeldSlot | None = None,
 ) -> tuple[str, int]:
-    """POST the shard's job, recording intent and job_id (and the fair-use ``lease_id`` it
-    runs under); return ``(job_id, resubmits)``.
+    """POST the shard's job, recording intent and job_id (and the lease of the fair-use
+    ``slot`` it runs under, checked before every POST); return ``(job_id, resubmits)``.
 
     An ambiguous POST may have created a job that now runs on the account. Before
     resubmitting, and before giving up, wait about as long as such a job takes (the caller
@@ -232,6 +248,8 @@ def submit_shard(
     """
     resubmits = 0
     while True:
+        if slot is not None:
+            slot.check()  # a resubmit too: on a lost slot it could be the account's 4th job
         record_shard_intent(engine, shard)
         try:
             created = client.create_job(shard.request())
@@ -276,6 +294,7 @@ def submit_shard(
             continue
         # The job runs and is paid for now: its job_id must reach the ledger even if the
         # database is restarting, or the next run would pay for the shard again.
+        lease_id = None if slot is None else str(slot.lease_id)
         record_job_id(engine, shard, created.job_id, bound_s=database_retry_s, lease_id=lease_id)
         return created.job_id, resubmits
 
@@ -426,10 +445,10 @@ def run_shard(
     deadline_s: float = 3600.0,
     policy: AmbiguousPolicy = "resubmit",
     database_retry_s: float = DEFAULT_BOUND_S,
-    lease_id: str | None = None,
+    slot: HeldSlot | None = None,
 ) -> JobOutcome:
-    """Submit (or re-attach to) the shard's job and wait until it is terminal; ``lease_id``
-    (the fair-use lease the caller holds) is recorded beside the job_id.
+    """Submit (or re-attach to) the shard's job and wait until it is terminal; the lease of
+    ``slot`` (the fair-use slot the caller holds) is recorded beside the job_id.
 
     The results are returned, not written: :func:`studio_flows.storage.complete_shard`
     persists them in one transaction. ``database_retry_s`` bounds the wait for a database
@@ -439,6 +458,7 @@ def run_shard(
     job_id, resubmits = work.job_id or _recorded_job(engine, shard), 0
     if work.unrecorded and job_id is not None:
         # A job an earlier try of this run created: its job_id goes to the ledger first.
+        lease_id = None if slot is None else str(slot.lease_id)
         record_job_id(engine, shard, job_id, bound_s=database_retry_s, lease_id=lease_id)
     reattached = job_id is not None
     try:
@@ -450,7 +470,7 @@ def run_shard(
                 shard,
                 policy=policy,
                 database_retry_s=database_retry_s,
-                lease_id=lease_id,
+                slot=slot,
             )
             resubmits += more
             status = _wait(client, job_id, shard, deadline_s)
@@ -458,7 +478,7 @@ def run_shard(
             logger.info("shard %s: re-attaching to job %s", shard.shard_key, job_id)
             work = WorkItem(shard, job_id)
             status, resubmitted = _wait_reattached(
-                client, engine, work, deadline_s, policy, database_retry_s, lease_id
+                client, engine, work, deadline_s, policy, database_retry_s, slot
             )
             job_id = status.job_id
             if resubmitted is not None:  # the service had forgotten the job: paid again
@@ -516,7 +536,7 @@ def _wait_reattached(
     deadline_s: float,
     policy: AmbiguousPolicy,
     database_retry_s: float = DEFAULT_BOUND_S,
-    lease_id: str | None = None,
+    slot: HeldSlot | None = None,
 ) -> tuple[JobStatus, int | None]:
     """Poll a recorded job; if the service no longer knows it, submit the shard again.
 
@@ -538,6 +558,6 @@ def _wait_reattached(
         work.shard,
         policy=policy,
         database_retry_s=database_retry_s,
-        lease_id=lease_id,
+        slot=slot,
     )
     return _wait(client, job_id, work.shard, deadline_s), resubmits

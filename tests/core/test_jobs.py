@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -12,6 +13,7 @@ from studio_flows.emulator import EmulatorServer
 from studio_flows.errors import (
     AmbiguousShardError,
     AmbiguousSubmissionError,
+    FairUseError,
     RequestRejectedError,
 )
 from studio_flows.jobs import (
@@ -120,6 +122,33 @@ def test_ambiguous_resubmits_are_bounded_and_wait_for_the_orphan(
     assert emulator.stats()["jobs_created"] == 4  # the first POST and three resubmits
     # One wait before each resubmit and one before giving up: the last orphan may run too.
     assert len(waits) == 4 and all(w > 0 for w in waits)
+
+
+class LosableSlot:
+    """A fair-use slot the server may forget (as a lease of tasks/fair_use.py)."""
+
+    def __init__(self) -> None:
+        self.lease_id = uuid.uuid4()
+        self.lost = False
+
+    def check(self) -> None:
+        if self.lost:
+            raise FairUseError("The fair-use lease was lost")
+
+
+def test_no_resubmit_is_posted_on_a_slot_lost_while_the_orphan_may_run(
+    emulator: EmulatorServer, studio_client: ModelStudioClient, sqlite_engine: Engine
+) -> None:
+    emulator.configure(lost_post_response_rate=1.0)
+    slot = LosableSlot()
+
+    def orphan_wait(seconds: float) -> None:
+        slot.lost = True  # the server forgot the lease during the wait before the resubmit
+
+    with pytest.raises(FairUseError, match="lost"):
+        submit_shard(studio_client, sqlite_engine, make_shard(), sleep=orphan_wait, slot=slot)
+
+    assert emulator.stats()["jobs_created"] == 1  # the first POST only
 
 
 def test_a_post_refused_with_404_for_its_model_is_one_rejected_request(
