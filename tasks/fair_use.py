@@ -317,7 +317,8 @@ class SlotPool:
             lease.run.let_go(lease)  # no longer the run's: its stop must not free it
             lease.run = None
         outcome: Future[T] = Future()
-        self._watched[key] = outcome
+        with self._cond:
+            self._watched[key] = outcome
 
         def watch() -> None:
             try:
@@ -335,7 +336,8 @@ class SlotPool:
 
     def watching(self, key: str) -> Future[Any] | None:
         """The outcome of this process's watcher of ``key``; None once nobody holds it."""
-        return self._watched.get(key)
+        with self._cond:
+            return self._watched.get(key)
 
     # ----------------------------------------------------------------- waiting
 
