@@ -108,6 +108,12 @@ async def _prefect_texts() -> list[str]:
     return texts
 
 
+def _around(blob: bytes, needle: bytes, width: int = 80) -> bytes:
+    """What surrounds ``needle`` in ``blob``, the needle itself masked (where it leaked)."""
+    at = blob.index(needle)
+    return blob[max(at - width, 0) : at] + b"<TOKEN>" + blob[at + len(needle) : at + width]
+
+
 def _leaks(secret: str, server: PrefectServer) -> list[str]:
     """Where ``secret`` shows: CLI outputs, results databases, the Prefect API's texts (flow
     run parameters and states, task runs, logs, artifacts), the raw bytes of the server's
@@ -204,7 +210,11 @@ def test_the_token_appears_nowhere(
 
     hits = _leaks(SECRET_TOKEN, prefect_server_process)
     hits += [f"exception {t[:200]}" for t in exception_texts if SECRET_TOKEN in t]
-    hits += ["pickled exception" for blob in pickled if NEEDLE in blob]
+    hits += [
+        f"pickled {type(e).__name__}: ...{_around(blob, NEEDLE)!r}..."
+        for e, blob in zip(errors, pickled, strict=True)
+        if NEEDLE in blob
+    ]
     hits += [
         f"log record {r.getMessage()[:200]}"
         for r in caplog.records
