@@ -169,7 +169,7 @@ def test_the_token_appears_nowhere(
             dataset,
             database_url,
             "--shard-size",
-            "4",
+            "2",  # 20 POSTs: with 10, none lost (0.7 ** 10, 3 %) failed a run here
             "--ambiguous-policy",
             "stop",
             "--id-column",

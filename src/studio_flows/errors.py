@@ -141,6 +141,12 @@ class APIStatusError(ModelStudioError):
         self.response = response
         self.detail = detail
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled (Prefect persists a failed state's exception) without ``response``: its
+        # body and headers are the server's own text, which no repr shows and no check of
+        # ours reads; the message and ``detail`` carry what is worth keeping.
+        return (type(self), self.args, {**self.__dict__, "response": None})
+
 
 class BadRequestError(APIStatusError):
     """400: the request was malformed."""

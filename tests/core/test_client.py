@@ -10,6 +10,7 @@ import asyncio
 import email.utils
 import json
 import logging
+import pickle
 import random
 import threading
 import time
@@ -974,3 +975,15 @@ def test_a_post_to_a_server_that_never_answers_is_ambiguous_and_not_resent(
         client.create_job(request())
     assert info.value.cause == "read timeout"
     assert client.stats.requests == 1  # the job may exist: sending again could pay twice
+
+
+def test_a_status_error_is_pickled_without_the_servers_response() -> None:
+    # Prefect persists a failed state's exception: the server's raw text (which may quote
+    # what the request carried) must not travel with it, even where no repr shows it.
+    response = httpx.Response(500, headers={"x-echo": "hidden-text"}, content=b"hidden-text")
+    error = ServerError("POST /generate failed with HTTP 500", status_code=500, response=response)
+
+    blob = pickle.dumps(error)
+
+    assert b"hidden-text" not in blob
+    assert b"POST /generate failed with HTTP 500" in blob
