@@ -280,6 +280,7 @@ class _BaseClient:
 
     def _decide_exception(self, exc: httpx.HTTPError, *, is_post: bool, attempt: int) -> None:
         """Raise :class:`_Retry` or the library error for a transport failure."""
+        _forget_headers(exc)
         never_sent = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
         cause = _describe_transport_error(exc)
         if (never_sent or not is_post) and attempt <= self.retry.max_retries:
@@ -458,6 +459,20 @@ def _error_detail(response: httpx.Response) -> str:
             if key in body:
                 return str(body[key])[:300]
     return str(body)[:200]
+
+
+def _forget_headers(exc: httpx.HTTPError) -> None:
+    """Keep only the method and URL of the request ``exc`` failed on.
+
+    ``exc`` becomes the ``__cause__`` of the error we raise, and causes are pickled where
+    Dask is imported (it installs tblib's exception pickling): the request's own headers
+    would carry the token with them.
+    """
+    try:
+        sent = exc.request
+    except RuntimeError:  # raised without a request: nothing to forget
+        return
+    exc.request = httpx.Request(sent.method, sent.url)
 
 
 def _describe_transport_error(exc: httpx.HTTPError) -> str:

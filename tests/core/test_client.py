@@ -987,3 +987,36 @@ def test_a_status_error_is_pickled_without_the_servers_response() -> None:
 
     assert b"hidden-text" not in blob
     assert b"POST /generate failed with HTTP 500" in blob
+
+
+def _chain(error: BaseException | None) -> list[BaseException]:
+    seen: list[BaseException] = []
+    while error is not None and error not in seen:
+        seen.append(error)
+        error = error.__cause__ or error.__context__
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("method", "failure", "raised"),
+    [
+        ("POST", httpx.RemoteProtocolError, AmbiguousSubmissionError),
+        ("GET", httpx.ConnectError, APIConnectionError),
+    ],
+)
+def test_a_transport_errors_chain_holds_no_request_header(
+    method: str, failure: type[httpx.HTTPError], raised: type[Exception]
+) -> None:
+    # Pickles carry an error's causes where Dask installs tblib's exception pickling (it
+    # does on import): the httpx cause then travelled with the request it failed on,
+    # Authorization header and all (CI, test_secrets after the Dask test).
+    fake = FakeTime()
+    with make_client(Script(failure), fake) as client, pytest.raises(raised) as info:
+        if method == "POST":
+            client.create_job(request())
+        else:
+            client.get_job(JOB)
+
+    chain = _chain(info.value)
+    assert any(isinstance(e, failure) for e in chain)
+    assert TOKEN.encode() not in pickle.dumps([vars(e) for e in chain])
