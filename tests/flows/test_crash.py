@@ -16,6 +16,7 @@ Kill points, without any hook in the product code:
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 from pathlib import Path
@@ -53,9 +54,10 @@ def test_sigkill_after_submit_and_before_persist_loses_nothing_and_pays_nothing_
     """10 rows, 5 shards of 2, jobs of 3 s; the emulator would accept 50 jobs at once.
 
     Run 1 is killed once its three lanes have each recorded a job (3 created). Run 2
-    re-attaches those three, persists them, submits shards 4 and 5, and is killed while
-    blocked persisting them (their jobs FINISHED, results not written). Run 3 re-attaches
-    shards 4 and 5. The emulator created exactly 5 jobs: nothing was paid twice.
+    re-attaches those three, persists them, submits shard 4 or 5 (or both), and is killed
+    while blocked persisting them (their jobs FINISHED, results not written). Run 3
+    re-attaches them and submits what is left. The emulator created exactly 5 jobs:
+    nothing was paid twice.
     """
     emulator.configure(job_latency_s=3.0, fair_use_limit=50, tokens=[SECRET_TOKEN])
     dataset = write_prompts(tmp_path / "crash.jsonl", 10)
@@ -83,46 +85,53 @@ def test_sigkill_after_submit_and_before_persist_loses_nothing_and_pays_nothing_
     # (b) killed between job end and persist
     run2 = start_cli(args, cli_env(emulator, shared_prefect_home), tmp_path)
 
-    def two_new_jobs_submitted() -> bool:
-        rows = ledger(database_url)
-        new = [r for r in rows if r["status"] == "submitted" and r["job_id"] not in first_jobs]
-        return len(rows) == 5 and len(new) == 2
+    def lock_once_a_new_job_runs() -> contextlib.ExitStack:
+        """SQLite's write lock, taken once shard 4 or 5 has a recorded job and no POST is
+        in flight (a ``pending`` intent is written before its POST, so under the lock no
+        POST can start)."""
+        deadline = time.monotonic() + 120
+        while run2.poll() is None and time.monotonic() < deadline:
+            held = contextlib.ExitStack()
+            held.enter_context(sqlite_write_lock(db_file))
+            rows = ledger(database_url)
+            new = [r for r in rows if r["status"] == "submitted" and r["job_id"] not in first_jobs]
+            if new and not any(r["status"] == "pending" for r in rows):
+                return held
+            held.close()
+            time.sleep(0.05)
+        raise AssertionError(f"run 2 ended early or stalled:\n{run2.communicate()}")
 
-    wait_for(
-        lambda: two_new_jobs_submitted() or run2.poll() is not None,
-        120,
-        "shards 4 and 5 submitted",
-    )
-    assert run2.poll() is None, f"run 2 ended early:\n{run2.communicate()}"
-    assert emulator.stats()["jobs_created"] == 5  # the 3 recorded jobs were not resubmitted
-    with sqlite_write_lock(db_file):
-        wait_for(lambda: emulator.stats()["active_jobs"] == 0, 30, "jobs 4 and 5 to end")
+    # Not "both new jobs at once": run 2's lanes get the killed run's slots as their leases
+    # expire, maybe seconds apart, so one lane may run shards 4 and 5 in turn (CI).
+    with lock_once_a_new_job_runs():
+        wait_for(lambda: emulator.stats()["active_jobs"] == 0, 30, "the new jobs to end")
         # Every lane read FINISHED and now blocks in its persist transaction: the polls stop.
         wait_for(polls_stopped(emulator, quiet_s=1.5), 30, "the lanes to stop polling")
         kill_group(run2)
-    new_jobs = {str(r["job_id"]) for r in ledger(database_url)} - first_jobs
+    new_jobs = {str(r["job_id"]) for r in ledger(database_url) if r["job_id"]} - first_jobs
     assert run2.returncode == -signal.SIGKILL
+    assert 1 <= len(new_jobs) <= 2
+    assert emulator.stats()["jobs_created"] == 3 + len(new_jobs)  # nothing recorded resubmitted
     rows = ledger(database_url)
     open_jobs = {str(r["job_id"]) for r in rows if r["status"] == "submitted"}
-    # Shards 4 and 5 (and a re-attached job not persisted yet): ended, never closed.
-    assert len(open_jobs) >= 2, rows
-    assert {str(r["job_id"]) for r in rows if r["status"] == "submitted"} >= new_jobs
-    assert all(str(r["job_id"]) in new_jobs | first_jobs for r in rows)
-    persisted = {str(r["job_id"]) for r in results_table(database_url)}
-    assert not persisted & open_jobs  # nothing of the killed persists was written
+    # A new job (and maybe a re-attached one not persisted yet): ended, never closed.
+    assert open_jobs & new_jobs, rows
+    assert all(r["job_id"] is None or str(r["job_id"]) in new_jobs | first_jobs for r in rows)
+    persisted = results_table(database_url)
+    assert not {str(r["job_id"]) for r in persisted} & open_jobs  # killed persists wrote nothing
 
     # run to completion
     run3 = run_cli(args, cli_env(emulator, shared_prefect_home), tmp_path)
     assert run3.returncode == 0, run3
     assert summary_value(run3.stdout, "jobs re-attached") == len(open_jobs)
-    assert summary_value(run3.stdout, "already done") == 10 - 2 * len(open_jobs)
+    assert summary_value(run3.stdout, "already done") == len(persisted)
     stats = emulator.stats()
     assert stats["jobs_created"] == 5, "a recorded job was paid for twice"
     assert stats["max_active_jobs"] <= 3
     assert_every_row_completed_once(database_url, {f"question-{i}" for i in range(10)})
     final = ledger(database_url)
     assert {r["status"] for r in final} == {"finished"}
-    assert {str(r["job_id"]) for r in results_table(database_url)} == first_jobs | new_jobs
+    assert len({str(r["job_id"]) for r in results_table(database_url)} - first_jobs) == 2
     write_chaos_section(
         "Crash (SIGKILL of `studio-flows generate`)",
         f"- 10 rows, 5 shards of 2, jobs of 3 s; each process group SIGKILLed\n"
