@@ -63,6 +63,7 @@ from studio_flows.structured import check_answer, is_invalid_answer
 logger = logging.getLogger("studio_flows.jobs")
 
 AmbiguousPolicy = Literal["resubmit", "stop"]
+MAX_AMBIGUOUS_RESUBMITS = 3
 
 
 class HeldSlot(Protocol):
@@ -76,9 +77,6 @@ class HeldSlot(Protocol):
     def check(self) -> None:
         """Raise :class:`FairUseError` if the slot was lost: no POST may start on it."""
         ...
-
-
-MAX_AMBIGUOUS_RESUBMITS = 3
 
 
 @dataclass(frozen=True)
@@ -294,16 +292,15 @@ def submit_shard(
             continue
         # The job runs and is paid for now: its job_id must reach the ledger even if the
         # database is restarting, or the next run would pay for the shard again.
-        lease_id = None if slot is None else str(slot.lease_id)
-        record_job_id(engine, shard, created.job_id, bound_s=database_retry_s, lease_id=lease_id)
+        record_job_id(engine, shard, created.job_id, bound_s=database_retry_s, slot=slot)
         return created.job_id, resubmits
 
 
 def record_job_id(
-    engine: Engine, shard: Shard, job_id: str, *, bound_s: float, lease_id: str | None = None
+    engine: Engine, shard: Shard, job_id: str, *, bound_s: float, slot: HeldSlot | None = None
 ) -> None:
-    """Write ``job_id`` (and its ``lease_id``) as the shard's job, retrying a database that
-    does not answer.
+    """Write ``job_id`` (and the lease of ``slot``, the job's fair-use slot) as the shard's
+    job, retrying a database that does not answer.
 
     Raises :class:`JobNotRecordedError` carrying ``job_id`` when it could not be written
     (and logs one sentence when a stop request cuts the wait short): the job is paid for,
@@ -312,6 +309,7 @@ def record_job_id(
     Example:
         >>> record_job_id(engine, shard, created.job_id, bound_s=60)  # doctest: +SKIP
     """
+    lease_id = None if slot is None else str(slot.lease_id)
     write = functools.partial(record_job_submitted, engine, shard.shard_key, job_id, lease_id)
     try:
         retry_while_unavailable(write, bound_s=bound_s, url=engine.url)
@@ -458,8 +456,7 @@ def run_shard(
     job_id, resubmits = work.job_id or _recorded_job(engine, shard), 0
     if work.unrecorded and job_id is not None:
         # A job an earlier try of this run created: its job_id goes to the ledger first.
-        lease_id = None if slot is None else str(slot.lease_id)
-        record_job_id(engine, shard, job_id, bound_s=database_retry_s, lease_id=lease_id)
+        record_job_id(engine, shard, job_id, bound_s=database_retry_s, slot=slot)
     reattached = job_id is not None
     try:
         if job_id is None:
