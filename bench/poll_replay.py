@@ -101,13 +101,16 @@ class _Run:
 
 
 def visible_count(style: EmulatorStyle, ends: list[float], elapsed: float) -> int:
-    """``completed_tasks`` of a running job as ``style`` shows it (what the client reads).
+    """The tasks a running job shows done in ``style``: its count, or its listed results
+    (what the client reads, ``JobStatus.tasks_done``).
 
     Example:
-        >>> [visible_count(STYLES[name], [1.0, 2.0], 1.5) for name in ("quiet", "queued")]
-        [0, 1]
+        >>> styles = ("quiet", "queued", "lowercase")
+        >>> [visible_count(STYLES[name], [1.0, 2.0], 1.5) for name in styles]
+        [0, 1, 1]
     """
-    return sum(1 for end in ends if end <= elapsed) if style.progress else 0
+    shows = style.progress or style.partial_results
+    return sum(1 for end in ends if end <= elapsed) if shows else 0
 
 
 def steady_timings(jobs: int = 15, latency_s: float = 5.0) -> list[tuple[float, list[float]]]:
@@ -211,16 +214,17 @@ def run_styles_replay(
 ) -> dict[str, dict[str, Any]]:
     """:func:`run_replay` on every emulator style, by style name.
 
-    The client reads only ``completed_tasks`` and whether the status is terminal (in any
-    case), so styles that differ only in status names, partial results or result order
-    give the poller the same looks: each reading of ``completed_tasks`` is replayed once.
+    The client reads only the tasks done (a count, or the results listed) and whether the
+    status is terminal (in any case), so styles that differ only in status names or result
+    order give the poller the same looks: each reading of the tasks done is replayed once.
     """
     by_reading: dict[bool, dict[str, Any]] = {}
     out = {}
     for name, style in STYLES.items():
-        if style.progress not in by_reading:
-            by_reading[style.progress] = run_replay(seeds, jobs, mean_s, style)
-        out[name] = by_reading[style.progress]
+        shows = style.progress or style.partial_results
+        if shows not in by_reading:
+            by_reading[shows] = run_replay(seeds, jobs, mean_s, style)
+        out[name] = by_reading[shows]
     return out
 
 

@@ -401,7 +401,7 @@ class _Waiter:
         self.last_running_s = now - self.started
         self.look_at = now + self.plan.next_delay(
             elapsed=now - self.started,
-            completed=status.completed_tasks,
+            completed=status.tasks_done,
             total=status.total_tasks,
         )
         return None
@@ -421,13 +421,13 @@ class _Waiter:
         )
 
     def _log_progress(self, status: JobStatus) -> None:
-        current = (status.job_status, status.completed_tasks)
+        current = (status.job_status, status.tasks_done)
         if current != self.last:
             logger.info(
                 "job %s %s: %d/%d tasks",
                 status.job_id,
                 status.job_status,
-                status.completed_tasks,
+                status.tasks_done,
                 status.total_tasks,
             )
         self.last = current

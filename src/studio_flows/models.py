@@ -79,6 +79,18 @@ class JobStatus(_Response):
     results: list[TaskResult] = Field(default_factory=list)
 
     @property
+    def tasks_done(self) -> int:
+        """Tasks this status shows ended: ``completed_tasks``, or the tasks listed in
+        ``results`` where a service lists them while the job runs but counts only at the end.
+
+        Example:
+            >>> JobStatus(job_id="j", job_status="running", total_tasks=3, results=[
+            ...     TaskResult(task_index=2, status="completed", result="C")]).tasks_done
+            1
+        """
+        return max(self.completed_tasks, len({result.task_index for result in self.results}))
+
+    @property
     def is_finished(self) -> bool:
         """True when the job ended normally (``FINISHED``)."""
         return self.job_status.upper() == FINISHED_JOB_STATUS

@@ -670,6 +670,19 @@ def test_wait_for_job_plans_the_next_poll_from_the_progress(fake: FakeTime) -> N
     assert 50 / 11 - 1.0 < fake.sleeps[1] <= 5.0 - 1.0 + 0.03
 
 
+def test_wait_for_job_reads_progress_from_results_listed_while_running(fake: FakeTime) -> None:
+    # A service that lists each task's result as it ends but counts only at the end (the
+    # emulator's lowercase style): 10 results listed at t=1 s are the same progress as a
+    # count of 10, so the next look is planned near the end, not blind after 1 s.
+    script = Script(
+        job("running", completed=10, total=50, completed_tasks=0),
+        job("finished", 50, total=50),
+    )
+    with make_client(script, fake, poll_interval_s=1.0, poll_max_interval_s=30.0) as client:
+        client.wait_for_job(JOB)
+    assert 50 / 11 - 1.0 < fake.sleeps[1] <= 5.0 - 1.0 + 0.03
+
+
 def test_wait_for_job_without_progress_looks_every_start_interval_then_by_its_age(
     fake: FakeTime,
 ) -> None:
