@@ -14,8 +14,9 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import Engine
 
@@ -24,6 +25,9 @@ from studio_flows.judging import judge_items, judge_shards
 from studio_flows.options import GenerateOptions
 from studio_flows.planning import Planner, for_each_model
 from studio_flows.storage import make_engine
+
+if TYPE_CHECKING:
+    from studio_flows.jobs import WorkItem
 
 
 @dataclass(frozen=True)
@@ -78,16 +82,11 @@ def plan_run(
 ) -> DryRunPlan:
     """Plan the run ``options`` describe over the rows ``report`` validated; submit nothing."""
     assert report.source is not None  # every validation pass names what it read
-    params = options.generation_params()
-    rows = iter_good_rows(report.source, options.dataset_options(), verdict=report.verdict)
-    shards = iter_shards(
-        rows, dataset=report.source.dataset, params=params[0], shard_size=shard_size
-    )
     engine = make_engine(database_url)
     try:
         planner = Planner(engine)
         jobs = reattach = submitted_rows = 0
-        for work in planner.plan(for_each_model(shards, params)):
+        for work in _planned(planner, options, report, shard_size):
             if work.job_id is not None:
                 reattach += 1
             else:
@@ -118,6 +117,39 @@ def plan_run(
         judged=options.judge is not None,
         models=len(options.models),
     )
+
+
+def already_stored(
+    options: GenerateOptions, report: DatasetReport, database_url: str, *, shard_size: int
+) -> int | None:
+    """The answers stored already when a run of ``options`` would submit nothing, else
+    None (found at the first job it would submit or re-attach, not after a whole pass).
+
+    Example:
+        >>> already_stored(options, report, "sqlite:///r.db", shard_size=50)  # doctest: +SKIP
+        40
+    """
+    engine = make_engine(database_url)
+    try:
+        planner = Planner(engine)
+        if next(_planned(planner, options, report, shard_size), None) is not None:
+            return None
+        return planner.counts.already_done
+    finally:
+        engine.dispose()
+
+
+def _planned(
+    planner: Planner, options: GenerateOptions, report: DatasetReport, shard_size: int
+) -> Iterator[WorkItem]:
+    """The jobs a run would submit or re-attach, planned as the run plans them."""
+    assert report.source is not None  # every validation pass names what it read
+    params = options.generation_params()
+    rows = iter_good_rows(report.source, options.dataset_options(), verdict=report.verdict)
+    shards = iter_shards(
+        rows, dataset=report.source.dataset, params=params[0], shard_size=shard_size
+    )
+    return planner.plan(for_each_model(shards, params))
 
 
 def _judge_plan(

@@ -206,11 +206,12 @@ def test_an_idle_server_stops_by_itself(emulator: EmulatorServer, tmp_path: Path
     assert not (runs.home / "studio-flows/local-server.json").exists()
 
 
-def test_a_rerun_with_nothing_to_submit_needs_no_fair_use_slot(
+def test_a_rerun_with_nothing_to_submit_needs_no_fair_use_slot_and_no_flow_run(
     emulator: EmulatorServer, tmp_path: Path
 ) -> None:
     """Another process holds every slot: a rerun whose rows are all done still ends at once,
-    exit 0, instead of waiting for a slot it would not use."""
+    exit 0, instead of waiting for a slot it would not use; it does not even start a flow
+    run on the server (it reads the database as a dry run does)."""
     from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
     from studio_flows.tasks.fair_use import PrefectSlotApi, SlotPool
 
@@ -231,4 +232,6 @@ def test_a_rerun_with_nothing_to_submit_needs_no_fair_use_slot(
     assert summary_value(rerun.stdout, "already done") == 4
     assert summary_value(rerun.stdout, "submitted") == 0
     assert "slot" not in rerun.stderr, rerun.stderr
+    assert "nothing to submit, no Prefect flow run started" in rerun.stderr, rerun.stderr
+    assert "using the local Prefect server" not in rerun.stderr, rerun.stderr
     assert emulator.stats()["jobs_created"] == jobs

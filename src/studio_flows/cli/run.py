@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -27,6 +28,7 @@ from studio_flows.cli.app import (
 from studio_flows.errors import ConfigurationError
 
 if TYPE_CHECKING:  # imported where used: Prefect loads slowly, and only runs need it
+    from studio_flows.datasets import DatasetReport
     from studio_flows.options import GenerateOptions
     from studio_flows.summary import RunSummary
 
@@ -89,7 +91,11 @@ def _run_flow(options: GenerateOptions, show_progress: bool) -> RunSummary:
     from studio_flows.preflight import check_run_inputs
 
     # Bad input is reported before Prefect is even imported (about a second, not fifteen).
+    started = time.monotonic()
     report = check_run_inputs(options)
+    done = _all_stored(options, report, started)
+    if done is not None:
+        return done
 
     from studio_flows.cli.run_control import exit_code_for, run_until_signal
     from studio_flows.errors import RunInterrupted
@@ -126,6 +132,47 @@ def _run_flow(options: GenerateOptions, show_progress: bool) -> RunSummary:
         )
         err_console.print(line, highlight=False, soft_wrap=True)
         raise typer.Exit(exit_code_for(reason)) from None
+
+
+def _all_stored(
+    options: GenerateOptions, report: DatasetReport | None, started: float
+) -> RunSummary | None:
+    """The summary of a rerun whose answers are all stored, found without Prefect; None
+    when there is work (or the run compares or judges models: their tables are a flow
+    run's).
+
+    Such a rerun pays nothing and needs no slot, so it starts no flow run and no server:
+    it reads the dataset and the database as a dry run does (a second, where a flow run
+    costs several).
+    """
+    if report is None or options.database_block is not None:
+        return None  # what lives in a block needs the Prefect API
+    if len(options.models) > 1 or options.judge is not None or options.expected_column:
+        return None
+    from studio_flows.dry_run import already_stored
+    from studio_flows.settings import load_settings
+    from studio_flows.summary import ModelSummary, RunSummary
+
+    settings = load_settings()
+    database_url = options.database_url or settings.database_url
+    shard_size = options.shard_size or settings.shard_size
+    done = already_stored(options, report, database_url, shard_size=shard_size)
+    if done is None:
+        return None
+    _notice("every answer is stored already: nothing to submit, no Prefect flow run started")
+    assert report.source is not None  # every validation pass names what it read
+    model_id = options.models[0]
+    return RunSummary(
+        dataset=report.source.dataset,
+        model_id=model_id,
+        rows_in_dataset=report.rows,
+        bad_rows_skipped=report.bad_count,
+        duplicates=report.duplicates,
+        already_done=done,
+        wall_time_s=round(time.monotonic() - started, 2),
+        bad_rows=[str(bad) for bad in report.bad_rows],
+        models=[ModelSummary(model_id=model_id, already_done=done)],
+    )
 
 
 @contextmanager
