@@ -132,7 +132,7 @@ def wait_for_generation_job(
     if watcher is not None:
         result = _answered(job, lambda: _outcome(watcher, job, deadline), deadline)
     else:  # submitted by another process (or ended already): its watcher holds the slot
-        with job_client(settings) as client:
+        with job_client(settings, job.model_id) as client:
             result = await_generation(client, job, deadline)
     _log_result(result)
     return result
@@ -314,7 +314,7 @@ def _submit(
 ) -> tuple[GenerationJob, Future[JobStatus]]:
     """POST ``request`` under a slot of ``pool``, then hand the slot to a watcher that
     polls the job to its end; return the job and the watcher's outcome."""
-    with job_client(settings) as client:
+    with job_client(settings, request.model_id) as client:
         lease = pool.acquire()
         job = _post(client, pool, lease, request)  # gives the slot back if the POST fails
     return job, pool.watch(lease, job.job_id, lambda: _poll_to_end(job, settings))
@@ -324,7 +324,7 @@ def _poll_to_end(job: GenerationJob, settings: Settings) -> JobStatus:
     """The watcher's poll: ``job`` until terminal, at most the job deadline and
     ``slot_watch_limit_s`` after its POST (then its slot goes back, its end unknown)."""
     bound_s = settings.job_deadline_s + settings.slot_watch_limit_s
-    with job_client(settings) as client:
+    with job_client(settings, job.model_id) as client:
         try:
             return _poll(client, job, bound_s)
         except JobFailedError:

@@ -55,18 +55,27 @@ def engine_for(database_url: str) -> Engine:
     return make_engine(database_url)
 
 
+def history_of(settings: Settings, model_id: str) -> DurationHistory:
+    """How long this process saw ``model_id``'s jobs take on the settings' service."""
+    return _history_for(settings.base_url, model_id)
+
+
 @functools.cache
-def _history_for(base_url: str) -> DurationHistory:
-    # Jobs of one service take similar time per conversation: every job task in this
-    # process learns from the ones before it, so polls land near the end of each job.
+def _history_for(base_url: str, model_id: str) -> DurationHistory:
+    # Jobs of one model on one service take similar time per conversation: every job task
+    # in this process learns from the ones before it, so polls land near the end of each
+    # job. Another model (a judge, a larger base model) has times of its own.
     return DurationHistory()
 
 
-def job_client(settings: Settings, stats: ClientStats | None = None) -> ModelStudioClient:
-    """A client for one task run, sharing the timing history of this process."""
-    client = ModelStudioClient.from_settings(
-        settings, history=_history_for(settings.base_url), shared_pool=True
-    )
+def job_client(
+    settings: Settings, model_id: str | None = None, stats: ClientStats | None = None
+) -> ModelStudioClient:
+    """A client for one task run's jobs, sharing the timing history this process keeps of
+    ``model_id`` (None: the caller sets ``client.history`` to :func:`history_of` each job's
+    model)."""
+    history = None if model_id is None else history_of(settings, model_id)
+    client = ModelStudioClient.from_settings(settings, history=history, shared_pool=True)
     if stats is not None:
         client.stats = stats
     return client
@@ -114,10 +123,13 @@ def run_generation_jobs(
     """
     settings = resolve_settings(credentials)
     completed = 0
-    with job_client(settings, stats) as client:  # one client for the task run's jobs
+    with job_client(settings, stats=stats) as client:  # one client for the task run's jobs
         runner = _JobRunner(client, settings, database.get_url(), policy, flow_run_id, slot)
         for work in works:
             interrupts.check()  # a stopping run starts no new job
+            # A lane may run several models' jobs (an evaluation, its judges): each is timed
+            # on its own model's history.
+            client.history = history_of(settings, work.shard.params.model_id)
             report = runner.run_with_retries(work)
             completed += report.completed
             on_report(report)

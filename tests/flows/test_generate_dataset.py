@@ -14,6 +14,7 @@ from studio_flows.flows.generate import (
     generate_dataset,
     jobs_of_one_task_run,
 )
+from studio_flows.tasks.jobs import history_of
 
 from studio_flows.emulator import EmulatorServer
 from studio_flows.errors import DatasetError
@@ -22,17 +23,17 @@ from studio_flows.jobs import WorkItem
 from studio_flows.models import Message
 from studio_flows.options import GenerateOptions
 from studio_flows.rows import GenerationParams, Row, Shard
+from studio_flows.settings import load_settings
 from studio_flows.storage import iter_results, make_engine
 from tests.fixtures.harness import write_prompts
 
 
 def options(dataset: Path, database_url: str, **extra: object) -> GenerateOptions:
+    fields: dict[str, object] = {"model_id": "test-model", "shard_size": 5, **extra}
     return GenerateOptions(
         dataset_path=str(dataset),
-        model_id="test-model",
         database_url=database_url,
-        shard_size=5,
-        **extra,  # type: ignore[arg-type]
+        **fields,  # type: ignore[arg-type]
     )
 
 
@@ -109,6 +110,24 @@ def test_a_shard_given_up_after_lost_posts_keeps_its_slot_while_its_orphan_may_r
     assert summary.ambiguous_resubmitted == 6 * 3  # paid for, so counted though given up
     assert all("after 3 resubmits" in error for error in summary.errors), summary.errors
     assert stats["max_active_jobs"] <= 3, stats
+
+
+def test_each_model_is_timed_on_its_own_jobs_across_runs_of_one_process(
+    flow_env: EmulatorServer, tmp_path: Path, sqlite_url: str
+) -> None:
+    # A notebook: a slow model's run, then a fast one's. The fast model's polls (and the
+    # wait for a lost POST's orphan) must not be planned from the slow model's 2-s jobs.
+    dataset = write_prompts(tmp_path / "q.jsonl", 5)  # one job of 5 per run
+    flow_env.configure(job_latency_s=2.0)
+    generate_dataset(options(dataset, sqlite_url, model_id="slow-model"))
+    flow_env.configure(job_latency_s=0.1)
+    generate_dataset(options(dataset, sqlite_url, model_id="fast-model"))
+
+    settings = load_settings()
+    slow, fast = history_of(settings, "slow-model"), history_of(settings, "fast-model")
+    assert (slow.predict(5) or 0.0) > 1.5
+    assert (fast.predict(5) or 9.9) < 0.5, fast.predict(5)
+    assert fast.longest(5) < 1.0
 
 
 def test_a_rerun_submits_no_job(
