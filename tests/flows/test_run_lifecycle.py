@@ -84,7 +84,7 @@ def test_a_flow_run_timing_out_beside_another_leaves_it_its_slots_and_every_row(
 ) -> None:
     # The emulator's own limit (3): a slot given back under a running job shows as a 429.
     flow_env.configure(job_latency_s=1.0)
-    rows = [{"prompt": f"beside {i}"} for i in range(60)]  # 60 jobs: 20 s on three slots
+    rows = [{"prompt": f"beside {i}"} for i in range(60)]
     outcome: dict[str, Any] = {}
 
     def other_run() -> None:
@@ -97,12 +97,16 @@ def test_a_flow_run_timing_out_beside_another_leaves_it_its_slots_and_every_row(
     other.start()
     pool = running_pool()
     wait_for(lambda: pool.held == 3, 60, "the other run to hold every slot")
+    # Its jobs from now on outlast this flow run's start and timeout, however slow the
+    # machine (with 1-s jobs it once finished first, and this run got a slot).
+    flow_env.configure(job_latency_s=30.0)
 
     timed_out([{"prompt": "never answered"}])  # it waits for a slot the whole time
     assert "error" not in outcome, outcome["error"]  # the timeout stopped the other run
     assert other.is_alive(), "the other run ended before this one timed out"
     assert pool.held == 3, "the other run's slots were given back under its running jobs"
 
+    flow_env.configure(job_latency_s=0.1)  # the rest quickly, once its 30-s jobs end
     other.join(timeout=120)
     assert "error" not in outcome, outcome.get("error")
     assert [a.text for a in outcome["answers"]] == [answer(r["prompt"]) for r in rows]
