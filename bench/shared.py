@@ -124,9 +124,9 @@ class Timeline:
         }
         timeline = self
 
-        def acquire(pool: Any) -> Any:
+        def acquire(pool: Any, run: Any = None) -> Any:
             timeline.add("acquire")
-            lease = originals[(SlotPool, "acquire")](pool)
+            lease = originals[(SlotPool, "acquire")](pool, run)
             timeline.add("acquired")
             return lease
 
