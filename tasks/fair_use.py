@@ -69,7 +69,7 @@ class SlotRefused(Exception):
 
 
 class SlotServerUnavailable(Exception):
-    """The Prefect API did not answer (after its client's own retries)."""
+    """The Prefect API did not answer (an ask: at once; any other call: after retries)."""
 
 
 class LeaseGone(Exception):
@@ -86,7 +86,7 @@ class SlotApi(Protocol):
 
 
 class PrefectSlotApi:
-    """:class:`SlotApi` over one Prefect sync client (thread-safe, retries on).
+    """:class:`SlotApi` over one Prefect sync client (thread-safe; retries on, but for asks).
 
     Example:
         >>> PrefectSlotApi().acquire("tag:model-studio", 60)  # doctest: +SKIP
@@ -101,40 +101,50 @@ class PrefectSlotApi:
         self.server = str(self._client.api_url).rstrip("/")
 
     def acquire(self, limit_name: str, lease_s: float, holder: Any = None) -> uuid.UUID:
-        body = self._call(
-            "increment_concurrency_slots_with_lease",
-            names=[limit_name],
-            slots=1,
-            mode="concurrency",
-            lease_duration=lease_s,
-            holder=holder,
-        ).json()
-        if not body.get("limits"):
-            self.release(uuid.UUID(body["lease_id"]))
+        body: dict[str, Any] = {"names": [limit_name], "slots": 1, "mode": "concurrency"}
+        body["lease_duration"] = lease_s
+        if holder is not None:
+            body["holder"] = holder.model_dump(mode="json")
+        lease = self._call(self._ask_once, body).json()
+        if not lease.get("limits"):
+            self.release(uuid.UUID(lease["lease_id"]))
             raise FairUseError(
                 f"The Prefect concurrency limit {limit_name!r} does not exist: it must be "
                 "created before jobs are submitted (studio-flows creates it on first use)."
             )
-        return uuid.UUID(body["lease_id"])
+        return uuid.UUID(lease["lease_id"])
 
     def renew(self, lease_id: uuid.UUID, lease_s: float) -> None:
-        self._call("renew_concurrency_lease", lease_id, lease_duration=lease_s)
+        self._call(self._client.renew_concurrency_lease, lease_id, lease_duration=lease_s)
 
     def release(self, lease_id: uuid.UUID) -> None:
         with contextlib.suppress(LeaseGone):  # expired or revoked: nothing is held
-            self._call("release_concurrency_slots_with_lease", lease_id)
+            self._call(self._client.release_concurrency_slots_with_lease, lease_id)
 
     def occupancy(self, limit_name: str) -> tuple[int, int]:
-        limit = self._call("read_global_concurrency_limit_by_name", limit_name)
+        limit = self._call(self._client.read_global_concurrency_limit_by_name, limit_name)
         return int(limit.active_slots), int(limit.limit)
 
     def close(self) -> None:
         """Close the Prefect client (a pool's own API stays open for the process)."""
         self._client.__exit__(None, None, None)
 
-    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+    def _ask_once(self, body: dict[str, Any]) -> httpx.Response:
+        """POST increment-with-lease with one try: a waiter asks again within ``POLL_S``
+        anyway, and an ask the server cannot serve now (503: SQLite's "database is locked"
+        while runs write) is a refusal to it. Prefect's own send would sleep 2 s first, even
+        with its retries set to 0, a freed slot idle that long (bench/NOTES.md, item 30)."""
+        http = self._client._client  # Prefect's httpx client: base URL, auth, headers
+        path = "/v2/concurrency_limits/increment-with-lease"
+        request = http.build_request("POST", path, json=body)
+        response = httpx.Client.send(http, request)
+        if response.status_code == 403:  # a server that wants a CSRF token: Prefect's send
+            response = http.send(request)
+        return response.raise_for_status()
+
+    def _call(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         try:
-            return getattr(self._client, method)(*args, **kwargs)
+            return call(*args, **kwargs)
         except httpx.HTTPStatusError as err:
             status = err.response.status_code
             if status == 423:

@@ -284,6 +284,49 @@ def test_a_prefect_api_that_never_answers_fails_the_wait_naming_the_api_and_the_
     assert hung_server.accepted >= 1
 
 
+def test_an_ask_the_prefect_server_cannot_serve_now_is_made_once_and_asked_again_later() -> None:
+    """A 503 on increment-with-lease (SQLite's "database is locked" on a busy server) is a
+    refusal to the waiter, which asks again within its poll: Prefect's send would sleep 2 s
+    first and send it again, while another process's freed slot stays idle."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from prefect.context import SettingsContext, _temporary_global_settings_context
+    from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+    from studio_flows.tasks.fair_use import PrefectSlotApi
+
+    asks: list[str] = []
+
+    class Busy(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            asks.append(self.path)
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Busy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    api_url = f"http://127.0.0.1:{server.server_address[1]}/api"
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: api_url, PREFECT_CLIENT_MAX_RETRIES: 1}):
+            context = SettingsContext.get()
+            assert context is not None
+            with _temporary_global_settings_context(context):
+                api = PrefectSlotApi()
+                try:
+                    with pytest.raises(SlotServerUnavailable, match="HTTP 503"):
+                        api.acquire("tag:model-studio", 60)
+                finally:
+                    api.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert asks == ["/api/v2/concurrency_limits/increment-with-lease"]
+
+
 def test_a_lease_the_server_lost_is_never_handed_on_and_its_holder_starts_nothing() -> None:
     limit = FakeLimit(1)
     pool = SlotPool(api=limit, poll_s=0.01, renew_every_s=0.05)
