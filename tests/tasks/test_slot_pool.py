@@ -16,6 +16,7 @@ from studio_flows.tasks.fair_use import (
     LeaseGone,
     SlotPool,
     SlotRefused,
+    SlotServerBusy,
     SlotServerUnavailable,
 )
 
@@ -35,19 +36,23 @@ class FakeLimit:
 
     server = "fake"
 
-    def __init__(self, size: int, unavailable: int = 0) -> None:
+    def __init__(self, size: int, unavailable: int = 0, busy: int = 0) -> None:
         self.size = size
         self.leases: set[uuid.UUID] = set()
         self.acquired = 0
         self.released: list[uuid.UUID] = []
         self.unavailable = unavailable
+        self.busy = busy
         self._lock = threading.Lock()
 
     def acquire(self, limit_name: str, lease_s: float, holder: object = None) -> uuid.UUID:
         with self._lock:
+            if self.busy:
+                self.busy -= 1
+                raise SlotServerBusy("HTTP 503")
             if self.unavailable:
                 self.unavailable -= 1
-                raise SlotServerUnavailable("HTTP 503")
+                raise SlotServerUnavailable("ConnectError")
             if len(self.leases) >= self.size:
                 raise SlotRefused
             lease = uuid.uuid4()
@@ -207,6 +212,17 @@ def test_a_busy_prefect_api_is_asked_again_not_a_failed_run() -> None:
     lease = pool.acquire()
 
     assert limit.unavailable == 0 and lease.lease_id in limit.leases
+
+
+def test_a_busy_prefect_api_is_asked_again_within_a_fraction_of_the_poll_interval() -> None:
+    """A 503 is a database locked for a moment: a pool starting 30 task runs at once got one
+    on every second ask, and waited a whole poll interval after each (bench/NOTES.md, 30)."""
+    limit = FakeLimit(1, busy=3)
+    pool = SlotPool(api=limit, poll_s=3.0)
+    asked = time.monotonic()
+    pool.acquire()
+    assert time.monotonic() - asked < 3.0  # three quick asks, not three poll intervals
+    assert limit.busy == 0 and limit.acquired == 1
 
 
 def test_a_stop_request_ends_a_wait_at_once() -> None:
