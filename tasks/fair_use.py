@@ -105,8 +105,12 @@ class PrefectSlotApi:
         self.server = str(self._client.api_url).rstrip("/")
 
     def acquire(self, limit_name: str, lease_s: float, holder: Any = None) -> uuid.UUID:
-        body: dict[str, Any] = {"names": [limit_name], "slots": 1, "mode": "concurrency"}
-        body["lease_duration"] = lease_s
+        body: dict[str, Any] = {
+            "names": [limit_name],
+            "slots": 1,
+            "mode": "concurrency",
+            "lease_duration": lease_s,
+        }
         if holder is not None:
             body["holder"] = holder.model_dump(mode="json")
         lease = self._call(self._ask_once, body).json()
