@@ -9,11 +9,14 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from studio_flows.tasks.fair_use import (
     Lease,
     LeaseGone,
+    PrefectSlotApi,
     SlotPool,
     SlotRefused,
     SlotServerBusy,
@@ -267,10 +270,13 @@ def test_a_lease_freed_while_the_server_is_slow_goes_to_the_waiter_at_once() -> 
     assert got == [first] and time.monotonic() - handed < 1.0
 
 
-def test_a_prefect_api_that_never_answers_fails_the_wait_naming_the_api_and_the_setting(
-    hung_server: HungServer,
-) -> None:
-    """Prefect's own client against a hung server: each call times out, the pool gives up."""
+@contextlib.contextmanager
+def prefect_slot_api(
+    api_url: str, *, retries: int, timeout_s: float | None = None
+) -> Iterator[PrefectSlotApi]:
+    """A :class:`PrefectSlotApi` on ``api_url`` with Prefect's client retrying ``retries``
+    times, set globally too: the pool's threads read Prefect's settings outside this
+    context, as they read a user's environment (the default retries take 60 s a call)."""
     from prefect.context import SettingsContext, _temporary_global_settings_context
     from prefect.settings import (
         PREFECT_API_REQUEST_TIMEOUT,
@@ -278,23 +284,30 @@ def test_a_prefect_api_that_never_answers_fails_the_wait_naming_the_api_and_the_
         PREFECT_CLIENT_MAX_RETRIES,
         temporary_settings,
     )
-    from studio_flows.tasks.fair_use import PrefectSlotApi
 
-    api_url = f"http://{hung_server.address}/api"
-    updates = {PREFECT_API_URL: api_url, PREFECT_API_REQUEST_TIMEOUT: 0.3}
-    with temporary_settings(updates={**updates, PREFECT_CLIENT_MAX_RETRIES: 0}):
+    updates: dict[Any, Any] = {PREFECT_API_URL: api_url, PREFECT_CLIENT_MAX_RETRIES: retries}
+    if timeout_s is not None:
+        updates[PREFECT_API_REQUEST_TIMEOUT] = timeout_s
+    with temporary_settings(updates=updates):
         context = SettingsContext.get()
         assert context is not None
-        # Global too: the pool's threads read Prefect's settings outside this context, as
-        # they read a user's environment (its retries would otherwise take 60 s a call).
         with _temporary_global_settings_context(context):
             api = PrefectSlotApi()
-            pool = SlotPool(api=api, poll_s=0.05, unavailable_limit_s=1.0)
             try:
-                with pytest.raises(PrefectUnavailableError) as info:
-                    pool.acquire()
+                yield api
             finally:
                 api.close()
+
+
+def test_a_prefect_api_that_never_answers_fails_the_wait_naming_the_api_and_the_setting(
+    hung_server: HungServer,
+) -> None:
+    """Prefect's own client against a hung server: each call times out, the pool gives up."""
+    api_url = f"http://{hung_server.address}/api"
+    with prefect_slot_api(api_url, retries=0, timeout_s=0.3) as api:
+        pool = SlotPool(api=api, poll_s=0.05, unavailable_limit_s=1.0)
+        with pytest.raises(PrefectUnavailableError) as info:
+            pool.acquire()
     assert str(info.value).startswith(f"The Prefect API ({api_url}) did not answer for 1 s (")
     assert "MODEL_STUDIO_PREFECT_UNAVAILABLE_LIMIT_S" in str(info.value)
     assert hung_server.accepted >= 1
@@ -305,10 +318,6 @@ def test_an_ask_the_prefect_server_cannot_serve_now_is_made_once_and_asked_again
     refusal to the waiter, which asks again within its poll: Prefect's send would sleep 2 s
     first and send it again, while another process's freed slot stays idle."""
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    from prefect.context import SettingsContext, _temporary_global_settings_context
-    from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
-    from studio_flows.tasks.fair_use import PrefectSlotApi
 
     asks: list[str] = []
 
@@ -327,16 +336,11 @@ def test_an_ask_the_prefect_server_cannot_serve_now_is_made_once_and_asked_again
     threading.Thread(target=server.serve_forever, daemon=True).start()
     api_url = f"http://127.0.0.1:{server.server_address[1]}/api"
     try:
-        with temporary_settings(updates={PREFECT_API_URL: api_url, PREFECT_CLIENT_MAX_RETRIES: 1}):
-            context = SettingsContext.get()
-            assert context is not None
-            with _temporary_global_settings_context(context):
-                api = PrefectSlotApi()
-                try:
-                    with pytest.raises(SlotServerUnavailable, match="HTTP 503"):
-                        api.acquire("tag:model-studio", 60)
-                finally:
-                    api.close()
+        with (
+            prefect_slot_api(api_url, retries=1) as api,
+            pytest.raises(SlotServerUnavailable, match="HTTP 503"),
+        ):
+            api.acquire("tag:model-studio", 60)
     finally:
         server.shutdown()
         server.server_close()
