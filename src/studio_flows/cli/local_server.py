@@ -147,8 +147,13 @@ def _to_stderr(message: str) -> None:
 
 
 @contextlib.contextmanager
-def prefect_api(notify: Callable[[str], None] = _to_stderr) -> Iterator[str]:
+def prefect_api(
+    notify: Callable[[str], None] = _to_stderr, while_starting: Callable[[], object] | None = None
+) -> Iterator[str]:
     """The Prefect API a command uses: ``PREFECT_API_URL`` if set (checked), else a local one.
+
+    ``while_starting`` is work that needs no Prefect API (imports): it runs while a local
+    server starts, which takes seconds, or before the API is used when none has to start.
 
     Public as ``studio_flows.prefect_api`` for a user's own script that runs a flow with
     no Prefect server named: without it Prefect starts a temporary server inside that
@@ -167,18 +172,22 @@ def prefect_api(notify: Callable[[str], None] = _to_stderr) -> Iterator[str]:
     configured = get_current_settings().api.url
     if configured:
         check_prefect_api(configured, load_settings().prefect_check_timeout_s)
+        if while_starting is not None:
+            while_starting()
         yield configured
         return
-    with local_prefect_api(notify) as api_url:
+    with local_prefect_api(notify, while_starting) as api_url:
         yield api_url
 
 
 @contextlib.contextmanager
-def local_prefect_api(notify: Callable[[str], None]) -> Iterator[str]:
+def local_prefect_api(
+    notify: Callable[[str], None], while_starting: Callable[[], object] | None = None
+) -> Iterator[str]:
     """Use (starting it if needed) the local server of this ``PREFECT_HOME``; yield its API.
 
     The server stays on after the command: only its idle watchdog or
-    ``studio-flows server stop`` stops it.
+    ``studio-flows server stop`` stops it. ``while_starting``: see :func:`prefect_api`.
     """
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -189,7 +198,11 @@ def local_prefect_api(notify: Callable[[str], None]) -> Iterator[str]:
     files = ServerFiles.of(prefect_home())
     with _using(files) as users:
         server = _attach(
-            files, notify, settings.local_server_idle_s, settings.prefect_check_timeout_s
+            files,
+            notify,
+            settings.local_server_idle_s,
+            settings.prefect_check_timeout_s,
+            while_starting or (lambda: None),
         )
         _touch(users)
         try:
@@ -210,7 +223,11 @@ def prefect_home() -> Path:
 
 
 def _attach(
-    files: ServerFiles, notify: Callable[[str], None], idle_s: float, check_timeout_s: float
+    files: ServerFiles,
+    notify: Callable[[str], None],
+    idle_s: float,
+    check_timeout_s: float,
+    while_starting: Callable[[], object],
 ) -> LocalServer:
     """The running server of ``files``, started or replaced when needed (under the lock)."""
     with _locked(files.lock):
@@ -222,12 +239,13 @@ def _attach(
                     f"using the local Prefect server at {server.url} (up {server.uptime()}; "
                     "set PREFECT_API_URL to use another)"
                 )
+                while_starting()
                 return server
             notify(f"the local Prefect server at {server.url} {problem}; starting a new one")
             if _is_ours(server.pid):  # not a process that got the dead server's pid since
                 _terminate(server, at_once=True)
             files.state.unlink(missing_ok=True)
-        return _start(files, notify, idle_s)
+        return _start(files, notify, idle_s, while_starting)
 
 
 def _problem(
@@ -257,7 +275,12 @@ def read_server(files: ServerFiles) -> LocalServer | None:
         return None
 
 
-def _start(files: ServerFiles, notify: Callable[[str], None], idle_s: float) -> LocalServer:
+def _start(
+    files: ServerFiles,
+    notify: Callable[[str], None],
+    idle_s: float,
+    while_starting: Callable[[], object],
+) -> LocalServer:
     port = _free_port()
     notify(
         f"starting the local Prefect server of PREFECT_HOME at http://127.0.0.1:{port} "
@@ -282,6 +305,7 @@ def _start(files: ServerFiles, notify: Callable[[str], None], idle_s: float) -> 
     server = LocalServer(pid=process.pid, port=port, started_at=time.time())
     _write_state(files, server)  # recorded at once: a command stopped now leaves it findable
     try:
+        while_starting()  # the seconds the server takes to start pay for it
         _wait_until_healthy(server, notify, log=files.log, process=process)
     except PrefectUnavailableError:
         _terminate(server, at_once=True)

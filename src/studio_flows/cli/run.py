@@ -3,6 +3,7 @@ stopped cleanly by a signal, with its summary."""
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import time
@@ -105,7 +106,6 @@ def _run_flow(options: GenerateOptions, show_progress: bool) -> RunSummary:
         # Prefect loads or its local server starts ends as cleanly as one mid-run.
         from studio_flows.cli.local_server import prefect_api
         from studio_flows.cli.progress import progress_display
-        from studio_flows.flows.generate import generate_dataset
 
         display = progress_display(console, enabled=show_progress)
         # The flow sends the rows validated here (a query is not read a second time).
@@ -114,10 +114,13 @@ def _run_flow(options: GenerateOptions, show_progress: bool) -> RunSummary:
             if report is not None
             else nullcontext()
         )
-        with prefect_api(notify=_notice) as api_url, _slot_notices(), display, handed:
-            interrupts.check()
-            with _prefect_stopped_answering(api_url):
-                return generate_dataset(options)
+        with prefect_api(notify=_notice, while_starting=_load_flow) as api_url:
+            from studio_flows.flows.generate import generate_dataset
+
+            with _slot_notices(), display, handed:
+                interrupts.check()
+                with _prefect_stopped_answering(api_url):
+                    return generate_dataset(options)
 
     control = interrupts.RunControl()  # the command's run: what its signals stop
     try:
@@ -132,6 +135,16 @@ def _run_flow(options: GenerateOptions, show_progress: bool) -> RunSummary:
         )
         err_console.print(line, highlight=False, soft_wrap=True)
         raise typer.Exit(exit_code_for(reason)) from None
+
+
+# What a flow run imports on its way (Prefect loads its engines at the first call): about
+# a second, spent while a local server starts instead of after it (bench/NOTES.md, item 31).
+FLOW_MODULES = ("studio_flows.flows.generate", "prefect.flow_engine", "prefect.task_engine")
+
+
+def _load_flow() -> None:
+    for module in FLOW_MODULES:
+        importlib.import_module(module)
 
 
 def _all_stored(
