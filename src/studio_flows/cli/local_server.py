@@ -206,7 +206,12 @@ def local_prefect_api(
         )
         _touch(users)
         try:
-            with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+            # No flow-run heartbeats here: they serve only an automation that marks silent
+            # runs crashed, which a local server has only if its user made one (a killed
+            # run resumes from its own records), and Prefect ends every flow run by waiting
+            # up to a second for the heartbeat thread's sleep (bench/NOTES.md, item 31).
+            local = {PREFECT_API_URL: server.api_url, "flows.heartbeat_frequency": None}
+            with temporary_settings(updates=local):
                 yield server.api_url
         finally:
             _drain_prefect_workers()
