@@ -235,3 +235,38 @@ def test_a_rerun_with_nothing_to_submit_needs_no_fair_use_slot_and_no_flow_run(
     assert "nothing to submit, no Prefect flow run started" in rerun.stderr, rerun.stderr
     assert "using the local Prefect server" not in rerun.stderr, rerun.stderr
     assert emulator.stats()["jobs_created"] == jobs
+
+
+def test_work_handed_to_a_start_runs_while_the_server_starts_and_its_runs_send_no_heartbeats(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``prefect_api(while_starting=...)``: a command's imports overlap a new server's start
+    (seconds of Prefect's own start-up), and run once as well when the server is up."""
+    from prefect.settings import get_current_settings, temporary_settings
+
+    from studio_flows.cli import local_server
+
+    # A stand-in server that answers only once the work handed to the start has run: were
+    # that work run after the wait for an answer, the start would time out.
+    monkeypatch.setattr(local_server, "SERVER_MODULE", "tests.fixtures.stub_local_server")
+    monkeypatch.setattr(local_server, "START_TIMEOUT_S", 30.0)
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[2]))
+    files = local_server.ServerFiles.of(tmp_path / "home")
+    seen: list[object] = []
+
+    def imports() -> None:
+        seen.append(local_server.read_server(files))
+        (files.folder / "go").touch()
+
+    try:
+        with temporary_settings(updates={"home": str(tmp_path / "home")}):
+            with local_server.local_prefect_api(print, while_starting=imports):
+                assert get_current_settings().flows.heartbeat_frequency is None
+            with local_server.local_prefect_api(print, while_starting=imports):
+                pass
+    finally:
+        local_server.stop_server(files)
+
+    started, reused = seen
+    assert started is not None and not started.ready  # recorded, not answering yet
+    assert reused is not None and reused.ready
