@@ -237,7 +237,7 @@ def test_a_second_ctrl_c_exits_at_once(
     scenario.rerun_to_the_end("after a double Ctrl-C: rerun start to first POST (s)")
     assert_every_row_completed_once(scenario.database_url, scenario.row_keys)
     # "Exiting now" gives no slot back (its jobs may still run): the server reclaims the
-    # leases the rerun did not need once they expire (a 60 s lease, a 15 s repossessor).
+    # leases the rerun did not need once they expire (a 60 s lease, a 1 s repossessor here).
     wait_for(lambda: active_slots(prefect_home) == 0, 150, "the exited run's leases to expire")
 
 
@@ -247,7 +247,7 @@ def test_five_kills_in_a_row_then_a_clean_run_and_every_slot_comes_back(
 ) -> None:
     """SIGKILL of the whole group (no handler runs) five times, each once jobs are in flight.
 
-    Each next run waits for the killed run's leases to expire on the server (about 75 s):
+    Each next run waits for the killed run's leases to expire on the server (about 60 s):
     its jobs may still run at the service, so their slots are not handed out before.
     """
     scenario = Scenario(slow_emulator, prefect_home, tmp_path)
@@ -273,7 +273,7 @@ def test_five_kills_in_a_row_then_a_clean_run_and_every_slot_comes_back(
     # in flight at each kill are paid again.
     assert SHARDS <= scenario.jobs_created() <= SHARDS + in_flight_at_kills
     # Nothing on the client gives a killed run's leases back: the server's repossessor
-    # reclaims them once they expire (a 60 s lease, a 15 s repossessor loop).
+    # reclaims them once they expire (a 60 s lease, a 1 s repossessor loop here).
     wait_for(lambda: active_slots(prefect_home) == 0, 150, "the killed runs' leases to expire")
     assert_only_the_server_left(prefect_home)
 
