@@ -270,3 +270,29 @@ def test_work_handed_to_a_start_runs_while_the_server_starts_and_its_runs_send_n
     started, reused = seen
     assert started is not None and not started.ready  # recorded, not answering yet
     assert reused is not None and reused.ready
+
+
+def test_a_server_whose_prefect_home_was_deleted_stops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its state file went with the folder, so no command would find it again: the idle
+    watchdog stops it (it used to die on the missing lock file, leaving the server on)."""
+    import shutil
+    import threading
+
+    from studio_flows.cli import local_server_process
+    from studio_flows.cli.local_server import ServerFiles
+
+    files = ServerFiles.of(tmp_path / "home")
+    signals: list[int] = []
+    monkeypatch.setattr(local_server_process.os, "kill", lambda pid, sig: signals.append(sig))
+    monkeypatch.setattr(local_server_process, "LONGEST_CHECK_S", 0.05)  # an hour's idle limit
+    shutil.rmtree(tmp_path / "home")
+
+    watchdog = threading.Thread(
+        target=local_server_process._watch_idle, args=(files, 3600.0), daemon=True
+    )
+    watchdog.start()
+    watchdog.join(timeout=10)
+
+    assert signals == [signal.SIGTERM]

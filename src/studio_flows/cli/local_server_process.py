@@ -54,7 +54,11 @@ def _watch_idle(files: ServerFiles, idle_s: float) -> None:
     last_use = time.time()
     while True:
         time.sleep(check_s)
-        lock = files.lock.open("a")
+        try:
+            lock = files.lock.open("a")
+        except FileNotFoundError:  # its PREFECT_HOME was deleted: no command finds it again
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
         try:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:  # a command starts, replaces or stops a server: look later
