@@ -159,6 +159,7 @@ def prefect_api(
     no Prefect server named: without it Prefect starts a temporary server inside that
     process on every run (seconds of start-up, its own SQLite, no lease repossessor),
     where inside it the flow runs on the local server every ``studio-flows`` command shares.
+    Flow runs on the local server send no heartbeats (see :func:`local_prefect_api`).
 
     Example:
         >>> with prefect_api(notify=print) as api_url:  # doctest: +SKIP
