@@ -70,9 +70,9 @@ def _end_process(exit_code: list[int]) -> None:
     Freeing every object of the thousands of modules a flow run loads (Prefect, pydantic,
     SQLAlchemy) took 0.5-0.9 s after the last line was printed (bench/NOTES.md, item 31).
     By now Python has joined the threads that are not daemons and run every exit handler
-    registered after this one (Prefect's workers drained, its clients closed); the logging
-    handlers (registered before) are flushed here, and every committed row is on disk
-    already (SQLite's WAL survives a process's end), so nothing is lost.
+    registered after this one (Prefect's among them); the logging handlers (registered
+    before) are flushed here, and every committed row is on disk already (SQLite's WAL
+    survives a process's end), so nothing is lost.
     """
     if not exit_code:
         return  # an uncaught error: Python ends as usual

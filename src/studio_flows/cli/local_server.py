@@ -197,14 +197,23 @@ def local_prefect_api(
     interrupts.check()  # asked to stop while Prefect loaded: start nothing
     settings = load_settings()
     files = ServerFiles.of(prefect_home())
+    pending = [while_starting] if while_starting is not None else []
+
+    def run_pending() -> None:
+        while pending:
+            pending.pop()()
+
     with _using(files) as users:
+        # A server that starts runs the work while it starts; a running one, after the
+        # lock is let go (another command may be waiting to attach).
         server = _attach(
             files,
             notify,
             settings.local_server_idle_s,
             settings.prefect_check_timeout_s,
-            while_starting or (lambda: None),
+            run_pending,
         )
+        run_pending()
         _touch(users)
         try:
             # No flow-run heartbeats here: they serve only an automation that marks silent
@@ -235,7 +244,8 @@ def _attach(
     check_timeout_s: float,
     while_starting: Callable[[], object],
 ) -> LocalServer:
-    """The running server of ``files``, started or replaced when needed (under the lock)."""
+    """The running server of ``files``, started or replaced when needed (under the lock);
+    ``while_starting`` runs while a server this call starts starts."""
     with _locked(files.lock):
         server = read_server(files)
         if server is not None:
@@ -245,7 +255,6 @@ def _attach(
                     f"using the local Prefect server at {server.url} (up {server.uptime()}; "
                     "set PREFECT_API_URL to use another)"
                 )
-                while_starting()
                 return server
             notify(f"the local Prefect server at {server.url} {problem}; starting a new one")
             if _is_ours(server.pid):  # not a process that got the dead server's pid since
