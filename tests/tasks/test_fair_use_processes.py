@@ -38,7 +38,7 @@ from tests.fixtures.cli_runs import (
     write_chaos_section,
 )
 from tests.fixtures.harness import write_prompts
-from tests.fixtures.prefect_server import REPOSSESSOR_LOOP_S, PrefectServer
+from tests.fixtures.prefect_server import QUICK_REPOSSESSOR_LOOP_S, PrefectServer
 
 LEASE_S = 60.0
 
@@ -97,7 +97,9 @@ def test_two_processes_share_three_slots_and_a_killed_ones_slots_come_back(
     survivor_at_kill = _in_flight(survivor_url)
     assert survivor_at_kill + held_at_kill <= 3
     wait_for(
-        lambda: _in_flight(survivor_url) == 3, LEASE_S + REPOSSESSOR_LOOP_S + 60, "3 slots back"
+        lambda: _in_flight(survivor_url) == 3,
+        LEASE_S + QUICK_REPOSSESSOR_LOOP_S + 60,
+        "3 slots back",
     )
     recovered_s = time.monotonic() - killed_at
     # Let the survivor finish quickly, then check it lost and doubled nothing.
@@ -118,8 +120,8 @@ def test_two_processes_share_three_slots_and_a_killed_ones_slots_come_back(
                 f"- SIGKILL of one run while it had {held_at_kill} job(s) in flight (the "
                 f"survivor had {survivor_at_kill}): the survivor was back to 3 jobs in flight "
                 f"{recovered_s:.1f} s after the kill (slot lease {LEASE_S:.0f} s, repossessor "
-                f"every {REPOSSESSOR_LOOP_S:g} s: expected at most "
-                f"{LEASE_S + REPOSSESSOR_LOOP_S:.0f} s)",
+                f"every {QUICK_REPOSSESSOR_LOOP_S:g} s: expected at most "
+                f"{LEASE_S + QUICK_REPOSSESSOR_LOOP_S:.0f} s)",
                 f"- the survivor completed its 400 rows; maximum active jobs over the run: "
                 f"{emulator.stats()['max_active_jobs']}",
             ]

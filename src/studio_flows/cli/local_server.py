@@ -146,9 +146,13 @@ def _to_stderr(message: str) -> None:
     print(message, file=sys.stderr)
 
 
+def _nothing() -> None:
+    pass
+
+
 @contextlib.contextmanager
 def prefect_api(
-    notify: Callable[[str], None] = _to_stderr, while_starting: Callable[[], object] | None = None
+    notify: Callable[[str], None] = _to_stderr, while_starting: Callable[[], object] = _nothing
 ) -> Iterator[str]:
     """The Prefect API a command uses: ``PREFECT_API_URL`` if set (checked), else a local one.
 
@@ -173,8 +177,7 @@ def prefect_api(
     configured = get_current_settings().api.url
     if configured:
         check_prefect_api(configured, load_settings().prefect_check_timeout_s)
-        if while_starting is not None:
-            while_starting()
+        while_starting()
         yield configured
         return
     with local_prefect_api(notify, while_starting) as api_url:
@@ -183,7 +186,7 @@ def prefect_api(
 
 @contextlib.contextmanager
 def local_prefect_api(
-    notify: Callable[[str], None], while_starting: Callable[[], object] | None = None
+    notify: Callable[[str], None], while_starting: Callable[[], object] = _nothing
 ) -> Iterator[str]:
     """Use (starting it if needed) the local server of this ``PREFECT_HOME``; yield its API.
 
@@ -197,7 +200,7 @@ def local_prefect_api(
     interrupts.check()  # asked to stop while Prefect loaded: start nothing
     settings = load_settings()
     files = ServerFiles.of(prefect_home())
-    pending = [while_starting] if while_starting is not None else []
+    pending = [while_starting]  # run once: by a start, else once attached
 
     def run_pending() -> None:
         while pending:
