@@ -42,6 +42,7 @@ from studio_flows.tasks.fair_use import (
     ensure_concurrency_limit,
     settings_pool,
 )
+from studio_flows.tasks.generation import adopt_slots_of_killed_runs
 from studio_flows.tasks.jobs import FATAL_ERRORS, engine_for, run_generation_jobs
 from studio_flows.tasks.preflight import check_model_studio_access
 
@@ -306,6 +307,8 @@ def _run_lanes(lane: _Lane, count: int) -> None:
     """
     if not lane.work.has_work():
         return  # a rerun with nothing to submit takes no slot, nor keeps another run from one
+    # A killed run's slots come back as its jobs end, not a lease's minute later.
+    adopt_slots_of_killed_runs(engine_for(lane.database.get_url()), lane.settings)
     refusals = settings_pool(lane.settings).refusals
     lane.start = _LaneStart(lanes=count, refusals_before=refusals)
     pool = ThreadPoolExecutor(max_workers=count, thread_name_prefix="lane")

@@ -314,6 +314,25 @@ class SlotPool:
             self._give_back(lease.lease_id)
         return len(leases)
 
+    def adopt(self, lease_id: uuid.UUID) -> Lease | None:
+        """Hold ``lease_id``, a lease a process that is gone took (None: it expired already).
+
+        The lease is renewed from now on and counts as this process's; give it back with
+        :meth:`release` (or hand it to :meth:`watch`) once its job is terminal.
+
+        Example:
+            >>> lease = pool.adopt(recorded_lease_id)  # doctest: +SKIP
+        """
+        try:
+            self.api.renew(lease_id, self.lease_s)
+        except LeaseGone:
+            return None
+        now = self.clock()
+        with self._cond:
+            lease = self._held[lease_id] = Lease(lease_id, now, renewed_at=now)
+            self._start_renewer()
+        return lease
+
     @contextlib.contextmanager
     def slot(self) -> Iterator[Lease]:
         """``with pool.slot():`` holds one slot for the block."""

@@ -19,8 +19,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent import futures
 from concurrent.futures import Future
@@ -60,17 +63,19 @@ from studio_flows.generation import (
     generation_request,
     generations_of,
 )
+from studio_flows.holders import holder_is_gone
 from studio_flows.jobs import orphan_wait_s
 from studio_flows.models import GenerateRequest, JobStatus
 from studio_flows.result_table import results_table, wide_table
 from studio_flows.settings import Settings, load_settings
-from studio_flows.storage import iter_results
+from studio_flows.storage import ShardRecord, claim_lease, iter_results, open_shards
 from studio_flows.structured import ResponseSchema
 from studio_flows.training import TrainingManifest, export_training
 
 if TYPE_CHECKING:
     import pyarrow as pa
     from pydantic import BaseModel
+    from sqlalchemy.engine import Engine
 
 CANCELLED_STATUSES = frozenset({"CANCELLED", "CANCELED"})
 STOP_CHECK_S = 0.25  # how soon a wait on the watcher sees its run asked to stop
@@ -318,6 +323,66 @@ def _submit(
         lease = pool.acquire()
         job = _post(client, pool, lease, request)  # gives the slot back if the POST fails
     return job, pool.watch(lease, job.job_id, lambda: _poll_to_end(job, settings))
+
+
+def adopt_slots_of_killed_runs(engine: Engine, settings: Settings) -> int:
+    """Adopt the fair-use leases a killed process left on jobs of ``engine``'s ledger; return
+    how many.
+
+    A lease is adopted when its holder is gone (:func:`~studio_flows.holders.holder_is_gone`)
+    and each open row that names it has a job_id: a watcher polls those jobs to their end,
+    then gives the slot back (to this process's next job first). So a rerun after a SIGKILL
+    starts as soon as the killed run's jobs end, not when their leases expire. A lease with
+    a POST of unknown outcome on it, or a holder that may still run, is left to expire.
+
+    Example:
+        >>> adopt_slots_of_killed_runs(engine_for(database.get_url()), settings)  # doctest: +SKIP
+        3
+    """
+    by_lease: dict[str, list[ShardRecord]] = {}
+    for record in open_shards(engine):
+        if record.lease_id is not None and record.lease_holder is not None:
+            by_lease.setdefault(record.lease_id, []).append(record)
+    adopted = 0
+    for lease_id, records in by_lease.items():
+        holder = records[0].lease_holder
+        assert holder is not None
+        if not holder_is_gone(holder) or not all(r.job_id for r in records):
+            continue
+        if not claim_lease(engine, lease_id, holder):
+            continue  # another rerun adopted it first
+        try:
+            lease = _pool(settings).adopt(uuid.UUID(lease_id))
+        except Exception as err:  # unknown to us: it expires on the server as it would have
+            logger.warning("could not adopt fair-use lease %s (%s)", lease_id, err)
+            continue
+        if lease is not None:
+            jobs = [_recorded(record) for record in records]
+            _pool(settings).watch(
+                lease, jobs[-1].job_id, functools.partial(_poll_all, jobs, settings)
+            )
+            adopted += 1
+    if adopted:
+        logger.info("adopted %d fair-use slot(s) of a killed run until its jobs end", adopted)
+    return adopted
+
+
+def _recorded(record: ShardRecord) -> GenerationJob:
+    assert record.job_id is not None
+    return GenerationJob(
+        job_id=record.job_id,
+        size=record.row_count,
+        model_id=record.model_id,
+        lease_id=record.lease_id,
+        submitted_at=record.submitted_at or datetime.now(UTC),
+    )
+
+
+def _poll_all(jobs: list[GenerationJob], settings: Settings) -> None:
+    """Poll each job of an adopted lease to its end (one runs on it, the others ended)."""
+    for job in jobs:
+        with contextlib.suppress(Exception):  # logged; its end is all the slot waits for
+            _poll_to_end(job, settings)
 
 
 def _poll_to_end(job: GenerationJob, settings: Settings) -> JobStatus:

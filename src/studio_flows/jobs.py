@@ -248,7 +248,7 @@ def submit_shard(
     while True:
         if slot is not None:
             slot.check()  # a resubmit too: on a lost slot it could be the account's 4th job
-        record_shard_intent(engine, shard)
+        record_shard_intent(engine, shard, None if slot is None else str(slot.lease_id))
         try:
             created = client.create_job(shard.request())
         except (BadRequestError, NotFoundError) as err:

@@ -48,6 +48,7 @@ JOB_S = 1.0
 # The rerun proves re-attaching and paying nothing twice, not patience: its new jobs are quick
 # (the interrupted run's jobs keep the end they were created with).
 RERUN_JOB_S = 0.1
+ADOPTED_JOB_S = 10.0  # longer than a rerun's start, shorter than a lease
 FIGURES: dict[str, list[float]] = {}
 LOCAL_SERVER_PROCESS = "studio_flows.cli.local_server_process"
 
@@ -128,11 +129,15 @@ class Scenario:
 
 
 def active_slots(home: Path) -> int:
-    """The fair-use limit's active slots, as the shared Prefect database holds them."""
+    """The fair-use limit's active slots, as the shared Prefect database holds them (0 before
+    its first run)."""
     with sqlite3.connect(home / "prefect.db") as conn:
-        row = conn.execute(
-            "SELECT active_slots FROM concurrency_limit_v2 WHERE name = 'tag:model-studio'"
-        ).fetchone()
+        try:
+            row = conn.execute(
+                "SELECT active_slots FROM concurrency_limit_v2 WHERE name = 'tag:model-studio'"
+            ).fetchone()
+        except sqlite3.OperationalError:  # no table yet: no server has started on the home
+            return 0
     return int(row[0]) if row else 0
 
 
@@ -247,8 +252,9 @@ def test_five_kills_in_a_row_then_a_clean_run_and_every_slot_comes_back(
 ) -> None:
     """SIGKILL of the whole group (no handler runs) five times, each once jobs are in flight.
 
-    Each next run waits for the killed run's leases to expire on the server (about 60 s):
-    its jobs may still run at the service, so their slots are not handed out before.
+    Each next run adopts the slots of the jobs the killed run recorded (they are free as
+    those jobs end); a slot whose POST the kill cut off is free once its lease expires on
+    the server (about 60 s): its job may still run at the service.
     """
     scenario = Scenario(slow_emulator, prefect_home, tmp_path)
     in_flight_at_kills = 0
@@ -276,6 +282,51 @@ def test_five_kills_in_a_row_then_a_clean_run_and_every_slot_comes_back(
     # reclaims them once they expire (a 60 s lease, a 1 s repossessor loop here).
     wait_for(lambda: active_slots(prefect_home) == 0, 150, "the killed runs' leases to expire")
     assert_only_the_server_left(prefect_home)
+
+
+def test_a_rerun_right_after_a_sigkill_adopts_the_killed_jobs_slots_as_they_end(
+    slow_emulator: EmulatorServer, prefect_home: Path, tmp_path: Path
+) -> None:
+    """SIGKILL once three jobs of 10 s are recorded (none pending); a rerun at once.
+
+    The killed run's leases name a holder that is gone: the rerun adopts them, so its first
+    new POST comes as a killed job ends, not once the leases expire (60 s, the server's
+    shortest), and never beside three jobs still running (the emulator, three jobs at once,
+    would refuse a 4th with 429).
+    """
+    wait_for(lambda: active_slots(prefect_home) == 0, 150, "earlier runs' leases to expire")
+    slow_emulator.configure(job_latency_s=ADOPTED_JOB_S)
+    scenario = Scenario(slow_emulator, prefect_home, tmp_path)
+    process, _ = scenario.start()
+
+    def three_recorded() -> bool:
+        recorded = [r for r in ledger(scenario.database_url) if r["status"] == "submitted"]
+        return len(recorded) >= 3 or process.poll() is not None
+
+    wait_for(three_recorded, 120, "three recorded jobs")
+    kill_group(process)
+    assert process.returncode == -signal.SIGKILL, "the run ended before it was killed"
+    killed = slow_emulator.jobs()
+    assert len(killed) == 3, killed
+    refused_before = _post_429s(slow_emulator)
+
+    scenario.rerun_to_the_end("after SIGKILL of 3 recorded jobs: rerun start to first POST (s)")
+
+    new = [
+        job for job in slow_emulator.jobs() if job["job_id"] not in {j["job_id"] for j in killed}
+    ]
+    first_new_post = min(job["created_s"] for job in new)
+    assert first_new_post >= min(job["end_s"] for job in killed) - 0.05  # no 4th job
+    # Expiry would free the first slot a lease (60 s) after the killed run's last renewal.
+    assert first_new_post < max(job["created_s"] for job in killed) + 40, (killed, new)
+    assert _post_429s(slow_emulator) == refused_before
+    assert slow_emulator.stats()["max_active_jobs"] <= 3
+    assert_every_row_completed_once(scenario.database_url, scenario.row_keys)
+    assert len(new) + len(killed) == SHARDS  # the recorded jobs were re-attached, not paid again
+
+
+def _post_429s(emulator: EmulatorServer) -> int:
+    return int(emulator.stats()["requests"].get("POST /generate", {}).get("429", 0))
 
 
 def _write_figures() -> None:

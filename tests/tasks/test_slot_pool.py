@@ -377,3 +377,28 @@ def test_a_watched_lease_is_held_until_the_job_ends_whatever_its_run_does() -> N
     job_ended.set()
     assert outcome.result(timeout=10) is True
     assert limit.leases == set() and pool.held == 0
+
+
+def test_an_adopted_lease_is_held_renewed_and_handed_to_a_local_waiter() -> None:
+    limit = FakeLimit(1)
+    killed_runs = limit.acquire("tag:model-studio", 60)  # a lease a killed process took
+    pool = SlotPool(api=limit, poll_s=0.01)
+
+    adopted = pool.adopt(killed_runs)
+    assert adopted is not None and pool.lease_ids() == [killed_runs]
+    got: list[Lease] = []
+    waiter = threading.Thread(target=lambda: got.append(pool.acquire()))
+    waiter.start()
+    wait_for(lambda: pool.waiting == 1, 10, "the waiter")
+    pool.release(adopted)  # the killed run's job ended
+    waiter.join(timeout=10)
+
+    assert [lease.lease_id for lease in got] == [killed_runs]
+    assert limit.acquired == 1, "the waiter asked the server although a slot was handed over"
+
+
+def test_a_lease_that_expired_is_not_adopted() -> None:
+    pool = SlotPool(api=FakeLimit(1), poll_s=0.01)
+
+    assert pool.adopt(uuid.uuid4()) is None
+    assert pool.held == 0

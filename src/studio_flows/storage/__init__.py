@@ -30,6 +30,7 @@ from __future__ import annotations
 from studio_flows.storage.engine import make_engine
 from studio_flows.storage.ledger import (
     ShardRecord,
+    claim_lease,
     complete_shard,
     completed_identities,
     get_shard,
@@ -71,6 +72,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "SchemaUpgrade",
     "ShardRecord",
+    "claim_lease",
     "complete_shard",
     "completed_identities",
     "count_results",

@@ -13,6 +13,7 @@ from sqlalchemy import exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
+from studio_flows.holders import this_process
 from studio_flows.models import FAILED_JOB_STATUSES
 from studio_flows.rows import (
     GenerationParams,
@@ -59,6 +60,10 @@ class ShardRecord:
     error: str | None
     # When the row last changed: for a pending or ambiguous shard, about when its POST went.
     updated_at: datetime | None = None
+    submitted_at: datetime | None = None
+    # The fair-use lease the shard's POST went under, and the process holding it (schema 8).
+    lease_id: str | None = None
+    lease_holder: str | None = None
 
     @property
     def is_open(self) -> bool:
@@ -110,6 +115,8 @@ _INTENT_COLUMNS: Final = (
     "submitted_at",
     "finished_at",
     "updated_at",
+    "lease_id",
+    "lease_holder",
 )
 _RETRY_INTENT: Final = (
     generation_jobs.update()
@@ -149,8 +156,10 @@ def _fresh(values: dict[str, Any]) -> dict[str, Any]:
     return {f"new_{name}": value for name, value in values.items()}
 
 
-def record_shard_intent(engine: Engine, shard: Shard) -> ShardRecord:
-    """Write the intent to submit ``shard`` (status ``pending``) before its POST.
+def record_shard_intent(engine: Engine, shard: Shard, lease_id: str | None = None) -> ShardRecord:
+    """Write the intent to submit ``shard`` (status ``pending``) before its POST, under the
+    fair-use lease ``lease_id`` that this process holds (recorded with this process as its
+    holder: a rerun adopts only leases whose every open row it can see).
 
     A new shard gets attempts 1; an existing ledger row is reset to ``pending`` with its job
     id cleared and attempts incremented (ambiguous_count is kept: it counts over all tries).
@@ -179,6 +188,8 @@ def record_shard_intent(engine: Engine, shard: Shard) -> ShardRecord:
         "submitted_at": None,
         "finished_at": None,
         "updated_at": now,
+        "lease_id": lease_id,
+        "lease_holder": None if lease_id is None else this_process(),
     }
     new = {"shard_key": shard_key, "attempts": 1, "ambiguous_count": 0, "created_at": now}
     upsert = _INTENT_UPSERTS.get(engine.dialect.name)
@@ -207,6 +218,7 @@ _SUBMITTED: Final = (
         status=SUBMITTED,
         job_id=sa.bindparam("new_job_id"),
         lease_id=sa.bindparam("new_lease_id"),
+        lease_holder=sa.bindparam("new_lease_holder"),
         submitted_at=sa.bindparam("new_now"),
         updated_at=sa.bindparam("new_now"),
         error=None,
@@ -269,6 +281,7 @@ def record_job_submitted(
             shard_key,
             new_job_id=job_id,
             new_lease_id=lease_id,
+            new_lease_holder=None if lease_id is None else this_process(),
             new_now=utcnow(),
         )
 
@@ -455,6 +468,34 @@ def open_shards(engine: Engine, dataset: str | None = None) -> list[ShardRecord]
         query = query.where(generation_jobs.c.dataset == dataset)
     with _reading(engine) as conn:
         return [_shard_record(row) for row in conn.execute(query)]
+
+
+_CLAIM_LEASE: Final = (
+    generation_jobs.update()
+    .where(
+        generation_jobs.c.lease_id == sa.bindparam("lease"),
+        generation_jobs.c.lease_holder == sa.bindparam("gone"),
+    )
+    .values(lease_holder=sa.bindparam("holder"))
+)
+
+
+def claim_lease(engine: Engine, lease_id: str, gone_holder: str) -> bool:
+    """Make this process the holder of ``lease_id`` in every row that names ``gone_holder``
+    as its holder; False if another process claimed it first (or no row names it).
+
+    Two reruns after one kill may both find the killed run's lease: one adopts it.
+
+    Example:
+        >>> from studio_flows.storage import make_engine
+        >>> claim_lease(make_engine("sqlite://"), "0" * 36, "host/0/1")
+        False
+    """
+    with _writing(engine) as conn:
+        claimed = conn.execute(
+            _CLAIM_LEASE, {"lease": lease_id, "gone": gone_holder, "holder": this_process()}
+        )
+        return claimed.rowcount > 0
 
 
 def recent_job_seconds(engine: Engine, model_id: str, count: int = 20) -> list[tuple[float, int]]:

@@ -114,7 +114,7 @@ def upgrade_database(url: str) -> SchemaUpgrade:
 
     Example:
         >>> print(upgrade_database("sqlite://"))
-        created schema 7 in sqlite://
+        created schema 8 in sqlite://
     """
     engine, parsed = _open_engine(url)
     try:

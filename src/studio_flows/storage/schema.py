@@ -16,7 +16,7 @@ from studio_flows.rows import (
 from studio_flows.statuses import RowStatus, ShardStatus
 
 # The Alembic head (revision 000N is schema N, storage/_migrations/versions/).
-SCHEMA_VERSION: Final = 7
+SCHEMA_VERSION: Final = 8
 
 # Plain strings of the enums: SQLAlchemy renders them into CHECK constraints and SQL.
 COMPLETED: Final = RowStatus.COMPLETED.value
@@ -171,6 +171,9 @@ generation_jobs = sa.Table(
     sa.Column("job_id", sa.String(_JOB_ID), nullable=True),
     # The fair-use lease the job runs under (a Prefect concurrency lease id), for re-attach.
     sa.Column("lease_id", sa.String(36), nullable=True),
+    # The process that holds that lease (studio_flows.holders, schema 8): a rerun adopts the
+    # lease of a holder that is gone instead of waiting for it to expire.
+    sa.Column("lease_holder", sa.String(300), nullable=True),
     sa.Column("model_id", sa.String(_MODEL_ID), nullable=False),
     sa.Column("status", sa.String(_STATUS), nullable=False),
     sa.Column("row_count", sa.Integer, nullable=False),
