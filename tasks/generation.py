@@ -64,7 +64,7 @@ from studio_flows.generation import (
     generations_of,
 )
 from studio_flows.holders import holder_is_gone
-from studio_flows.jobs import orphan_wait_s
+from studio_flows.jobs import earlier_orphan_wait_s, orphan_wait_s
 from studio_flows.models import GenerateRequest, JobStatus
 from studio_flows.result_table import results_table, wide_table
 from studio_flows.settings import Settings, load_settings
@@ -329,11 +329,13 @@ def adopt_slots_of_killed_runs(engine: Engine, settings: Settings) -> int:
     """Adopt the fair-use leases a killed process left on jobs of ``engine``'s ledger; return
     how many.
 
-    A lease is adopted when its holder is gone (:func:`~studio_flows.holders.holder_is_gone`)
-    and each open row that names it has a job_id: a watcher polls those jobs to their end,
-    then gives the slot back (to this process's next job first). So a rerun after a SIGKILL
-    starts as soon as the killed run's jobs end, not when their leases expire. A lease with
-    a POST of unknown outcome on it, or a holder that may still run, is left to expire.
+    A lease is adopted when its holder is a process of this machine that is gone
+    (:func:`~studio_flows.holders.holder_is_gone`): a watcher polls the jobs recorded on it
+    to their end, waits out any POST on it whose outcome is unknown (as long as such a job
+    could run, :func:`~studio_flows.jobs.earlier_orphan_wait_s`), then gives the slot back,
+    to this process's next job first. So a rerun after a SIGKILL starts as the killed run's
+    jobs end, not a minute later when their leases expire. A holder that may still run
+    (alive, or on another machine) keeps its lease.
 
     Example:
         >>> adopt_slots_of_killed_runs(engine_for(database.get_url()), settings)  # doctest: +SKIP
@@ -343,28 +345,38 @@ def adopt_slots_of_killed_runs(engine: Engine, settings: Settings) -> int:
     for record in open_shards(engine):
         if record.lease_id is not None and record.lease_holder is not None:
             by_lease.setdefault(record.lease_id, []).append(record)
-    adopted = 0
+    pool, adopted = _pool(settings), 0
     for lease_id, records in by_lease.items():
         holder = records[0].lease_holder
         assert holder is not None
-        if not holder_is_gone(holder) or not all(r.job_id for r in records):
-            continue
-        if not claim_lease(engine, lease_id, holder):
-            continue  # another rerun adopted it first
+        if not holder_is_gone(holder) or not claim_lease(engine, lease_id, holder):
+            continue  # it may still run, or another rerun adopted it first
         try:
-            lease = _pool(settings).adopt(uuid.UUID(lease_id))
+            lease = pool.adopt(uuid.UUID(lease_id))
         except Exception as err:  # unknown to us: it expires on the server as it would have
             logger.warning("could not adopt fair-use lease %s (%s)", lease_id, err)
             continue
         if lease is not None:
-            jobs = [_recorded(record) for record in records]
-            _pool(settings).watch(
-                lease, jobs[-1].job_id, functools.partial(_poll_all, jobs, settings)
-            )
+            outlive = functools.partial(_outlive, engine, records, settings)
+            pool.watch(lease, f"lease {lease_id}", outlive)
             adopted += 1
     if adopted:
         logger.info("adopted %d fair-use slot(s) of a killed run until its jobs end", adopted)
     return adopted
+
+
+def _outlive(engine: Engine, records: list[ShardRecord], settings: Settings) -> None:
+    """Return once every job the ``records`` of one lease may have running has ended: the
+    recorded ones polled to their end (one runs on the lease, the others ended), the POSTs
+    of unknown outcome waited out."""
+    for record in records:
+        if record.job_id is not None:
+            with contextlib.suppress(Exception):  # logged; its end is all the slot waits for
+                _poll_to_end(_recorded(record), settings)
+    unknown = [record for record in records if record.job_id is None]
+    if unknown:
+        with job_client(settings, unknown[0].model_id) as client:
+            time.sleep(max(earlier_orphan_wait_s(client, engine, r) for r in unknown))
 
 
 def _recorded(record: ShardRecord) -> GenerationJob:
@@ -376,13 +388,6 @@ def _recorded(record: ShardRecord) -> GenerationJob:
         lease_id=record.lease_id,
         submitted_at=record.submitted_at or datetime.now(UTC),
     )
-
-
-def _poll_all(jobs: list[GenerationJob], settings: Settings) -> None:
-    """Poll each job of an adopted lease to its end (one runs on it, the others ended)."""
-    for job in jobs:
-        with contextlib.suppress(Exception):  # logged; its end is all the slot waits for
-            _poll_to_end(job, settings)
 
 
 def _poll_to_end(job: GenerationJob, settings: Settings) -> JobStatus:

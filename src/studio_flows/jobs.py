@@ -352,26 +352,25 @@ answer); the next run may pay again for those rows unless job job-1 is recorded 
 def earlier_orphan_wait_s(
     client: ModelStudioClient,
     engine: Engine,
-    shard: Shard,
     earlier: ShardRecord,
     *,
     now: Callable[[], datetime] = utcnow,
 ) -> float:
-    """How much longer a job that an earlier run's unanswered POST of ``shard`` may have
-    created could still run (0 once it must have ended).
+    """How much longer a job that an earlier run's unanswered POST (its ledger row
+    ``earlier``) may have created could still run (0 once it must have ended).
 
     :func:`orphan_wait_s`, with the model's jobs that earlier runs finished (the ledger)
     counted too: a run resumed right after a crash has seen no job of its own. Measured
     from when the earlier POST went (the ledger row's last change).
 
     Example:
-        >>> earlier_orphan_wait_s(client, engine, shard, record)  # doctest: +SKIP
+        >>> earlier_orphan_wait_s(client, engine, record)  # doctest: +SKIP
         8.4
     """
-    tasks = len(shard.rows)
+    tasks = earlier.row_count
     longest = orphan_wait_s(client, tasks)
     recorded = DurationHistory()
-    for seconds, rows in recent_job_seconds(engine, shard.params.model_id):
+    for seconds, rows in recent_job_seconds(engine, earlier.model_id):
         recorded.record(seconds=seconds, tasks=rows)
     predicted = recorded.predict(tasks)
     if predicted is not None:
@@ -395,7 +394,7 @@ def _resume_unknown_outcome(
     if earlier is None:
         return 0
     shard = work.shard
-    wait = earlier_orphan_wait_s(client, engine, shard, earlier)
+    wait = earlier_orphan_wait_s(client, engine, earlier)
     if wait > 0:
         # The caller's slot is the orphan's until it must have ended: a POST now could be
         # a 4th active job on the account.

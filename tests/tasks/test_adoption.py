@@ -1,5 +1,5 @@
-"""Which leases a rerun adopts from the ledger: only a gone holder's, whose every open row
-has a job (no POST of unknown outcome on it), and only once among reruns."""
+"""Which leases a rerun adopts from the ledger: only those of a holder that is gone, and
+only once among reruns."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def test_a_holder_is_gone_only_when_it_is_a_process_of_this_machine_that_ended()
     assert not holder_is_gone(f"{host}/another-{namespace}/999999")
 
 
-def test_only_a_gone_holders_leases_with_a_job_on_every_open_row_are_adopted_once(
+def test_only_a_gone_holders_leases_are_adopted_and_only_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'results.db'}")
@@ -90,12 +90,10 @@ def test_only_a_gone_holders_leases_with_a_job_on_every_open_row_are_adopted_onc
     pool = FakePool()
     monkeypatch.setattr(generation, "_pool", lambda settings: pool)
 
-    assert generation.adopt_slots_of_killed_runs(engine, Settings()) == 1
-    assert pool.adopted == [uuid.UUID(leases["jobs"])]
-    assert pool.watched == ["job-2"]
-    holders = {
-        r.shard_key: r.lease_holder for r in open_shards(engine) if r.lease_id == leases["jobs"]
-    }
-    assert set(holders.values()) == {this_process()}, "the adopting run is not the holder now"
-    # A second rerun finds the lease held by a live process (this one): nothing to adopt.
+    assert generation.adopt_slots_of_killed_runs(engine, Settings()) == 2
+    assert pool.adopted == [uuid.UUID(leases["jobs"]), uuid.UUID(leases["unknown"])]
+    assert pool.watched == [f"lease {leases['jobs']}", f"lease {leases['unknown']}"]
+    holders = {r.lease_holder for r in open_shards(engine) if r.lease_id != leases["alive"]}
+    assert holders == {this_process()}, "the adopting run is not the holder now"
+    # A second rerun finds the leases held by a live process (this one): nothing to adopt.
     assert generation.adopt_slots_of_killed_runs(engine, Settings()) == 0
