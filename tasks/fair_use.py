@@ -178,6 +178,7 @@ class Lease:
     run: RunControl | None = field(default=None, repr=False, compare=False)
     renewed_at: float = field(default=0.0, compare=False)
     lost: str | None = field(default=None, compare=False)
+    adopted: bool = field(default=False, compare=False)  # a killed run's, until its job ends
 
     def check(self) -> None:
         """Raise :class:`FairUseError` if the slot was lost: a new job on it could be a 4th."""
@@ -329,7 +330,7 @@ class SlotPool:
             return None
         now = self.clock()
         with self._cond:
-            lease = self._held[lease_id] = Lease(lease_id, now, renewed_at=now)
+            lease = self._held[lease_id] = Lease(lease_id, now, renewed_at=now, adopted=True)
             self._start_renewer()
         return lease
 
@@ -407,11 +408,9 @@ class SlotPool:
             if now >= next_notice and self._notice_due(now):
                 next_notice = now + WAIT_NOTICE_EVERY_S
                 logger.warning(
-                    "waiting for a fair-use slot since %s: %s (a killed run's slots come "
-                    "back when their leases expire, within %.0f s)",
+                    "waiting for a fair-use slot since %s: %s",
                     f"{since_wall:%H:%M:%S}",
                     self._who_holds(),
-                    self.lease_s + REPOSSESSOR_LOOP_S,
                 )
             if now - max(since, self._last_freed) >= self.wait_limit_s:
                 raise SlotWaitTimeoutError(
@@ -501,7 +500,15 @@ class SlotPool:
             taken = f"{active} of {limit} slots are taken"
         except Exception:  # a notice must never fail the wait it describes
             taken = "every slot is taken"
-        return f"{taken} of the Prefect concurrency limit {self.limit_name!r}"
+        with self._cond:
+            adopted = sum(lease.adopted for lease in self._held.values())
+        why = (
+            f"{adopted} kept while a killed run's jobs still run"
+            if adopted
+            else "a killed run's slots come back when their leases expire, within "
+            f"{self.lease_s + REPOSSESSOR_LOOP_S:.0f} s"
+        )
+        return f"{taken} of the Prefect concurrency limit {self.limit_name!r} ({why})"
 
     # ----------------------------------------------------------------- keeping leases
 

@@ -341,28 +341,40 @@ def adopt_slots_of_killed_runs(engine: Engine, settings: Settings) -> int:
         >>> adopt_slots_of_killed_runs(engine_for(database.get_url()), settings)  # doctest: +SKIP
         3
     """
-    by_lease: dict[str, list[ShardRecord]] = {}
-    for record in open_shards(engine):
-        if record.lease_id is not None and record.lease_holder is not None:
-            by_lease.setdefault(record.lease_id, []).append(record)
+    try:
+        leases = _leases_of_gone_holders(engine)
+    except Exception as err:  # they expire on the server, as they would have
+        logger.warning("could not read the leases in the ledger (%s)", err)
+        return 0
     pool, adopted = _pool(settings), 0
-    for lease_id, records in by_lease.items():
-        holder = records[0].lease_holder
-        assert holder is not None
-        if not holder_is_gone(holder) or not claim_lease(engine, lease_id, holder):
-            continue  # it may still run, or another rerun adopted it first
+    for lease_id, (holder, records) in leases.items():
         try:
+            if not claim_lease(engine, lease_id, holder):
+                continue  # another rerun adopted it first
             lease = pool.adopt(uuid.UUID(lease_id))
-        except Exception as err:  # unknown to us: it expires on the server as it would have
+        except Exception as err:  # it expires on the server, as it would have
             logger.warning("could not adopt fair-use lease %s (%s)", lease_id, err)
             continue
-        if lease is not None:
+        if lease is not None:  # None: it expired already
             outlive = functools.partial(_outlive, engine, records, settings)
             pool.watch(lease, f"lease {lease_id}", outlive)
             adopted += 1
     if adopted:
         logger.info("adopted %d fair-use slot(s) of a killed run until its jobs end", adopted)
     return adopted
+
+
+def _leases_of_gone_holders(engine: Engine) -> dict[str, tuple[str, list[ShardRecord]]]:
+    """The leases of open ledger rows whose holder is gone: their holder and rows."""
+    by_lease: dict[str, list[ShardRecord]] = {}
+    for record in open_shards(engine):
+        if record.lease_id is not None and record.lease_holder is not None:
+            by_lease.setdefault(record.lease_id, []).append(record)
+    return {
+        lease_id: (holder, records)
+        for lease_id, records in by_lease.items()
+        if (holder := records[0].lease_holder) is not None and holder_is_gone(holder)
+    }
 
 
 def _outlive(engine: Engine, records: list[ShardRecord], settings: Settings) -> None:

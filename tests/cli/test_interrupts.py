@@ -241,9 +241,10 @@ def test_a_second_ctrl_c_exits_at_once(
     assert_only_the_server_left(prefect_home)
     scenario.rerun_to_the_end("after a double Ctrl-C: rerun start to first POST (s)")
     assert_every_row_completed_once(scenario.database_url, scenario.row_keys)
-    # "Exiting now" gives no slot back (its jobs may still run): the server reclaims the
-    # leases the rerun did not need once they expire (a 60 s lease, a 1 s repossessor here).
-    wait_for(lambda: active_slots(prefect_home) == 0, 150, "the exited run's leases to expire")
+    # "Exiting now" gives no slot back (its jobs may still run): the rerun adopted them and
+    # freed each as its job ended; a lease the exit caught between two jobs expires on the
+    # server (a 60 s lease, a 1 s repossessor here).
+    wait_for(lambda: active_slots(prefect_home) == 0, 150, "the exited run's slots to come back")
 
 
 @pytest.mark.timeout(900)

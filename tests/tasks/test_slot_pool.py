@@ -171,6 +171,25 @@ def test_a_waiting_pool_says_so_within_seconds(caplog: pytest.LogCaptureFixture)
     assert "a killed run's slots come back when their leases expire" in notices[0]
 
 
+def test_a_pool_waiting_behind_slots_it_adopted_says_they_wait_for_a_killed_runs_jobs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ticks = itertools.count()
+    limit = FakeLimit(1)
+    pool = SlotPool(api=limit, poll_s=0.001, wait_limit_s=8, clock=lambda: next(ticks))
+    pool.adopt(limit.acquire("tag:model-studio", 60))
+
+    with (
+        caplog.at_level(logging.WARNING, "studio_flows.slots"),
+        pytest.raises(SlotWaitTimeoutError),
+    ):
+        pool.acquire()
+
+    notices = [r.getMessage() for r in caplog.records if "waiting for a fair-use slot" in r.message]
+    assert "1 of 1 slots are taken" in notices[0]
+    assert "1 kept while a killed run's jobs still run" in notices[0]
+
+
 def test_three_lanes_waiting_together_give_one_notice(caplog: pytest.LogCaptureFixture) -> None:
     now = [0.0]
     reads: collections.Counter[int] = collections.Counter()
