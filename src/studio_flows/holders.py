@@ -39,11 +39,10 @@ def holder_is_gone(holder: str) -> bool:
     parts = holder.rsplit("/", 2)
     if len(parts) != 3 or parts[:2] != [socket.gethostname(), _pid_namespace()]:
         return False
-    if not parts[2].isdigit():
+    if not parts[2].isdigit() or os.name != "posix":  # Windows' os.kill(pid, 0) is a Ctrl-C
         return False
-    pid = parts[2]
     try:
-        os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
+        os.kill(int(parts[2]), 0)  # signal 0: only asks whether the process exists
     except ProcessLookupError:
         return True
     except PermissionError:  # it exists, under another user

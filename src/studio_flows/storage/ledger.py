@@ -159,7 +159,7 @@ def _fresh(values: dict[str, Any]) -> dict[str, Any]:
 def record_shard_intent(engine: Engine, shard: Shard, lease_id: str | None = None) -> ShardRecord:
     """Write the intent to submit ``shard`` (status ``pending``) before its POST, under the
     fair-use lease ``lease_id`` that this process holds (recorded with this process as its
-    holder: a rerun adopts only leases whose every open row it can see).
+    holder, so that a rerun after a kill knows the POSTs on the lease it adopts).
 
     A new shard gets attempts 1; an existing ledger row is reset to ``pending`` with its job
     id cleared and attempts incremented (ambiguous_count is kept: it counts over all tries).
